@@ -1,0 +1,144 @@
+"""The contract every sender protocol implements.
+
+A protocol object is built once per configured route (it holds that route's keys) and is pure: no I/O,
+no clock reads (``now`` is passed in), no randomness except through an injected ``random_bytes``.
+The addons adapt mitmproxy flows to these calls:
+
+- ``verify``    (verify addon)   raw request -> :class:`Verified`, or raises :class:`Rejected`;
+- ``dedup_key`` (dedup addon)    verified message -> the un-hashed idempotency key, or ``None``;
+- ``normalize`` (forward addon)  backend's 2xx answer -> the reply the sender's contract requires;
+- ``seal``      (envelope addon) plaintext reply -> wire reply (re-encryption in safe mode);
+- ``success_reply`` / ``failure_reply`` / ``backend_failure_reply``: the protocol's fixed answers.
+"""
+
+from __future__ import annotations
+
+import abc
+import hmac
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+ReplyKind = Literal["echo", "ack", "passive", "failure", "reject"]
+
+
+class Rejected(Exception):
+    """A request that did not pass verification.
+
+    ``reason`` is a short snake_case code from a closed set (it becomes a metric label and span attribute);
+    ``status`` is the HTTP status the rejection implies (h11's ``error_status_hint``); ``detail`` is for the log
+    line and must never contain secrets or message content.
+    """
+
+    def __init__(self, reason: str, status: int = 403, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """The request as the sender made it."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]  # first value of each name, URL-decoded
+    headers: Mapping[str, str]  # names lower-cased
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What goes back to the sender."""
+
+    status: int
+    body: bytes
+    content_type: str
+    kind: ReplyKind
+    normalized: str | None = None  # why the backend's answer was replaced, e.g. "json", "html", "status_201"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A request that passed verification.
+
+    ``message`` holds the flat fields of the authenticated message (decrypted where it was encrypted); it is used
+    for dedup keys and never logged. ``replay_key`` identifies this signed request; the verify addon remembers it
+    for ``replay_ttl`` seconds and rejects a second sighting (``None`` when the protocol has no nonce).
+    ``backend_body``/``drop_query`` say how the request to the backend differs from the inbound one.
+    ``direct_reply`` is set when the proxy answers by itself (URL verification); such requests are never forwarded.
+    ``seal_context`` is whatever :meth:`Protocol.seal` needs to re-encrypt a reply for this request.
+    """
+
+    message: Mapping[str, str] = field(default_factory=dict)
+    replay_key: str | None = None
+    replay_ttl: float = 0.0
+    key_id: str = "current"
+    backend_body: bytes | None = None
+    drop_query: tuple[str, ...] = ()
+    direct_reply: Reply | None = None
+    seal_context: object | None = None
+
+
+def constant_time_equal(a: str, b: str) -> bool:
+    """Compare two signatures without leaking where they differ."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
+
+
+def check_timestamp(raw: str | None, now: float, window: float) -> int:
+    """Parse a Unix-seconds timestamp and require ``|now - ts| <= window`` (both directions)."""
+    if raw is None or raw == "":
+        raise Rejected("missing_timestamp", 403)
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+        raise Rejected("bad_timestamp", 403)
+    ts = int(raw)
+    if window > 0:
+        if ts < now - window:
+            raise Rejected("stale_timestamp", 403)
+        if ts > now + window:
+            raise Rejected("future_timestamp", 403)
+    return ts
+
+
+class Protocol(abc.ABC):
+    """One sender's verification, idempotency and reply contract."""
+
+    name: ClassVar[str]
+
+    def __init__(self, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.random_bytes = random_bytes
+
+    @abc.abstractmethod
+    def verify(self, req: Inbound, now: float) -> Verified:
+        """Authenticate ``req`` or raise :class:`Rejected`."""
+
+    @abc.abstractmethod
+    def dedup_key(self, verified: Verified) -> str | None:
+        """The idempotency key of the message (before hashing), or ``None`` if it cannot be deduplicated."""
+
+    @abc.abstractmethod
+    def success_reply(self) -> Reply:
+        """The protocol's plain acknowledgement (what wxgate sends when it answers on the backend's behalf)."""
+
+    @abc.abstractmethod
+    def failure_reply(self, reason: str, status: int) -> Reply:
+        """The answer to a request that failed verification or admission."""
+
+    @abc.abstractmethod
+    def backend_failure_reply(self) -> Reply:
+        """The answer that makes the sender retry (used by the ``fail`` policy and ``fail_closed``)."""
+
+    @abc.abstractmethod
+    def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:
+        """Turn the backend's 2xx answer into a reply that honours the contract (``normalized`` says if changed)."""
+
+    def seal(self, reply: Reply, verified: Verified) -> Reply:
+        """Wrap a plaintext reply for the wire (safe-mode re-encryption). Identity by default."""
+        return reply
