@@ -139,6 +139,10 @@ class Protocol(abc.ABC):
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:
         """Turn the backend's 2xx answer into a reply that honours the contract (``normalized`` says if changed)."""
 
+    def is_backend_failure(self, status: int, content_type: str, body: bytes) -> bool:
+        """True when a 2xx answer still means "not processed" (Pay's FAIL XML / FAIL JSON). False by default."""
+        return False
+
     def seal(self, reply: Reply, verified: Verified) -> Reply:
         """Wrap a plaintext reply for the wire (safe-mode re-encryption). Identity by default."""
         return reply
