@@ -25,6 +25,8 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 
 class StoreUnavailable(Exception):
@@ -74,6 +76,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        """``async with open_store(url) as store:`` opens and always closes the store."""
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
     @abc.abstractmethod
     async def ping(self) -> None:
