@@ -143,7 +143,8 @@ class RouteBase(_Strict):
     path: str = Field(pattern=r"^/\S*$")
     methods: list[Literal["GET", "POST", "PUT", "PATCH", "DELETE"]] | None = None
     upstream: str | None = None
-    deadline: Duration = 4.5
+    deadline: Duration = 4.5  # answer the sender by then, whatever the backend does
+    backend_timeout: Duration = 30.0  # how long the backend call may go on after an early answer
     on_backend_failure: Literal["ack", "relay", "fail"] | None = None
     timestamp_window: Duration = 300.0
     max_body: Size = 256 * 1024
@@ -179,7 +180,9 @@ class WechatMpRoute(RouteBase):
     @model_validator(mode="after")
     def _aes_needs_app_id(self) -> WechatMpRoute:
         if self.encoding_aes_key is not None and self.app_id is None:
-            raise ValueError("encoding_aes_key needs app_id (the AppID is checked inside every encrypted message)")
+            raise ValueError(
+                "encoding_aes_key needs app_id (the AppID is checked inside every encrypted message)"
+            )
         if (self.decrypt_for_backend or self.require_encryption) and self.encoding_aes_key is None:
             raise ValueError("decrypt_for_backend / require_encryption need encoding_aes_key")
         return self
@@ -295,15 +298,16 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _unique_routes(self) -> Config:
         seen_names: set[str] = set()
-        seen_paths: set[tuple[str, str]] = set()
+        seen_paths: set[str] = set()
         for r in self.routes:
             if r.name in seen_names:
-                raise ValueError(f"route name {r.name!r} is used twice; names label metrics and must be unique")
+                raise ValueError(
+                    f"route name {r.name!r} is used twice; names label metrics and must be unique"
+                )
+            if r.path in seen_paths:
+                raise ValueError(f"path {r.path!r} is routed twice; each callback URL belongs to one route")
             seen_names.add(r.name)
-            for m in r.methods or ["*"]:
-                if (r.path, m) in seen_paths:
-                    raise ValueError(f"path {r.path!r} is routed twice")
-                seen_paths.add((r.path, m))
+            seen_paths.add(r.path)
         return self
 
     @property
@@ -326,7 +330,7 @@ def _fmt_loc(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif i > 0 and loc[i - 1] == "routes" or part in _ROUTE_TAGS:
+        elif (i > 0 and loc[i - 1] == "routes") or part in _ROUTE_TAGS:
             # pydantic puts the discriminator value into the path; users never wrote it
             continue
         else:
@@ -394,7 +398,9 @@ def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
     return parse_config(raw if raw is not None else {}, environ, base_dir=path.parent, source=str(path))
 
 
-def parse_config(raw: object, environ: Mapping[str, str], base_dir: Path = Path(), source: str = "") -> Config:
+def parse_config(
+    raw: object, environ: Mapping[str, str], base_dir: Path = Path(), source: str = ""
+) -> Config:
     prefix = f"{source}: " if source else ""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}expected a mapping of settings at the top level")

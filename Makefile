@@ -1,0 +1,47 @@
+# wxgate — the two commands of the README quick start are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell .ci/find-python)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit deps bench soak check clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "no Python >= 3.12 found" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+deps:
+	@.ci/install-system-deps
+
+## run: the sidecar (./proxy.yaml, embedded sqlite store) in front of the demo legacy backend
+run: $(STAMP)
+	@mkdir -p /tmp/wxgate-demo
+	@$(BIN)/wxgate demo-backend --listen 127.0.0.1:9000 & backend=$$!; \
+	  trap 'kill $$backend 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/wxgate -c proxy.yaml run
+
+check: $(STAMP)
+	$(BIN)/wxgate -c proxy.yaml check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check proxy addons
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## test: lint, type-check and the whole suite (real redis-server, prometheus, wxgate and backend processes)
+test: $(STAMP) deps lint typecheck
+	$(BIN)/pytest -q
+
+bench: $(STAMP) deps
+	$(BIN)/python bench/run.py
+
+soak: $(STAMP) deps
+	$(BIN)/python -m tests.reliability.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""Admission: what may reach verification at all.
+
+Strips client-sent ``X-Wxgate-*`` headers from every request (they are trusted by the backend), then checks the
+route's method (405), body size (413, early from Content-Length when present), source address allowlist (403,
+trusted-proxy aware) and content type (415). Owns ``methods``, ``max_body``, ``allow_cidrs``, ``trusted_proxies``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from mitmproxy import http
+
+from proxy.exchange import exchange
+from proxy.replies import reject
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_ip(peer: str, forwarded_for: str, trusted: Sequence[IpNetwork]) -> str:
+    """The caller's address: the peer, or (only behind a trusted proxy) the right-most untrusted XFF hop."""
+    addr = _ip(peer)
+    if addr is None or not any(addr in net for net in trusted):
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        hop_ip = _ip(hop)
+        if hop_ip is None:
+            return hop
+        if not any(hop_ip in net for net in trusted):
+            return hop
+    return peer
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class Admission:
+    def __init__(self, trusted_proxies: Sequence[IpNetwork] = ()) -> None:
+        self.trusted = tuple(trusted_proxies)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        for name in [n for n in flow.request.headers if n.lower().startswith("x-wxgate-")]:
+            del flow.request.headers[name]
+        if flow.response or flow.error or not flow.live:
+            return
+        ex = exchange(flow)
+        if ex is None or ex.route is None:
+            return
+        cfg = ex.route.config
+        if flow.request.method not in ex.route.methods:
+            return reject(flow, ex, "method_not_allowed", 405)
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > cfg.max_body:
+            return reject(flow, ex, "body_too_large", 413)
+        if cfg.allow_cidrs is not None:
+            peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+            ip = _ip(client_ip(peer, flow.request.headers.get("x-forwarded-for", ""), self.trusted))
+            if ip is None or not any(ip in net for net in cfg.allow_cidrs):
+                return reject(flow, ex, "source_not_allowed", 403)
+        return None
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        ex = exchange(flow)
+        if ex is None or ex.route is None:
+            return
+        if len(flow.request.raw_content or b"") > ex.route.config.max_body:
+            return reject(flow, ex, "body_too_large", 413)
+        if flow.request.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            # Signatures cover the bytes WeChat sent; it never compresses callbacks.
+            return reject(flow, ex, "unsupported_content_encoding", 415)
+        allowed = ex.route.content_types
+        if flow.request.method != "GET" and allowed is not None:
+            ctype = flow.request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if ctype not in allowed:
+                return reject(flow, ex, "unsupported_content_type", 415)
+        return None

@@ -1,0 +1,136 @@
+"""Forward: send a verified callback to the backend ourselves and answer the sender before its deadline.
+
+The call goes over the pooled :class:`~proxy.upstream.UpstreamClient` with the route's ``backend_timeout``; the
+answer to the sender is decided by ``deadline`` and ``on_backend_failure``:
+
+- the backend answered in time: a 2xx is normalized to the protocol's contract; a failure follows the policy;
+- the deadline passed: ``ack`` answers success (after the settlement made the notification durable), ``fail``
+  passes the failure on, ``relay`` lets the sender retry except on its last expected attempt. The backend call
+  goes on in the background and settles when it ends.
+
+Unmatched (passthrough) flows are left to mitmproxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from mitmproxy import http
+
+from proxy.exchange import Exchange, exchange
+from proxy.forwarding import backend_request, is_failure, success_reply
+from proxy.protocols.base import Reply
+from proxy.replies import reject, respond
+from proxy.settlement import Settlement
+from proxy.tasks import BackgroundTasks
+from proxy.upstream import UpstreamClient, UpstreamResult
+
+logger = logging.getLogger("wxgate")
+
+# WeChat MP/WeCom try a message four times (the first delivery and "重试三次"); relay acks on the last one.
+LAST_ATTEMPT = {"wechat-mp": 4, "wecom": 4}
+
+
+class Forward:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        settlement: Settlement,
+        tasks: BackgroundTasks,
+        observe: Callable[[str, UpstreamResult], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.settlement = settlement
+        self.tasks = tasks
+        self.observe = observe
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        ex = exchange(flow)
+        if ex is None or ex.route is None:
+            return
+        if ex.outcome.verdict != "verified":
+            return reject(flow, ex, "not_verified", 403)  # never forward what was not verified
+        try:
+            await self._forward(flow, ex)
+        except Exception:
+            logger.exception("forwarding failed unexpectedly on route %s", ex.route.name)
+            if not flow.response:
+                ex.outcome.reason = "forward_error"
+                respond(flow, ex, ex.route.protocol.backend_failure_reply())
+        return None
+
+    async def _forward(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        assert ex.route is not None
+        cfg = ex.route.config
+        url, headers, body = backend_request(ex, list(flow.request.query.items(multi=True)))
+        call = self.tasks.spawn(
+            self.client.send(flow.request.method, url, headers, body, cfg.backend_timeout),
+            name=f"upstream {ex.route.name}",
+        )
+        remaining = cfg.deadline - (time.perf_counter() - ex.started)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(call), max(remaining, 0.0))
+        except TimeoutError:
+            ex.outcome.deadline = ex.route.policy
+            reply = await self._early_reply(ex)
+            acked = reply.kind == "ack"
+            self.tasks.spawn(self._settle_late(ex, call, acked), name=f"settle {ex.route.name}")
+            return respond(flow, ex, reply)
+        respond(flow, ex, await self._settle(ex, result))
+        return None
+
+    def _acks_failures(self, ex: Exchange) -> bool:
+        assert ex.route is not None
+        policy = ex.route.policy
+        if policy == "relay":
+            return ex.outcome.attempt >= LAST_ATTEMPT.get(ex.route.protocol_name, 1)
+        return policy == "ack"
+
+    async def _early_reply(self, ex: Exchange) -> Reply:
+        """The answer when the backend has not answered (or failed): acknowledge, or ask for a retry."""
+        assert ex.route is not None
+        if self._acks_failures(ex):
+            try:
+                await self.settlement.before_ack(ex)
+            except Exception:
+                logger.exception(
+                    "could not make route %s's notification durable; not acknowledging", ex.route.name
+                )
+                ex.outcome.outbox = "failed"
+                return ex.route.protocol.backend_failure_reply()
+            return ex.route.protocol.success_reply()
+        return ex.route.protocol.backend_failure_reply()
+
+    def _record(self, ex: Exchange, result: UpstreamResult) -> None:
+        ex.outcome.upstream = result.kind
+        ex.outcome.upstream_status = result.status
+        ex.outcome.upstream_seconds = result.seconds
+        if self.observe is not None:
+            self.observe(ex.outcome.route, result)
+
+    async def _settle(self, ex: Exchange, result: UpstreamResult) -> Reply:
+        """The backend answered before the deadline."""
+        self._record(ex, result)
+        if is_failure(ex, result):
+            ex.outcome.reason = ex.outcome.reason or f"upstream_{result.kind}"
+            reply = await self._early_reply(ex)
+            await self.settlement.failed(ex, result, acked=reply.kind == "ack", late=False)
+            return reply
+        reply = success_reply(ex, result)
+        await self.settlement.delivered(ex, reply, late=False)
+        return reply
+
+    async def _settle_late(self, ex: Exchange, call: asyncio.Task[UpstreamResult], acked: bool) -> None:
+        """The backend answered after the sender got its reply."""
+        result = await call
+        if self.observe is not None:
+            self.observe(ex.outcome.route, result)
+        if is_failure(ex, result):
+            await self.settlement.failed(ex, result, acked=acked, late=True)
+        else:
+            await self.settlement.delivered(ex, success_reply(ex, result), late=True)

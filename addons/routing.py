@@ -1,0 +1,38 @@
+"""Routing: match the request path to a configured route; unmatched paths pass through or are denied.
+
+Owns ``unmatched`` and the route table. Starts the :class:`~proxy.exchange.Exchange` every later addon reads.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from proxy.exchange import ensure_exchange
+from proxy.replies import reject
+from proxy.routes import RouteTable
+
+
+class Routing:
+    def __init__(self, table: RouteTable, unmatched: str = "passthrough") -> None:
+        if unmatched not in ("passthrough", "deny"):
+            raise ValueError("unmatched must be passthrough or deny")
+        self.table = table
+        self.unmatched = unmatched
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        ex = ensure_exchange(flow)
+        ex.outcome.method = flow.request.method
+        if flow.response or flow.error or not flow.live:
+            return
+        route = self.table.match(flow.request.path)
+        if route is None:
+            if self.unmatched == "deny":
+                reject(flow, ex, "unknown_route", 404)
+                ex.outcome.verdict = "denied"
+            else:
+                ex.outcome.verdict = "passthrough"
+                ex.outcome.reply_kind = "passthrough"
+            return
+        ex.route = route
+        ex.outcome.route = route.name
+        ex.outcome.protocol = route.protocol_name

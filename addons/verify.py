@@ -1,0 +1,82 @@
+"""Verify: authenticate each request with its route's protocol, and refuse replays.
+
+URL-verification GETs are answered here and never forwarded. A rejection answers in the protocol's failure
+form with a reason code in the outcome; nothing unverified ever reaches the backend. The replay cache remembers
+each signed request for its window (``remember`` is the store's, so replicas share it); when the store is down
+the route's ``dedup.store_down`` decides: ``fail_open`` accepts (the outcome says so), ``fail_closed`` asks the
+sender to retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from mitmproxy import http
+
+from proxy.exchange import Exchange, exchange
+from proxy.protocols.base import Inbound, Rejected
+from proxy.replies import reject, respond
+from proxy.stores.base import StoreUnavailable
+
+logger = logging.getLogger("wxgate")
+
+Remember = Callable[[str, float], Awaitable[bool]]
+
+
+def inbound_of(request: http.Request) -> Inbound:
+    query: dict[str, str] = {}
+    for k, v in request.query.items(multi=True):
+        query.setdefault(k, v)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return Inbound(request.method, request.path.split("?", 1)[0], query, headers, request.raw_content or b"")
+
+
+class Verify:
+    def __init__(self, remember: Remember, clock: Callable[[], float] = time.time) -> None:
+        self.remember = remember
+        self.clock = clock
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        ex = exchange(flow)
+        if ex is None or ex.route is None:
+            return
+        try:
+            await self._verify(flow, ex)
+        except Exception:
+            logger.exception("verification failed unexpectedly on route %s", ex.route.name)
+            if not flow.response:
+                reject(flow, ex, "verify_error", 500)
+
+    async def _verify(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        assert ex.route is not None
+        route = ex.route
+        ex.inbound = inbound_of(flow.request)
+        try:
+            verified = route.protocol.verify(ex.inbound, self.clock())
+        except Rejected as r:
+            return reject(flow, ex, r.reason, r.status)
+        ex.verified = verified
+        ex.outcome.key_id = verified.key_id
+        if verified.direct_reply is not None:
+            ex.outcome.verdict = "direct"
+            return respond(flow, ex, verified.direct_reply)
+        if verified.replay_key is not None:
+            digest = hashlib.sha256(verified.replay_key.encode()).hexdigest()[:32]
+            try:
+                first = await self.remember(f"nonce:{route.name}:{digest}", verified.replay_ttl)
+            except StoreUnavailable:
+                if route.config.dedup.store_down == "fail_closed":
+                    ex.outcome.reason = "store_unavailable"
+                    ex.outcome.verdict = "rejected"
+                    return respond(flow, ex, route.protocol.backend_failure_reply())
+                first = True
+                ex.outcome.dedup = "store_error"
+            if not first:
+                return reject(flow, ex, "replayed_nonce", 403)
+        ex.outcome.verdict = "verified"
+        return None

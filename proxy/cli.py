@@ -1,0 +1,126 @@
+"""The ``wxgate`` command: run, check, send, demo-backend."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from proxy import __version__, logs
+from proxy.config import Config, ConfigError, WechatMpRoute, load_config, redacted
+
+
+def _load(path: str) -> Config:
+    return load_config(path, os.environ)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    logs.setup(config.log_level)
+    from proxy.app import serve
+
+    return asyncio.run(serve(config))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: ok ({len(config.routes)} routes)")
+    print(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def _base_url(config: Config, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    host, port = config.listen_addr
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from proxy import sender
+
+    config = _load(args.config)
+    routes = [r for r in config.routes if args.route in (None, r.name)]
+    if not routes:
+        raise ConfigError(f"no route named {args.route!r} in {args.config}")
+    route = routes[0]
+    if not isinstance(route, WechatMpRoute):
+        raise ConfigError(
+            f"route {route.name!r} is {getattr(route, 'protocol', '?')}; send supports wechat-mp"
+        )
+    token = route.token.reveal() if not args.tamper else secrets.token_hex(8)
+    msg_id = args.msg_id or secrets.randbelow(10**18)
+
+    def build() -> sender.Request:
+        if args.kind == "verify":
+            return sender.mp_verify_url(route.path, token)
+        if args.kind == "event":
+            fields = sender.mp_event("gh_demo", args.user, args.event, args.event_key)
+        else:
+            fields = sender.mp_text("gh_demo", args.user, args.content, msg_id)
+        return sender.mp_message(route.path, token, fields)
+
+    def show(a: sender.Attempt) -> None:
+        body = a.body.decode("utf-8", "replace")
+        print(f"attempt {a.number}: status {a.status or '-'} in {a.seconds * 1000:.1f} ms: {body or a.error}")
+
+    attempts = asyncio.run(
+        sender.deliver(
+            _base_url(config, args.url), build, retries=args.retries, timeout=args.timeout, on_attempt=show
+        )
+    )
+    return 0 if attempts and sender.accepted(attempts[-1].status, attempts[-1].body) else 1
+
+
+def cmd_demo_backend(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from proxy import demo_backend
+
+    return demo_backend.main(list(rest))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wxgate", description="Sidecar proxy for WeChat callbacks.")
+    p.add_argument("--version", action="version", version=f"wxgate {__version__}")
+    p.add_argument("-c", "--config", default="proxy.yaml", help="configuration file (default ./proxy.yaml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the sidecar")
+    sub.add_parser(
+        "check", help="validate the configuration and print the effective routes (secrets redacted)"
+    )
+    s = sub.add_parser("send", help="send a signed callback like WeChat does (5 s timeout, 3 retries)")
+    s.add_argument("kind", nargs="?", default="text", choices=("text", "event", "verify"))
+    s.add_argument("--route", help="route name (default: the first route)")
+    s.add_argument("--url", help="base URL of the sidecar (default: from listen)")
+    s.add_argument("--content", default="hello from wxgate send")
+    s.add_argument("--user", default="oDemoUser")
+    s.add_argument("--event", default="subscribe")
+    s.add_argument("--event-key", default="")
+    s.add_argument("--msg-id", type=int)
+    s.add_argument("--retries", type=int, default=3)
+    s.add_argument("--timeout", type=float, default=5.0)
+    s.add_argument("--tamper", action="store_true", help="sign with a wrong token (expect 403)")
+    sub.add_parser("demo-backend", help="run the demo legacy backend (see --help)", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "demo-backend" in argv:
+        i = argv.index("demo-backend")
+        return cmd_demo_backend(argparse.Namespace(), argv[i + 1 :])
+    args = parser().parse_args(argv)
+    handlers = {"run": cmd_run, "check": cmd_check, "send": cmd_send}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as e:
+        print(f"wxgate: configuration error:\n{e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

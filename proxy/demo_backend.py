@@ -1,0 +1,121 @@
+"""A plaintext-only legacy backend for demos and tests, which misbehaves on demand and counts what it got.
+
+Modes (``--mode`` or ``POST /_demo/mode`` with the mode as body):
+``passive`` (default: a text passive reply echoing the message), ``success``, ``empty``, ``json``, ``html500``,
+``status201``, ``ok`` (the bare word), ``slow:N`` (sleep N seconds, then passive), ``down`` (drop the connection),
+``fail`` (500 plain), ``payfail`` (Pay v2 FAIL XML), ``paysuccess`` (Pay v2 SUCCESS XML), ``v3fail`` (FAIL JSON).
+``GET /_demo/stats`` returns ``{"count": N, "requests": [...]}``; ``POST /_demo/reset`` clears them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from proxy.protocols import xmlmsg
+from proxy.protocols.base import Rejected
+
+
+def passive_text(msg: dict[str, str], content: str) -> bytes:
+    return xmlmsg.build(
+        {
+            "ToUserName": msg.get("FromUserName", ""),
+            "FromUserName": msg.get("ToUserName", ""),
+            "CreateTime": int(time.time()),
+            "MsgType": "text",
+            "Content": content,
+        }
+    )
+
+
+class DemoBackend:
+    def __init__(self, mode: str = "passive") -> None:
+        self.mode = mode
+        self.requests: list[dict[str, Any]] = []
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_get("/_demo/stats", self.stats)
+        app.router.add_post("/_demo/mode", self.set_mode)
+        app.router.add_post("/_demo/reset", self.reset)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.app = app
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"count": len(self.requests), "mode": self.mode, "requests": self.requests})
+
+    async def set_mode(self, request: web.Request) -> web.Response:
+        self.mode = (await request.text()).strip()
+        return web.Response(text=self.mode)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.requests.clear()
+        return web.Response(text="reset")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": {
+                    k.lower(): v
+                    for k, v in request.headers.items()
+                    if k.lower().startswith(("x-", "traceparent"))
+                },
+                "body": body.decode("utf-8", "replace"),
+                "at": time.time(),
+            }
+        )
+        mode = self.mode
+        if mode.startswith("slow:"):
+            await asyncio.sleep(float(mode.split(":", 1)[1]))
+            mode = "passive"
+        if mode == "down":
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)
+        simple: dict[str, tuple[int, str, bytes]] = {
+            "success": (200, "text/plain", b"success"),
+            "empty": (200, "text/plain", b""),
+            "ok": (200, "text/plain", b"ok"),
+            "json": (200, "application/json", b'{"errcode":0,"errmsg":"ok"}'),
+            "html500": (500, "text/html", b"<html><body><h1>500 Internal Server Error</h1></body></html>"),
+            "status201": (201, "text/plain", b"created"),
+            "fail": (500, "text/plain", b"backend failed"),
+            "payfail": (200, "text/xml", b"<xml><return_code><![CDATA[FAIL]]></return_code></xml>"),
+            "paysuccess": (
+                200,
+                "text/xml",
+                b"<xml><return_code><![CDATA[SUCCESS]]></return_code>"
+                b"<return_msg><![CDATA[OK]]></return_msg></xml>",
+            ),
+            "v3fail": (500, "application/json", b'{"code":"FAIL","message":"busy"}'),
+        }
+        if mode in simple:
+            status, ctype, data = simple[mode]
+            return web.Response(status=status, body=data, content_type=ctype)
+        try:
+            msg = xmlmsg.parse(body)
+        except Rejected:
+            return web.Response(text="success")
+        return web.Response(
+            body=passive_text(msg, f"echo: {msg.get('Content', msg.get('Event', ''))}"),
+            content_type="application/xml",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="wxgate demo-backend", description=__doc__.splitlines()[0])
+    p.add_argument("--listen", default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)")
+    p.add_argument("--mode", default="passive")
+    args = p.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    backend = DemoBackend(args.mode)
+    print(json.dumps({"msg": "demo backend listening", "listen": args.listen, "mode": args.mode}), flush=True)
+    web.run_app(backend.app, host=host or "127.0.0.1", port=int(port), print=None, access_log=None)
+    return 0

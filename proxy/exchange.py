@@ -1,0 +1,80 @@
+"""Per-request state shared by the addon chain, and the outcome record every request ends with.
+
+The addons keep one :class:`Exchange` in ``flow.metadata["wxgate"]``. Its :class:`Outcome` is the single source
+of truth that metrics, spans and the JSON log line all read, so no addon re-derives what another decided.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from proxy.protocols.base import Inbound, Reply, Verified
+    from proxy.routes import RouteRuntime
+
+METADATA_KEY = "wxgate"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one request; every field is a closed set or a number (safe to label and log)."""
+
+    route: str = "unmatched"
+    protocol: str = "none"
+    method: str = ""
+    verdict: str = "pending"  # verified | rejected | direct | passthrough | denied | admitted
+    reason: str = ""  # rejection / failure reason code
+    key_id: str = ""  # which key verified
+    dedup: str = ""  # new | duplicate_done | duplicate_inflight | store_error | disabled | no_key
+    dedup_key: str = ""  # hash, never the raw key
+    attempt: int = 0
+    upstream: str = "none"  # 2xx | 3xx | 4xx | 5xx | timeout | refused | error | none
+    upstream_status: int = 0
+    upstream_seconds: float = 0.0
+    reply_kind: str = ""  # echo | ack | passive | failure | reject | passthrough
+    normalized: str = ""  # why the backend's answer was replaced
+    deadline: str = ""  # the policy that answered at the deadline (ack | relay | fail) if one did
+    outbox: str = ""  # queued | failed when the notification went to the outbox
+    status: int = 0
+    duration_seconds: float = 0.0
+
+    def as_log(self) -> dict[str, Any]:
+        return {
+            k: round(v, 6) if isinstance(v, float) else v
+            for k, v in asdict(self).items()
+            if v not in ("", 0, 0.0)
+        }
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything the chain knows about one request."""
+
+    started: float = field(default_factory=time.perf_counter)
+    outcome: Outcome = field(default_factory=Outcome)
+    route: RouteRuntime | None = None
+    inbound: Inbound | None = None
+    verified: Verified | None = None
+    reply: Reply | None = None  # plaintext reply chosen by the chain (sealed by envelope on the way out)
+    dedup_token: str | None = None
+    dedup_key_raw: str | None = None
+    traceparent: str | None = None
+    span: Any = None
+    finished: bool = False
+
+
+def exchange(flow: http.HTTPFlow) -> Exchange | None:
+    ex = flow.metadata.get(METADATA_KEY)
+    return ex if isinstance(ex, Exchange) else None
+
+
+def ensure_exchange(flow: http.HTTPFlow) -> Exchange:
+    """The flow's exchange, created by whichever addon sees the request first."""
+    ex = flow.metadata.get(METADATA_KEY)
+    if not isinstance(ex, Exchange):
+        ex = flow.metadata[METADATA_KEY] = Exchange()
+    return ex

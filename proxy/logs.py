@@ -1,0 +1,55 @@
+"""JSON logging: one line per request from its outcome record, and JSON for everything else wxgate logs.
+
+Secrets, tokens, ciphertexts and message contents are never logged: the outcome record holds only closed
+labels, numbers and the dedup key's hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from proxy.exchange import Outcome
+
+access = logging.getLogger("wxgate.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        else:
+            line["msg"] = record.getMessage()
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def setup(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # mitmproxy logs every client connect/disconnect at info; keep its warnings and errors only.
+    logging.getLogger("mitmproxy").setLevel(max(logging.WARNING, root.level))
+
+
+def log_outcome(o: Outcome, trace_id: str = "", span_id: str = "") -> None:
+    if not access.isEnabledFor(logging.INFO):
+        return
+    fields = o.as_log()
+    fields["msg"] = "request"
+    if trace_id:
+        fields["trace_id"] = trace_id
+        fields["span_id"] = span_id
+    access.info("request", extra={"fields": fields, "created_wall": time.time()})

@@ -1,0 +1,54 @@
+"""Setting the answer on a flow: the one place where a reply becomes an HTTP response."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from proxy.exchange import Exchange
+from proxy.protocols.base import Reply
+
+logger = logging.getLogger("wxgate")
+
+
+def respond(flow: http.HTTPFlow, ex: Exchange, reply: Reply) -> None:
+    """Answer ``flow`` with the plaintext ``reply``; the envelope addon seals it on the way out."""
+    ex.reply = reply
+    ex.outcome.reply_kind = reply.kind
+    if reply.normalized:
+        ex.outcome.normalized = reply.normalized
+    _set_response(flow, reply)
+
+
+def seal(flow: http.HTTPFlow, ex: Exchange) -> None:
+    """Replace the plaintext reply on ``flow`` with its wire form (safe-mode re-encryption)."""
+    if ex.reply is None or ex.route is None or ex.verified is None or ex.reply.kind not in ("passive", "ack"):
+        return
+    try:
+        wire = ex.route.protocol.seal(ex.reply, ex.verified)
+    except Exception:
+        # Our own keys failed us: a plaintext passive reply would be refused by a safe-mode sender anyway,
+        # so answer with the protocol's plain acknowledgement.
+        logger.exception("sealing the reply failed on route %s", ex.route.name)
+        wire = ex.route.protocol.success_reply()
+        ex.outcome.normalized = "seal_error"
+    if wire is not ex.reply:
+        _set_response(flow, wire)
+
+
+def _set_response(flow: http.HTTPFlow, wire: Reply) -> None:
+    headers = {"content-type": wire.content_type, **dict(wire.headers)}
+    if not wire.content_type:
+        del headers["content-type"]
+    flow.response = http.Response.make(wire.status, wire.body, headers)
+
+
+def reject(flow: http.HTTPFlow, ex: Exchange, reason: str, status: int) -> None:
+    """Refuse ``flow`` in the protocol's failure form (or a bare status when no route matched)."""
+    ex.outcome.verdict = "rejected"
+    ex.outcome.reason = reason
+    if ex.route is None:
+        respond(flow, ex, Reply(status, b"", "text/plain; charset=utf-8", "reject"))
+    else:
+        respond(flow, ex, ex.route.protocol.failure_reply(reason, status))

@@ -1,0 +1,26 @@
+"""What happens to a notification after the backend call: the seam between forwarding, dedup and the outbox.
+
+The forward addon calls these in order; implementations add dedup completion/release and durable outbox writes.
+``before_ack`` runs before wxgate acknowledges on the backend's behalf and must make the notification durable
+(raise to refuse the early acknowledgement: the sender then retries, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+from proxy.exchange import Exchange
+from proxy.protocols.base import Reply
+from proxy.upstream import UpstreamResult
+
+
+class Settlement:
+    """The default: no store. An acknowledged failure is only counted (``outcome.outbox = "unacked"``)."""
+
+    async def before_ack(self, ex: Exchange) -> None:
+        ex.outcome.outbox = "unacked"
+
+    async def delivered(self, ex: Exchange, reply: Reply, late: bool) -> None:
+        if late and ex.outcome.outbox == "unacked":
+            ex.outcome.outbox = ""
+
+    async def failed(self, ex: Exchange, result: UpstreamResult, acked: bool, late: bool) -> None:
+        return None

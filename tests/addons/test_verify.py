@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from addons.verify import Verify
+from proxy.sender import mp_verify_url
+from proxy.stores.base import StoreUnavailable
+from tests.addons.conftest import TOKEN, Nonces, flow_of, mp_flow, routed, table
+
+
+async def test_valid_message_is_verified() -> None:
+    f = mp_flow()
+    ex = routed(f, table())
+    await Verify(Nonces().remember).request(f)
+    assert f.response is None
+    assert ex.outcome.verdict == "verified"
+    assert ex.verified is not None and ex.verified.message["MsgId"] == "1"
+
+
+async def test_url_verification_is_answered_directly() -> None:
+    f = flow_of(mp_verify_url("/wx", TOKEN, echostr="123456789"))
+    ex = routed(f, table())
+    await Verify(Nonces().remember).request(f)
+    assert f.response is not None and (f.response.status_code, f.response.content) == (200, b"123456789")
+    assert ex.outcome.verdict == "direct"
+
+
+async def test_replay_is_refused() -> None:
+    nonces = Nonces()
+    first, again = mp_flow(), mp_flow()
+    again.request = first.request.copy()
+    routed(first, table())
+    ex = routed(again, table())
+    await Verify(nonces.remember).request(first)
+    await Verify(nonces.remember).request(again)
+    assert first.response is None
+    assert again.response is not None and again.response.status_code == 403
+    assert ex.outcome.reason == "replayed_nonce"
+
+
+@pytest.mark.parametrize(("offset", "reason"), [(-400, "stale_timestamp"), (400, "future_timestamp")])
+async def test_timestamp_window(offset: int, reason: str) -> None:
+    f = mp_flow(now=int(time.time()) + offset)
+    ex = routed(f, table())
+    await Verify(Nonces().remember).request(f)
+    assert f.response is not None and f.response.status_code == 403
+    assert ex.outcome.reason == reason
+
+
+async def test_malformed_xml_is_a_400() -> None:
+    f = mp_flow()
+    f.request.content = b"<xml><oops"
+    ex = routed(f, table())
+    await Verify(Nonces().remember).request(f)
+    assert f.response is not None and f.response.status_code == 400
+    assert ex.outcome.reason == "malformed_xml"
+
+
+async def _down(key: str, ttl: float) -> bool:
+    raise StoreUnavailable("redis at 127.0.0.1:1 refused the connection")
+
+
+async def test_store_down_fail_open_accepts_and_says_so() -> None:
+    f = mp_flow()
+    ex = routed(f, table())
+    await Verify(_down).request(f)
+    assert f.response is None
+    assert (ex.outcome.verdict, ex.outcome.dedup) == ("verified", "store_error")
+
+
+async def test_store_down_fail_closed_asks_for_a_retry() -> None:
+    f = mp_flow()
+    ex = routed(f, table(dedup={"store_down": "fail_closed"}))
+    await Verify(_down).request(f)
+    assert f.response is not None and f.response.status_code == 502
+    assert ex.outcome.reason == "store_unavailable"
+
+
+async def test_unexpected_errors_fail_closed() -> None:
+    async def broken(key: str, ttl: float) -> bool:
+        raise RuntimeError("bug")
+
+    f = mp_flow()
+    ex = routed(f, table())
+    await Verify(broken).request(f)
+    assert f.response is not None and f.response.status_code == 500
+    assert ex.outcome.reason == "verify_error"

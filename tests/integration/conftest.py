@@ -1,0 +1,40 @@
+"""Fixtures that run real processes: the demo backend and wxgate itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.procs import Backend
+
+TOKEN = "integration-token"
+ENV = {"WX_TOKEN": TOKEN}
+
+
+def mp_route(**over: Any) -> dict[str, Any]:
+    return {"name": "mp", "path": "/wechat/callback", "protocol": "wechat-mp", "token": "${WX_TOKEN}", **over}
+
+
+@pytest.fixture(scope="module")
+def tmp_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("integration")
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_module: Path) -> Iterator[Backend]:
+    b = Backend(tmp_module)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def fresh_backend(backend: Backend) -> Backend:
+    backend.set_mode("passive")
+    from tests.support.procs import http
+
+    http("POST", backend.url + "/_demo/reset")
+    return backend
