@@ -1,0 +1,219 @@
+"""``redis://``, ``rediss://``, ``redis+cluster://``, ``redis+sentinel://``: state shared by every replica.
+
+Every dedup and outbox operation is one round trip: a Lua script run by EVALSHA (:mod:`.redis_scripts`),
+all keys of an operation under one hash tag so it runs on Redis Cluster; ``remember`` is a single
+``SET NX PX``. Dedup leases are compared on Redis' clock; outbox due times use the ``now`` the caller passes,
+as the interface says. ``settle`` waits on pub/sub (:mod:`.redis_notify`), with a slow poll as a safety net.
+
+Failures (refused, timed out, cluster down, auth, OOM…) raise :class:`StoreUnavailable` naming the URL without
+its password and what to check (:mod:`.redis_target`). Durability of the outbox is Redis' own: run it with
+``appendonly yes`` and ``appendfsync always`` (or ``everysec``, accepting a second of loss) if queued
+redeliveries must survive a Redis crash.
+
+``namespace`` prefixes every key and the channel, so several deployments (or tests) can share one Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any
+
+from redis.asyncio import RedisCluster
+from redis.typing import EncodableT
+
+from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Store
+from proxy.stores.redis_notify import SettleSubscriber
+from proxy.stores.redis_scripts import Scripts
+from proxy.stores.redis_target import RedisConnector, parse_redis_url
+from proxy.stores.waiters import KeyWaiters, settle_loop
+
+CHUNK = 500  # dead letters revived / items purged per script call, so no single call blocks Redis for long
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _text(value: str) -> str:
+    """Route names and error texts as valid UTF-8 (Lua's cjson rejects lone surrogates)."""
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _claim(raw: list[Any], token: str) -> tuple[Claim, float]:
+    state, attempt = bytes(raw[0]).decode(), int(raw[1])
+    if state == "new":
+        return Claim(ClaimState.NEW, attempt, token=token), 0.0
+    if state == "done":
+        return Claim(ClaimState.DONE, attempt, reply=bytes(raw[2] or b"")), 0.0
+    return Claim(ClaimState.IN_FLIGHT, attempt), int(raw[2]) / 1000
+
+
+def _item(item_id: bytes, meta: bytes | None, payload: bytes | None) -> OutboxItem | None:
+    if meta is None:
+        return None
+    m = json.loads(meta)
+    return OutboxItem(
+        id=item_id.decode(),
+        route=m["route"],
+        payload=bytes(payload or b""),
+        attempts=int(m["attempts"]),
+        created_at=float(m["created_at"]),
+        next_at=float(m["next_at"]),
+        last_error=m["last_error"],
+    )
+
+
+def _items(flat: list[Any]) -> list[OutboxItem]:
+    found = (_item(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3))
+    return [item for item in found if item is not None]
+
+
+class RedisStore(Store):
+    """State in Redis (single server, Cluster or Sentinel), shared by every wxgate replica."""
+
+    url_scheme = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "wxgate",
+        connect_timeout: float = 0.5,
+        timeout: float = 1.0,
+        settle_poll: float = 0.5,
+    ) -> None:
+        self._conn = RedisConnector(parse_redis_url(url), connect_timeout=connect_timeout, timeout=timeout)
+        self._client = self._conn.client()
+        self._scripts = Scripts.register(self._client)
+        self._ns = namespace
+        self._timeout = timeout
+        self._settle_poll = settle_poll
+        self._outbox = [f"{namespace}:{{{namespace}-outbox}}:{part}" for part in ("due", "created", "dead", "meta", "payload")]
+        self._channel = f"{namespace}:settled"
+        self._waiters = KeyWaiters()
+        self._subscriber = SettleSubscriber(
+            lambda attempt: self._conn.subscriber(self._client, attempt), self._channel, self._waiters
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._conn.target.safe_url!r}, namespace={self._ns!r})"
+
+    def _key(self, key: str, kind: str) -> str:
+        return f"{self._ns}:{{{key}}}:{kind}"
+
+    async def open(self) -> None:
+        with self._conn.translate():
+            if isinstance(self._client, RedisCluster):
+                await self._client.initialize()
+            await self._client.ping()
+        self._subscriber.start()
+
+    async def close(self) -> None:
+        await self._subscriber.close()
+        self._waiters.wake_all()
+        with self._conn.translate():
+            await self._client.aclose()
+
+    async def ping(self) -> None:
+        with self._conn.translate():
+            await self._client.ping()
+
+    # -- dedup -----------------------------------------------------------------------------------------------
+    async def claim(self, key: str, lease: float, ttl: float) -> Claim:
+        token = secrets.token_hex(16)
+        with self._conn.translate():
+            raw = await self._scripts.claim(keys=[self._key(key, "d")], args=[token, _ms(lease), _ms(ttl)])
+        return _claim(raw, token)[0]
+
+    async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
+        args: list[EncodableT] = [token, reply, _ms(ttl), self._channel, key]
+        with self._conn.translate():
+            owned = await self._scripts.complete(keys=[self._key(key, "d")], args=args)
+        self._waiters.wake(key)
+        return bool(owned)
+
+    async def release(self, key: str, token: str) -> None:
+        with self._conn.translate():
+            await self._scripts.release(keys=[self._key(key, "d")], args=[token, self._channel, key])
+        self._waiters.wake(key)
+
+    async def settle(self, key: str, lease: float, timeout: float) -> Claim:
+        token, loop = secrets.token_hex(16), asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        async def check() -> tuple[Claim, float]:
+            with self._conn.translate():
+                raw = await self._scripts.settle(keys=[self._key(key, "d")], args=[token, _ms(lease)])
+            return _claim(raw, token)
+
+        with self._waiters.watch(key) as wake:
+            # Subscribed before the first look, so a completion right after it is heard.
+            await self._subscriber.ready(min(timeout, self._timeout))
+            return await settle_loop(check, wake, deadline - loop.time(), self._settle_poll)
+
+    # -- nonce replay cache ----------------------------------------------------------------------------------
+    async def remember(self, key: str, ttl: float) -> bool:
+        with self._conn.translate():
+            return bool(await self._client.set(self._key(key, "n"), b"1", nx=True, px=_ms(ttl)))
+
+    # -- outbox ----------------------------------------------------------------------------------------------
+    async def _outbox_call(self, script: Any, *args: EncodableT) -> Any:
+        with self._conn.translate():
+            return await script(keys=self._outbox, args=list(args))
+
+    async def outbox_put(self, item: OutboxItem) -> None:
+        meta = json.dumps(
+            {
+                "route": _text(item.route),
+                "attempts": item.attempts,
+                "created_at": repr(item.created_at),
+                "next_at": repr(item.next_at),
+                "last_error": _text(item.last_error),
+            }
+        )
+        args = (item.id, meta, item.payload, repr(item.next_at), repr(item.created_at))
+        await self._outbox_call(self._scripts.outbox_put, *args)
+
+    async def outbox_lease(self, now: float, lease: float, limit: int) -> list[OutboxItem]:
+        return _items(await self._outbox_call(self._scripts.outbox_lease, repr(now), repr(now + lease), limit))
+
+    async def outbox_ack(self, item_id: str) -> None:
+        await self._outbox_call(self._scripts.outbox_ack, item_id)
+
+    async def outbox_retry(self, item_id: str, next_at: float, error: str) -> None:
+        await self._outbox_call(self._scripts.outbox_retry, item_id, repr(next_at), _text(error))
+
+    async def outbox_bury(self, item_id: str, error: str) -> None:
+        await self._outbox_call(self._scripts.outbox_bury, item_id, _text(error))
+
+    async def outbox_list(self, dead: bool, limit: int = 100) -> list[OutboxItem]:
+        if limit <= 0:
+            return []
+        which = "dead" if dead else "queued"
+        return _items(await self._outbox_call(self._scripts.outbox_list, which, limit))
+
+    async def outbox_get(self, item_id: str) -> OutboxItem | None:
+        meta, payload = await self._outbox_call(self._scripts.outbox_get, item_id)
+        return _item(item_id.encode(), meta, payload)
+
+    async def outbox_revive(self, item_id: str | None, now: float) -> int:
+        return await self._chunked(self._scripts.outbox_revive, repr(now), item_id)
+
+    async def outbox_purge(self, dead: bool, item_id: str | None = None) -> int:
+        return await self._chunked(self._scripts.outbox_purge, "dead" if dead else "queued", item_id)
+
+    async def _chunked(self, script: Any, first: str, item_id: str | None) -> int:
+        """Run a one-or-all script; for all, chunk by chunk until a chunk comes back short."""
+        mode, total = ("one" if item_id is not None else "all"), 0
+        while True:
+            done, seen = await self._outbox_call(script, first, mode, item_id or "", CHUNK)
+            total += int(done)
+            if mode == "one" or int(seen) < CHUNK:
+                return total
+
+    async def outbox_stats(self, now: float) -> OutboxStats:
+        depth, oldest, dead = await self._outbox_call(self._scripts.outbox_stats)
+        age = max(0.0, now - float(oldest)) if oldest is not None else 0.0
+        return OutboxStats(depth=int(depth), oldest_age=age, dead=int(dead))
