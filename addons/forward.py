@@ -22,6 +22,7 @@ from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
 from proxy.forwarding import backend_request, is_failure, success_reply
+from proxy.policy import acknowledges
 from proxy.protocols.base import Reply
 from proxy.replies import reject, respond
 from proxy.settlement import Settlement
@@ -29,9 +30,6 @@ from proxy.tasks import BackgroundTasks
 from proxy.upstream import UpstreamClient, UpstreamResult
 
 logger = logging.getLogger("wxgate")
-
-# WeChat MP/WeCom try a message four times (the first delivery and "重试三次"); relay acks on the last one.
-LAST_ATTEMPT = {"wechat-mp": 4, "wecom": 4}
 
 
 class Forward:
@@ -84,17 +82,10 @@ class Forward:
         respond(flow, ex, await self._settle(ex, result))
         return None
 
-    def _acks_failures(self, ex: Exchange) -> bool:
-        assert ex.route is not None
-        policy = ex.route.policy
-        if policy == "relay":
-            return ex.outcome.attempt >= LAST_ATTEMPT.get(ex.route.protocol_name, 1)
-        return policy == "ack"
-
     async def _early_reply(self, ex: Exchange) -> Reply:
         """The answer when the backend has not answered (or failed): acknowledge, or ask for a retry."""
         assert ex.route is not None
-        if self._acks_failures(ex):
+        if acknowledges(ex):
             try:
                 await self.settlement.before_ack(ex)
             except Exception:

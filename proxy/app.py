@@ -22,6 +22,7 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from addons.admission import Admission
+from addons.dedup import Dedup
 from addons.envelope import Envelope
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
@@ -30,6 +31,7 @@ from addons.verify import Verify
 from proxy.admin import AdminServer
 from proxy.config import Config
 from proxy.metrics import Metrics
+from proxy.outbox import OutboxWorker, StoreSettlement
 from proxy.routes import RouteTable
 from proxy.settlement import Settlement
 from proxy.stores import open_store
@@ -51,6 +53,10 @@ class Runtime:
     table: RouteTable
     client: UpstreamClient
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
+    settlement: Settlement = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settlement = StoreSettlement(self.store)
 
 
 def build_runtime(config: Config, registry: CollectorRegistry | None = None) -> Runtime:
@@ -78,7 +84,8 @@ def build_chain(rt: Runtime) -> list[Any]:
         Admission(rt.config.trusted_proxies),
         Verify(rt.store.remember),
         Envelope(),
-        Forward(rt.client, Settlement(), rt.tasks, observe=rt.metrics.observe_upstream),
+        Dedup(rt.store, rt.settlement),
+        Forward(rt.client, rt.settlement, rt.tasks, observe=rt.metrics.observe_upstream),
     ]
 
 
@@ -95,6 +102,7 @@ class Sidecar:
         self.rt = rt
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
         self.master: mitm_master.Master | None = None
         self.chain = build_chain(rt)
         self.admin = AdminServer(rt.registry, self.ready)
@@ -168,6 +176,8 @@ class Sidecar:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
         await self.admin.start(*cfg.admin_addr)
+        worker = OutboxWorker(self.rt.store, self.rt.table, self.rt.client)
+        self._worker = loop.create_task(worker.run(), name="outbox worker")
         logger.info(
             "wxgate listening on %s (admin %s), %d routes, store %s",
             cfg.listen,
@@ -178,6 +188,9 @@ class Sidecar:
         try:
             await self.master.run()
         finally:
+            if self._worker is not None:
+                self._worker.cancel()
+                await asyncio.gather(self._worker, return_exceptions=True)
             await self.admin.stop()
             await self.rt.client.close()
             await self.rt.store.close()

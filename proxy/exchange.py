@@ -61,7 +61,8 @@ class Exchange:
     verified: Verified | None = None
     reply: Reply | None = None  # plaintext reply chosen by the chain (sealed by envelope on the way out)
     dedup_token: str | None = None
-    dedup_key_raw: str | None = None
+    dedup_key_raw: str | None = None  # the hashed key as stored
+    outbox_id: str | None = None
     traceparent: str | None = None
     span: Any = None
     finished: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 
 from mitmproxy import http
@@ -52,3 +54,28 @@ def reject(flow: http.HTTPFlow, ex: Exchange, reason: str, status: int) -> None:
         respond(flow, ex, Reply(status, b"", "text/plain; charset=utf-8", "reject"))
     else:
         respond(flow, ex, ex.route.protocol.failure_reply(reason, status))
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """The cached form of a plaintext reply (what the dedup store keeps for replays)."""
+    return json.dumps(
+        {
+            "s": reply.status,
+            "c": reply.content_type,
+            "k": reply.kind,
+            "b": base64.b64encode(reply.body).decode(),
+            "h": [list(h) for h in reply.headers],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_reply(blob: bytes) -> Reply:
+    d = json.loads(blob)
+    return Reply(
+        int(d["s"]),
+        base64.b64decode(d["b"]),
+        str(d["c"]),
+        d["k"],
+        headers=tuple((str(k), str(v)) for k, v in d["h"]),
+    )

@@ -78,28 +78,25 @@ class Process:
         assert self.proc is not None
         rc = self.proc.wait(timeout)
         _live.discard(self.proc)
+        self._log.close()
         return rc
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            rc = self.proc.returncode if self.proc else None
-            if self.proc:
-                _live.discard(self.proc)
-            return rc
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            return self.wait(1)
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.wait(5)
-        finally:
-            self._log.close()
 
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
         self.wait(5)
-        self._log.close()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

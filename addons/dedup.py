@@ -1,0 +1,122 @@
+"""Dedup: each notification reaches the backend once; every retry gets the backend's real reply.
+
+Two-phase claim in the shared store (DESIGN.md "Deduplication"): ``NEW`` forwards; ``DONE`` replays the cached
+reply without touching the backend (the envelope addon re-seals it freshly); ``IN_FLIGHT`` waits for the first
+attempt up to this attempt's own deadline and replays its reply, or takes the claim over if the first attempt
+released it. Keys come from the protocol's recipe (or the route's ``dedup.fields``) and are hashed before they
+reach the store, the backend (``X-Wxgate-Dedup-Key``) or the logs. Store down: ``dedup.store_down``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+from mitmproxy import http
+
+from proxy.exchange import Exchange, exchange
+from proxy.policy import acknowledges
+from proxy.protocols.base import Reply
+from proxy.replies import decode_reply, respond
+from proxy.settlement import Settlement
+from proxy.stores.base import Claim, ClaimState, Store, StoreUnavailable
+
+logger = logging.getLogger("wxgate")
+
+
+def dedup_key(ex: Exchange) -> str | None:
+    """The un-hashed key: the route's configured fields, else the protocol's recipe."""
+    assert ex.route is not None and ex.verified is not None
+    fields = ex.route.config.dedup.fields
+    if fields:
+        values = [ex.verified.message.get(f, "") for f in fields]
+        return "|".join(values) if any(values) else None
+    return ex.route.protocol.dedup_key(ex.verified)
+
+
+def hashed(route: str, raw: str) -> str:
+    return f"{route}:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
+
+
+class Dedup:
+    def __init__(self, store: Store, settlement: Settlement) -> None:
+        self.store = store
+        self.settlement = settlement
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        ex = exchange(flow)
+        if ex is None or ex.route is None or ex.outcome.verdict != "verified":
+            return
+        if not ex.route.config.dedup.enabled:
+            return
+        try:
+            await self._claim(flow, ex)
+        except Exception:
+            logger.exception("deduplication failed unexpectedly on route %s", ex.route.name)
+            if not flow.response:
+                ex.outcome.reason = "dedup_error"
+                respond(flow, ex, ex.route.protocol.backend_failure_reply())
+
+    async def _claim(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        assert ex.route is not None
+        raw = dedup_key(ex)
+        if raw is None:
+            ex.outcome.dedup = "no_key"
+            return
+        key = ex.dedup_key_raw = hashed(ex.route.name, raw)
+        ex.outcome.dedup_key = key.rsplit(":", 1)[1][:16]
+        cfg = ex.route.config.dedup
+        try:
+            claim = await self.store.claim(key, cfg.lease, ex.route.dedup_ttl)
+        except StoreUnavailable as e:
+            return self._store_down(flow, ex, e)
+        ex.outcome.attempt = claim.attempt
+        if claim.state is ClaimState.IN_FLIGHT:
+            ex.outcome.dedup = "duplicate_inflight"
+            remaining = ex.route.config.deadline - (time.perf_counter() - ex.started)
+            try:
+                claim = await self.store.settle(key, cfg.lease, max(remaining, 0.0))
+            except StoreUnavailable as e:
+                return self._store_down(flow, ex, e)
+            if claim.state is ClaimState.IN_FLIGHT:
+                return await self._still_in_flight(flow, ex)
+        if claim.state is ClaimState.DONE:
+            ex.outcome.dedup = ex.outcome.dedup or "duplicate_done"
+            return self._replay(flow, ex, claim)
+        ex.outcome.dedup = ex.outcome.dedup or "new"
+        ex.dedup_token = claim.token
+        return None
+
+    def _replay(self, flow: http.HTTPFlow, ex: Exchange, claim: Claim) -> None:
+        assert claim.reply is not None and ex.route is not None
+        try:
+            reply = decode_reply(claim.reply)
+        except (ValueError, KeyError):
+            logger.warning(
+                "cached reply on route %s is unreadable; answering with the plain ack", ex.route.name
+            )
+            reply = ex.route.protocol.success_reply()
+        respond(flow, ex, reply)
+
+    async def _still_in_flight(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        """The first attempt is still at the backend and this attempt's deadline has come."""
+        assert ex.route is not None
+        ex.outcome.deadline = ex.route.policy
+        reply: Reply
+        if acknowledges(ex):
+            # The first attempt made the notification durable before acknowledging (or will answer itself).
+            reply = ex.route.protocol.success_reply()
+        else:
+            reply = ex.route.protocol.backend_failure_reply()
+        respond(flow, ex, reply)
+
+    def _store_down(self, flow: http.HTTPFlow, ex: Exchange, err: StoreUnavailable) -> None:
+        assert ex.route is not None
+        ex.outcome.dedup = "store_error"
+        logger.warning("dedup store unavailable on route %s: %s", ex.route.name, err)
+        if ex.route.config.dedup.store_down == "fail_closed":
+            ex.outcome.reason = "store_unavailable"
+            respond(flow, ex, ex.route.protocol.backend_failure_reply())

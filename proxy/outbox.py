@@ -1,0 +1,236 @@
+"""Nothing lost: the settlement that keeps acknowledged notifications durable, and the redelivery worker.
+
+A notification that wxgate acknowledges on the backend's behalf is written to the store's outbox *before* the
+acknowledgement leaves (:meth:`StoreSettlement.before_ack`). If the backend then takes it, the item is removed;
+otherwise :class:`OutboxWorker` redelivers it with exponential backoff and full jitter, with
+``X-Wxgate-Redelivery: N``, until it succeeds or exhausts the route's ``outbox.max_attempts``/``max_age`` and
+becomes a dead letter. Every delivery — first, retry or redelivery — goes through the dedup claim, so the
+backend sees a notification once even when a sender retry and a redelivery race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.exchange import Exchange
+from proxy.forwarding import backend_request
+from proxy.protocols.base import Reply, Verified
+from proxy.replies import encode_reply
+from proxy.routes import RouteRuntime, RouteTable
+from proxy.settlement import Settlement
+from proxy.stores.base import ClaimState, OutboxItem, Store, StoreUnavailable
+from proxy.upstream import UpstreamClient, UpstreamResult
+
+logger = logging.getLogger("wxgate")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the outbox keeps: the backend request exactly as it was first sent."""
+
+    method: str
+    path_query: str
+    headers: dict[str, str]
+    body: bytes
+    dedup_key: str | None  # the store key (already hashed)
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "m": self.method,
+                "p": self.path_query,
+                "h": self.headers,
+                "b": base64.b64encode(self.body).decode(),
+                "k": self.dedup_key,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Delivery:
+        d = json.loads(blob)
+        return cls(d["m"], d["p"], dict(d["h"]), base64.b64decode(d["b"]), d["k"])
+
+
+def backoff(
+    attempts: int, base: float, cap: float, rand: Callable[[float, float], float] = random.uniform
+) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog): uniform(0, min(cap, base * 2**n))."""
+    return rand(0.0, min(cap, base * 2 ** min(attempts, 30)))
+
+
+class StoreSettlement(Settlement):
+    """Completes/releases dedup claims and keeps acknowledged-but-undelivered notifications in the outbox."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def before_ack(self, ex: Exchange) -> None:
+        assert ex.route is not None and ex.inbound is not None
+        if ex.outbox_id is not None:
+            return
+        url, headers, body = backend_request(ex, list(ex.inbound.query.items()))
+        path_query = url[len(ex.route.upstream) :]
+        item_id = uuid.uuid4().hex
+        now = self.clock()
+        cfg = ex.route.config.outbox
+        delivery = Delivery(ex.inbound.method, path_query, headers, body, ex.dedup_key_raw)
+        # Due only after the in-flight call had its chance: the worker must not race the first attempt.
+        due = now + ex.route.config.backend_timeout + backoff(0, cfg.backoff_base, cfg.backoff_max)
+        await self.store.outbox_put(OutboxItem(item_id, ex.route.name, delivery.encode(), 0, now, due))
+        ex.outbox_id = item_id
+        ex.outcome.outbox = "queued"
+
+    async def delivered(self, ex: Exchange, reply: Reply, late: bool) -> None:
+        assert ex.route is not None
+        if ex.dedup_token is not None and ex.dedup_key_raw is not None:
+            try:
+                await self.store.complete(
+                    ex.dedup_key_raw, ex.dedup_token, encode_reply(reply), ex.route.dedup_ttl
+                )
+            except StoreUnavailable as e:
+                logger.warning("could not record delivery on route %s: %s", ex.route.name, e)
+        if ex.outbox_id is not None:
+            await self._drop(ex.outbox_id)
+
+    async def failed(self, ex: Exchange, result: UpstreamResult, acked: bool, late: bool) -> None:
+        assert ex.route is not None
+        if ex.dedup_token is not None and ex.dedup_key_raw is not None:
+            try:
+                # Released either way: the sender's retry (not acked) or the outbox (acked) takes over.
+                await self.store.release(ex.dedup_key_raw, ex.dedup_token)
+            except StoreUnavailable as e:
+                logger.warning(
+                    "could not release claim on route %s (its lease will expire): %s", ex.route.name, e
+                )
+        if acked and ex.outbox_id is not None and late:
+            # Redeliver soon rather than after the backend_timeout head start given in before_ack.
+            cfg = ex.route.config.outbox
+            try:
+                await self.store.outbox_retry(
+                    ex.outbox_id, self.clock() + backoff(0, cfg.backoff_base, cfg.backoff_max), result.kind
+                )
+            except StoreUnavailable as e:
+                logger.warning("outbox item on route %s keeps its schedule: %s", ex.route.name, e)
+
+    async def _drop(self, item_id: str) -> None:
+        try:
+            await self.store.outbox_ack(item_id)
+        except StoreUnavailable as e:
+            # The item stays; its redelivery will find the dedup record DONE and drop it then.
+            logger.warning("could not remove delivered outbox item: %s", e)
+
+
+@dataclass(slots=True)
+class OutboxCounters:
+    """Hooks the observability layer reads (redeliveries by result, dead letters)."""
+
+    redeliveries: Callable[[str, str], None] = lambda route, result: None
+    dead_letters: Callable[[str], None] = lambda route: None
+
+
+class OutboxWorker:
+    """Leases due items and redelivers them; safe to run in every replica (leases are exclusive)."""
+
+    def __init__(
+        self,
+        store: Store,
+        table: RouteTable,
+        client: UpstreamClient,
+        counters: OutboxCounters | None = None,
+        clock: Callable[[], float] = time.time,
+        interval: float = 0.5,
+        batch: int = 32,
+        lease: float = 60.0,
+    ) -> None:
+        self.store, self.table, self.client = store, table, client
+        self.counters = counters or OutboxCounters()
+        self.clock, self.interval, self.batch, self.lease = clock, interval, batch, lease
+        self._by_name = {r.name: r for r in table.routes}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except StoreUnavailable as e:
+                logger.warning("outbox: store unavailable, retrying: %s", e)
+                busy = 0
+            if busy < self.batch:
+                await asyncio.sleep(self.interval)
+
+    async def run_once(self) -> int:
+        items = await self.store.outbox_lease(self.clock(), self.lease, self.batch)
+        if items:
+            await asyncio.gather(*(self.redeliver(item) for item in items))
+        return len(items)
+
+    async def redeliver(self, item: OutboxItem) -> str:
+        """Try one item; returns what happened (delivered, duplicate, busy, retry, dead)."""
+        route = self._by_name.get(item.route)
+        if route is None:
+            await self.store.outbox_bury(item.id, f"route {item.route!r} is no longer configured")
+            self.counters.dead_letters(item.route)
+            return "dead"
+        try:
+            delivery = Delivery.decode(item.payload)
+        except (ValueError, KeyError):
+            await self.store.outbox_bury(item.id, "unreadable payload")
+            self.counters.dead_letters(item.route)
+            return "dead"
+        token: str | None = None
+        if delivery.dedup_key is not None:
+            claim = await self.store.claim(delivery.dedup_key, route.config.dedup.lease, route.dedup_ttl)
+            if claim.state is ClaimState.DONE:
+                await self.store.outbox_ack(item.id)  # a sender retry got it through meanwhile
+                self.counters.redeliveries(route.name, "duplicate")
+                return "duplicate"
+            if claim.state is ClaimState.IN_FLIGHT:
+                await self.store.outbox_retry(item.id, self.clock() + route.config.dedup.lease, "in flight")
+                return "busy"
+            token = claim.token
+        result = await self._send(route, delivery, item.attempts + 1)
+        return await self._conclude(route, item, delivery, token, result)
+
+    async def _send(self, route: RouteRuntime, d: Delivery, n: int) -> UpstreamResult:
+        headers = {**d.headers, "x-wxgate-redelivery": str(n)}
+        return await self.client.send(
+            d.method, route.upstream + d.path_query, headers, d.body, route.config.backend_timeout
+        )
+
+    async def _conclude(
+        self, route: RouteRuntime, item: OutboxItem, d: Delivery, token: str | None, result: UpstreamResult
+    ) -> str:
+        cfg = route.config.outbox
+        failed = not result.ok or route.protocol.is_backend_failure(
+            result.status, result.content_type, result.body
+        )
+        if not failed:
+            if d.dedup_key is not None and token is not None:
+                reply = route.protocol.normalize(result.status, result.content_type, result.body, Verified())
+                await self.store.complete(d.dedup_key, token, encode_reply(reply), route.dedup_ttl)
+            await self.store.outbox_ack(item.id)
+            self.counters.redeliveries(route.name, "delivered")
+            return "delivered"
+        if d.dedup_key is not None and token is not None:
+            await self.store.release(d.dedup_key, token)
+        attempts = item.attempts + 1
+        error = f"{result.kind} {result.status or ''}".strip()
+        if attempts >= cfg.max_attempts or self.clock() - item.created_at >= cfg.max_age:
+            await self.store.outbox_bury(item.id, error)
+            self.counters.redeliveries(route.name, "failed")
+            self.counters.dead_letters(route.name)
+            return "dead"
+        await self.store.outbox_retry(
+            item.id, self.clock() + backoff(attempts, cfg.backoff_base, cfg.backoff_max), error
+        )
+        self.counters.redeliveries(route.name, "failed")
+        return "retry"
