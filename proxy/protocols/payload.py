@@ -1,0 +1,84 @@
+"""JSON bodies and backend answers: strict parsing, flattening to ``{field: text}``, and naming what a body is.
+
+The JSON counterpart of :mod:`proxy.protocols.xmlmsg`: robot callbacks (WeCom), Pay v3 notices and generic
+webhooks carry JSON. Numbers keep their text as sent (``1.50`` stays ``1.50``) so that anything signed over a
+field's text can be re-derived; ``NaN``/``Infinity`` are refused. Nested objects flatten as ``parent.child``, the
+same shape xmlmsg produces, so dedup recipes read both alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.protocols.base import Rejected
+
+MAX_DEPTH = 8
+MAX_FIELDS = 512
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """Parse a JSON object; numbers stay strings as written. Raise :class:`Rejected` (400) on anything else."""
+    if not body.strip():
+        raise Rejected("empty_body", 400)
+    try:
+        value = json.loads(body, parse_float=str, parse_int=str, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise Rejected("malformed_json", 400) from None
+    if not isinstance(value, dict):
+        raise Rejected("malformed_json", 400, "not a JSON object")
+    return value
+
+
+def scalar_text(value: object) -> str | None:
+    """The text of a JSON scalar as written (strings unquoted, ``true``/``false``/``null``); None if not scalar."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return value
+    return None
+
+
+def flatten(obj: Mapping[str, Any]) -> dict[str, str]:
+    """``{"a": {"b": 1}, "c": [..]}`` -> ``{"a.b": "1"}``; arrays are skipped (no dedup recipe reads them)."""
+    out: dict[str, str] = {}
+    _flatten(obj, "", out, 0)
+    return out
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, str], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise Rejected("malformed_json", 400, "nested too deeply")
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _flatten(value, name + ".", out, depth + 1)
+        elif (text := scalar_text(value)) is not None:
+            out[name] = text
+        if len(out) > MAX_FIELDS:
+            raise Rejected("malformed_json", 400, "too many fields")
+
+
+def describe(content_type: str, body: bytes) -> str:
+    """A closed label for a backend body that breaks its contract: empty, json, html, xml or text."""
+    stripped = body.strip()
+    if not stripped:
+        return "empty"
+    if "json" in content_type or stripped[:1] in (b"{", b"["):
+        try:
+            json.loads(stripped)
+            return "json"
+        except (ValueError, RecursionError):
+            pass
+    if "html" in content_type or stripped[:5].lower() in (b"<!doc", b"<html"):
+        return "html"
+    if "xml" in content_type or stripped[:1] == b"<":
+        return "xml"
+    return "text"
