@@ -1,0 +1,204 @@
+"""WeChat Pay API v2 notifications (XML): payment results (``sign``) and refund results (``req_info``).
+
+PROTOCOLS.md §3. Payment notice: ``return_code`` must be SUCCESS; ``sign`` is recomputed by ``sign_type``
+(absent = MD5, or HMAC-SHA256) over every non-empty field but ``sign``, unknown fields included ("必须支持增加的扩展
+字段"), and compared upper-case in constant time; ``mch_id`` (and ``appid`` if configured) must match. Refund
+notice: no ``sign`` exists; ``req_info`` is AES-256-ECB under ``md5hex(api_key)`` (32 ASCII bytes) with PKCS#7/16,
+and the decrypted ``<root>`` is parsed as strictly as any XML. ECB has no MAC, so knowing the key is the only
+authenticity; the ids are checked on the outer fields. With ``decrypt_for_backend`` a refund is forwarded as one
+flat ``<xml>`` holding the outer fields (without ``req_info``) and the decrypted ones.
+
+No freshness timestamp exists (``replay_key`` is None): idempotency on the business key is the replay defence.
+
+Replies. Success: 200 + SUCCESS XML. Rejection: **200** + FAIL XML with one fixed message whatever the reason,
+which is what WeChat Pay's documentation and SDKs send; WeChat retries on it (so a real notice survives a key
+misconfiguration once fixed) and a forged caller learns neither the reason nor, from the status, that it was
+refused. Backend failure: the same FAIL form (WeChat Pay retries over 24 h). A backend 2xx with valid SUCCESS XML
+passes; valid FAIL XML is a failure (:meth:`WechatPayV2.is_backend_failure`); any other 2xx becomes SUCCESS XML.
+
+Reasons: ``method_not_allowed``, ``return_code_not_success``, ``missing_sign``, ``unsupported_sign_type``,
+``bad_sign``, ``wrong_mch_id``, ``wrong_app_id``, ``bad_base64``, ``bad_length``, ``bad_padding``, and the
+:mod:`xmlmsg` reasons (also for the decrypted ``req_info``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from proxy.protocols import xmlmsg
+from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, constant_time_equal
+from proxy.protocols.payload import describe
+
+XML_CONTENT_TYPE = "text/xml; charset=utf-8"
+SUCCESS_XML = xmlmsg.build({"return_code": "SUCCESS", "return_msg": "OK"})
+FAIL_XML = xmlmsg.build({"return_code": "FAIL", "return_msg": "签名失败"})
+BUSY_XML = xmlmsg.build({"return_code": "FAIL", "return_msg": "系统繁忙"})
+SIGN_TYPES = ("MD5", "HMAC-SHA256")
+
+
+def sign_string(fields: Mapping[str, str]) -> str:
+    """``k1=v1&k2=v2`` over the non-empty fields but ``sign``, in ASCII order of the names (values raw)."""
+    return "&".join(f"{k}={fields[k]}" for k in sorted(fields) if k != "sign" and fields[k] != "")
+
+
+def sign(fields: Mapping[str, str], api_key: str, sign_type: str = "MD5") -> str:
+    """The upper-case hex ``sign`` of ``fields`` (PROTOCOLS.md §3.2)."""
+    message = f"{sign_string(fields)}&key={api_key}".encode("utf-8", "surrogatepass")
+    if sign_type == "MD5":
+        return hashlib.md5(message).hexdigest().upper()  # noqa: S324 - the protocol's algorithm
+    if sign_type == "HMAC-SHA256":
+        return hmac.new(api_key.encode(), message, hashlib.sha256).hexdigest().upper()
+    raise ValueError(f"unsupported sign_type {sign_type!r}")
+
+
+def _refund_key(api_key: str) -> bytes:
+    return hashlib.md5(api_key.encode()).hexdigest().encode()  # noqa: S324 - the protocol's key derivation
+
+
+def encrypt_req_info(api_key: str, plaintext: bytes) -> str:
+    """``req_info`` for ``plaintext`` (AES-256-ECB, PKCS#7/16): the sender's side, for tests and ``wxgate send``."""
+    padder = padding.PKCS7(128).padder()
+    enc = Cipher(algorithms.AES(_refund_key(api_key)), modes.ECB()).encryptor()  # noqa: S305 - the protocol's mode
+    return base64.b64encode(
+        enc.update(padder.update(plaintext) + padder.finalize()) + enc.finalize()
+    ).decode()
+
+
+def decrypt_req_info(api_key: str, req_info: str) -> bytes:
+    """Decrypt ``req_info``; bad base64, length or padding raise :class:`Rejected`."""
+    try:
+        raw = base64.b64decode(req_info.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected("bad_base64", 403) from None
+    if not raw or len(raw) % 16:
+        raise Rejected("bad_length", 403)
+    dec = Cipher(algorithms.AES(_refund_key(api_key)), modes.ECB()).decryptor()  # noqa: S305
+    plain = dec.update(raw) + dec.finalize()
+    n = plain[-1]
+    if not 1 <= n <= 16 or not hmac.compare_digest(plain[-n:], bytes([n]) * n):
+        raise Rejected("bad_padding", 403)
+    return plain[:-n]
+
+
+def return_code(body: bytes) -> str | None:
+    """The ``return_code`` of an XML answer, or None when the body is not such an XML."""
+    if not body.lstrip().startswith(b"<"):
+        return None
+    try:
+        return xmlmsg.parse(body.strip()).get("return_code") or None
+    except Rejected:
+        return None
+
+
+class WechatPayV2(Protocol):
+    """One APIv2 ``notify_url`` (payment and refund notices of one merchant)."""
+
+    name = "wechat-pay-v2"
+
+    def __init__(
+        self,
+        api_keys: Sequence[tuple[str, str]],
+        mch_id: str,
+        app_id: str | None = None,
+        decrypt_for_backend: bool = False,
+        random_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
+        super().__init__(*(() if random_bytes is None else (random_bytes,)))
+        if not api_keys or not mch_id:
+            raise ValueError("a WeChat Pay v2 route needs api_key and mch_id")
+        self.api_keys = tuple(api_keys)
+        self.mch_id = mch_id
+        self.app_id = app_id
+        self.decrypt_for_backend = decrypt_for_backend
+
+    def verify(self, req: Inbound, now: float) -> Verified:
+        if req.method != "POST":
+            raise Rejected("method_not_allowed", 405)
+        fields = xmlmsg.parse(req.body)
+        if fields.get("return_code") != "SUCCESS":
+            raise Rejected("return_code_not_success", 400)
+        if "req_info" in fields:
+            return self._verify_refund(fields)
+        key_id = self._check_sign(fields)
+        self._check_ids(fields)
+        return Verified(message=fields, key_id=key_id)
+
+    def _check_sign(self, fields: Mapping[str, str]) -> str:
+        given = fields.get("sign", "")
+        if not given:
+            raise Rejected("missing_sign", 403)
+        sign_type = fields.get("sign_type") or "MD5"
+        if sign_type not in SIGN_TYPES:
+            raise Rejected("unsupported_sign_type", 403)
+        given = given.strip().upper()
+        if not given.isascii():
+            raise Rejected("bad_sign", 403)
+        matched = ""
+        for key_id, key in self.api_keys:
+            if constant_time_equal(sign(fields, key, sign_type), given) and not matched:
+                matched = key_id
+        if not matched:
+            raise Rejected("bad_sign", 403)
+        return matched
+
+    def _check_ids(self, fields: Mapping[str, str]) -> None:
+        if not constant_time_equal(fields.get("mch_id", ""), self.mch_id):
+            raise Rejected("wrong_mch_id", 403)
+        if self.app_id is not None and not constant_time_equal(fields.get("appid", ""), self.app_id):
+            raise Rejected("wrong_app_id", 403)
+
+    def _verify_refund(self, outer: Mapping[str, str]) -> Verified:
+        failure: Rejected | None = None
+        for key_id, key in self.api_keys:
+            try:
+                inner = xmlmsg.parse(decrypt_req_info(key, outer["req_info"]), root="root")
+            except Rejected as e:
+                failure = failure or e
+                continue
+            self._check_ids(outer)
+            message = {**{k: v for k, v in outer.items() if k != "req_info"}, **inner}
+            backend = xmlmsg.build(dict(message)) if self.decrypt_for_backend else None
+            return Verified(message=message, key_id=key_id, backend_body=backend)
+        raise failure or Rejected("bad_padding", 403)
+
+    def dedup_key(self, verified: Verified) -> str | None:
+        """Refunds: refund_id (or out_refund_no) + refund_status; payments: transaction_id (or out_trade_no)
+        + result_code. Scoped by mch_id."""
+        m = verified.message
+        refund = m.get("refund_id") or m.get("out_refund_no")
+        if refund:
+            return f"refund|{m.get('mch_id', '')}|{refund}|{m.get('refund_status', '')}"
+        trade = m.get("transaction_id") or m.get("out_trade_no")
+        if trade:
+            return f"pay|{m.get('mch_id', '')}|{trade}|{m.get('result_code', '')}"
+        return None
+
+    def success_reply(self) -> Reply:
+        return Reply(200, SUCCESS_XML, XML_CONTENT_TYPE, "ack")
+
+    def failure_reply(self, reason: str, status: int) -> Reply:
+        return Reply(200, FAIL_XML, XML_CONTENT_TYPE, "reject")
+
+    def backend_failure_reply(self) -> Reply:
+        return Reply(200, BUSY_XML, XML_CONTENT_TYPE, "failure")
+
+    def is_backend_failure(self, status: int, content_type: str, body: bytes) -> bool:
+        """A 2xx whose body is XML with a ``return_code`` other than SUCCESS: the backend refused the notice."""
+        code = return_code(body) if 200 <= status < 300 else None
+        return code is not None and code != "SUCCESS"
+
+    def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:
+        code = return_code(body)
+        if code == "SUCCESS" and status == 200:
+            return Reply(200, body, content_type or XML_CONTENT_TYPE, "ack")
+        if code is not None and code != "SUCCESS":
+            return Reply(200, body, content_type or XML_CONTENT_TYPE, "failure")
+        reason = f"status_{status}" if status != 200 else describe(content_type, body)
+        return Reply(200, SUCCESS_XML, XML_CONTENT_TYPE, "ack", normalized=reason)
