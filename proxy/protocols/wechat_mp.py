@@ -1,18 +1,27 @@
-"""Official Account (公众号) message push: verification, idempotency keys and the passive-reply contract.
+"""Official Account (公众号) message push: verification, decryption, idempotency keys and the passive-reply contract.
 
-PROTOCOLS.md §1. ``signature = sha1(sorted(token, timestamp, nonce))`` covers no body, so plaintext POSTs are only
-as safe as the timestamp window plus the replay cache make them; the verified request's ``replay_key`` feeds that
-cache. Replies: ``success``, an empty body, or a well-formed passive-reply XML; anything else the backend says
+PROTOCOLS.md §1. ``signature = sha1(sorted(token, timestamp, nonce))`` is checked on every request but covers no
+body, so plaintext POSTs are only as safe as the timestamp window plus the replay cache make them; the verified
+request's ``replay_key`` feeds that cache. Safe and compatible mode (``encrypt_type=aes``, §1.3) add
+``msg_signature`` over the ``Encrypt`` string exactly as received, the AES envelope (:mod:`wxcrypt`) and the AppID
+inside it; in compatible mode the plaintext fields beside ``<Encrypt>`` are unauthenticated (§1.5), so the message
+always comes from the ciphertext. With ``decrypt_for_backend`` the backend receives that plaintext XML without
+``encrypt_type``/``msg_signature``, and :meth:`WechatMp.seal` re-encrypts its passive reply with a fresh random
+prefix. Replies: ``success``, an empty body, or a well-formed passive-reply XML; anything else the backend says
 would make WeChat show users "该公众号暂时无法提供服务", so it is replaced by ``success``.
+
+Reasons: ``missing_param``, ``bad_signature``, ``bad_msg_signature``, the timestamp reasons of
+:func:`base.check_timestamp`, ``method_not_allowed``, ``bad_encrypt_type``, ``encryption_not_configured``,
+``plaintext_not_allowed``, ``missing_encrypt``, the :mod:`wxcrypt` reasons (``wrong_app_id``) and the
+:mod:`xmlmsg` reasons.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 
-from proxy.protocols import xmlmsg
+from proxy.protocols import wxcrypt, xmlmsg
 from proxy.protocols.base import (
     Inbound,
     Protocol,
@@ -20,32 +29,30 @@ from proxy.protocols.base import (
     Reply,
     Verified,
     check_timestamp,
-    constant_time_equal,
 )
 
 SUCCESS = Reply(200, b"success", "text/plain; charset=utf-8", "ack")
 PASSIVE_TYPES = frozenset({"text", "image", "voice", "video", "music", "news", "transfer_customer_service"})
 PASSIVE_FIELDS = ("ToUserName", "FromUserName", "CreateTime", "MsgType")
+ENVELOPE_FIELDS = ("Encrypt", "MsgSignature", "TimeStamp", "Nonce")
 # Events that carry ids of their own beside FromUserName/CreateTime (WxJava#2705: same user, same second).
 EVENT_ID_FIELDS = ("MsgID", "trace_id", "Ticket", "OrderId", "KfAccount", "ScanCodeInfo.ScanResult")
+ENCRYPTED_QUERY = ("encrypt_type", "msg_signature")
 
 
 def signature(token: str, timestamp: str, nonce: str, *extra: str) -> str:
     """``lowercase_hex(sha1(concat(sorted([token, timestamp, nonce, *extra]))))`` (plain string sort)."""
-    return hashlib.sha1("".join(sorted((token, timestamp, nonce, *extra))).encode()).hexdigest()  # noqa: S324
+    return wxcrypt.sha1_signature(token, timestamp, nonce, *extra)
 
 
 def check_signature(tokens: Sequence[tuple[str, str]], given: str, *parts: str) -> str:
     """Return the id of the token that produced ``given`` (constant-time compare), else raise Rejected."""
-    given = given.strip().lower()
-    matched = ""
-    for key_id, token in tokens:
-        # Compare against every key so timing does not reveal which one (or whether any) matched.
-        if constant_time_equal(signature(token, *parts), given) and not matched:
-            matched = key_id
-    if not matched:
-        raise Rejected("bad_signature", 403)
-    return matched
+    return wxcrypt.match_token(tokens, given, parts, "bad_signature")
+
+
+def combined_key_id(*key_ids: str) -> str:
+    """One label for several rotated secrets: "previous" as soon as any of them was the previous one."""
+    return next((k for k in key_ids if k != "current"), "current")
 
 
 def message_key(msg: Mapping[str, str]) -> str | None:
@@ -60,8 +67,13 @@ def message_key(msg: Mapping[str, str]) -> str | None:
     return "|evt|" + "|".join(parts)
 
 
-def classify_reply(status: int, content_type: str, body: bytes) -> tuple[str, str | None]:
-    """``(kind, normalized_reason)`` of a backend 2xx answer under the MP passive-reply contract."""
+def classify_reply(
+    status: int, content_type: str, body: bytes, encrypted: bool = False
+) -> tuple[str, str | None]:
+    """``(kind, normalized_reason)`` of a backend 2xx answer under the MP passive-reply contract.
+
+    ``encrypted``: the request was encrypted, so a backend that encrypts by itself may answer with an envelope.
+    """
     stripped = body.strip()
     if status != 200:
         return "ack", f"status_{status}"
@@ -76,12 +88,14 @@ def classify_reply(status: int, content_type: str, body: bytes) -> tuple[str, st
             return "ack", "bad_xml"
         if all(fields.get(f) for f in PASSIVE_FIELDS) and fields["MsgType"] in PASSIVE_TYPES:
             return "passive", None
+        if encrypted and all(fields.get(f) for f in ENVELOPE_FIELDS):
+            return "passive", None
         return "ack", "bad_passive_xml"
     if "json" in content_type or stripped[:1] in (b"{", b"["):
         try:
             json.loads(stripped)
             return "ack", "json"
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     if "html" in content_type or stripped[:1] == b"<":
         return "ack", "html"
@@ -89,7 +103,7 @@ def classify_reply(status: int, content_type: str, body: bytes) -> tuple[str, st
 
 
 class WechatMp(Protocol):
-    """One Official Account route (plaintext mode; see ``envelope`` for safe/compatible mode)."""
+    """One Official Account route: plaintext, compatible and safe mode."""
 
     name = "wechat-mp"
 
@@ -99,13 +113,24 @@ class WechatMp(Protocol):
         timestamp_window: float = 300.0,
         require_encryption: bool = False,
         random_bytes: Callable[[int], bytes] | None = None,
+        *,
+        aes_keys: Sequence[tuple[str, str]] = (),
+        app_id: str | None = None,
+        decrypt_for_backend: bool = False,
     ) -> None:
         super().__init__(*(() if random_bytes is None else (random_bytes,)))
         if not tokens:
             raise ValueError("an Official Account route needs a token")
+        if aes_keys and not app_id:
+            raise ValueError("encoding_aes_key needs app_id (the AppID is checked inside every message)")
+        if decrypt_for_backend and not aes_keys:
+            raise ValueError("decrypt_for_backend needs encoding_aes_key")
         self.tokens = tuple(tokens)
         self.window = timestamp_window
         self.require_encryption = require_encryption
+        self.aes_keys = tuple(wxcrypt.AesKey.decode(key_id, key) for key_id, key in aes_keys)
+        self.app_id = app_id or ""
+        self.decrypt_for_backend = decrypt_for_backend
 
     def _check(self, req: Inbound, now: float) -> tuple[str, str, str]:
         q = req.query
@@ -121,21 +146,46 @@ class WechatMp(Protocol):
             if "echostr" not in req.query:
                 raise Rejected("missing_param", 403, "echostr")
             key_id, _, _ = self._check(req, now)
-            echo = Reply(200, req.query["echostr"].encode(), "text/plain; charset=utf-8", "echo")
+            echo = Reply(
+                200, req.query["echostr"].encode("utf-8", "surrogatepass"), SUCCESS.content_type, "echo"
+            )
             return Verified(key_id=key_id, direct_reply=echo)
         if req.method != "POST":
             raise Rejected("method_not_allowed", 405)
         key_id, ts, nonce = self._check(req, now)
-        if req.query.get("encrypt_type", "raw") not in ("", "raw"):
-            raise Rejected("encryption_not_configured", 403, "encrypt_type=aes but no encoding_aes_key")
+        replay_key = f"mp:{ts}:{nonce}:{req.query['signature'].lower()}"
+        encrypt_type = req.query.get("encrypt_type", "raw")
+        if encrypt_type == "aes":
+            return self._verify_encrypted(req, key_id, replay_key)
+        if encrypt_type not in ("", "raw"):
+            raise Rejected("bad_encrypt_type", 400)
         if self.require_encryption:
             raise Rejected("plaintext_not_allowed", 403)
         message = xmlmsg.parse(req.body)
+        return Verified(message=message, replay_key=replay_key, replay_ttl=2 * self.window, key_id=key_id)
+
+    def _verify_encrypted(self, req: Inbound, signature_key_id: str, replay_key: str) -> Verified:
+        if not self.aes_keys:
+            raise Rejected("encryption_not_configured", 403, "encrypt_type=aes but no encoding_aes_key")
+        q = req.query
+        if not q.get("msg_signature"):
+            raise Rejected("missing_param", 403, "msg_signature")
+        encrypted = xmlmsg.parse(req.body).get("Encrypt", "")
+        if not encrypted:
+            raise Rejected("missing_encrypt", 400)
+        token_id = wxcrypt.match_token(
+            self.tokens, q["msg_signature"], (q["timestamp"], q["nonce"], encrypted), "bad_msg_signature"
+        )
+        opened = wxcrypt.decrypt(self.aes_keys, encrypted, (self.app_id,), "wrong_app_id")
+        message = xmlmsg.parse(opened.message)
         return Verified(
             message=message,
-            replay_key=f"mp:{ts}:{nonce}:{req.query['signature'].lower()}",
+            replay_key=replay_key,
             replay_ttl=2 * self.window,
-            key_id=key_id,
+            key_id=combined_key_id(signature_key_id, token_id, opened.key_id),
+            backend_body=opened.message if self.decrypt_for_backend else None,
+            drop_query=ENCRYPTED_QUERY if self.decrypt_for_backend else (),
+            seal_context=wxcrypt.ReplyContext(token_id, opened.key_id, q["timestamp"], q["nonce"]),
         )
 
     def dedup_key(self, verified: Verified) -> str | None:
@@ -152,9 +202,18 @@ class WechatMp(Protocol):
         return Reply(502, b"", "text/plain; charset=utf-8", "failure")
 
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:
-        kind, reason = classify_reply(status, content_type, body)
+        encrypted = isinstance(verified.seal_context, wxcrypt.ReplyContext)
+        kind, reason = classify_reply(status, content_type, body, encrypted)
         if kind == "passive":
             return Reply(200, body, content_type or "application/xml", "passive")
         if reason is None:
             return Reply(200, body, content_type or "text/plain; charset=utf-8", "ack")
         return Reply(200, SUCCESS.body, SUCCESS.content_type, "ack", normalized=reason)
+
+    def seal(self, reply: Reply, verified: Verified) -> Reply:
+        """Encrypt a plaintext passive reply to an encrypted request (safe mode requires it, §1.3)."""
+        ctx = verified.seal_context
+        if not isinstance(ctx, wxcrypt.ReplyContext):
+            return reply
+        keys = {k.key_id: k for k in self.aes_keys}
+        return wxcrypt.seal_reply(reply, ctx, dict(self.tokens), keys, self.app_id, self.random_bytes)

@@ -39,18 +39,79 @@ def test_v6_pad_byte_21_which_a_16_byte_unpadder_refuses() -> None:
 @pytest.mark.parametrize(
     ("key", "token", "ts", "nonce", "encrypted", "signature", "receive_id", "contains"),
     [
-        (v.MP_KEY, v.V4_TOKEN, v.V4_TS, v.V4_NONCE, v.V4_ENCRYPT, v.V4_MSG_SIGNATURE, v.V4_APP_ID, b"abcdteT"),
-        (v.MP_KEY, v.V5_TOKEN, v.V5B_TS, v.V5B_NONCE, v.V5B_ENCRYPT, v.V5B_MSG_SIGNATURE, v.V5_APP_ID, b"hello"),
-        (v.V7_KEY, v.V7_TOKEN, v.V7_TS, v.V7_NONCE, v.V7_ECHOSTR, v.V7_MSG_SIGNATURE, v.V7_CORP_ID, v.V7_REPLY),
+        (
+            v.MP_KEY,
+            v.V4_TOKEN,
+            v.V4_TS,
+            v.V4_NONCE,
+            v.V4_ENCRYPT,
+            v.V4_MSG_SIGNATURE,
+            v.V4_APP_ID,
+            b"abcdteT",
+        ),
+        (
+            v.MP_KEY,
+            v.V5_TOKEN,
+            v.V5B_TS,
+            v.V5B_NONCE,
+            v.V5B_ENCRYPT,
+            v.V5B_MSG_SIGNATURE,
+            v.V5_APP_ID,
+            b"hello",
+        ),
+        (
+            v.V7_KEY,
+            v.V7_TOKEN,
+            v.V7_TS,
+            v.V7_NONCE,
+            v.V7_ECHOSTR,
+            v.V7_MSG_SIGNATURE,
+            v.V7_CORP_ID,
+            v.V7_REPLY,
+        ),
         (v.V7_KEY, v.V7_TOKEN, v.V8_TS, v.V8_NONCE, v.V8_ENCRYPT, v.V8_MSG_SIGNATURE, v.V7_CORP_ID, b"hello"),
-        (v.V9_KEY, v.V9_TOKEN, v.V9_GET_TS, v.V9_GET_NONCE, v.V9_ECHOSTR, v.V9_GET_SIGNATURE, v.V9_CORP_ID, b"12884"),
-        (v.V9_KEY, v.V9_TOKEN, v.V9_POST_TS, v.V9_POST_NONCE, v.V9_ENCRYPT, v.V9_POST_SIGNATURE, v.V9_CORP_ID, b"1456"),
-        (v.V10_KEY, v.V10_TOKEN, v.V10_TS, v.V10_NONCE, v.V10_ECHOSTR, v.V10_MSG_SIGNATURE, v.V10_CORP_ID, b"5927"),
+        (
+            v.V9_KEY,
+            v.V9_TOKEN,
+            v.V9_GET_TS,
+            v.V9_GET_NONCE,
+            v.V9_ECHOSTR,
+            v.V9_GET_SIGNATURE,
+            v.V9_CORP_ID,
+            b"12884",
+        ),
+        (
+            v.V9_KEY,
+            v.V9_TOKEN,
+            v.V9_POST_TS,
+            v.V9_POST_NONCE,
+            v.V9_ENCRYPT,
+            v.V9_POST_SIGNATURE,
+            v.V9_CORP_ID,
+            b"1456",
+        ),
+        (
+            v.V10_KEY,
+            v.V10_TOKEN,
+            v.V10_TS,
+            v.V10_NONCE,
+            v.V10_ECHOSTR,
+            v.V10_MSG_SIGNATURE,
+            v.V10_CORP_ID,
+            b"5927",
+        ),
     ],
     ids=["V4", "V5b", "V7", "V8", "V9-get", "V9-post", "V10"],
 )
 def test_public_vectors_signature_and_decryption(
-    key: str, token: str, ts: str, nonce: str, encrypted: str, signature: str, receive_id: str, contains: bytes
+    key: str,
+    token: str,
+    ts: str,
+    nonce: str,
+    encrypted: str,
+    signature: str,
+    receive_id: str,
+    contains: bytes,
 ) -> None:
     assert wxcrypt.match_token([("current", token)], signature, (ts, nonce, encrypted), "bad_msg_signature")
     opened = wxcrypt.decrypt([wxcrypt.AesKey.decode("current", key)], encrypted, [receive_id])
@@ -60,7 +121,10 @@ def test_public_vectors_signature_and_decryption(
 def test_v10_other_nonce_fails() -> None:
     with pytest.raises(Rejected) as e:
         wxcrypt.match_token(
-            [("current", v.V10_TOKEN)], v.V10_MSG_SIGNATURE, (v.V10_TS, v.V10_BAD_NONCE, v.V10_ECHOSTR), "bad_msg_signature"
+            [("current", v.V10_TOKEN)],
+            v.V10_MSG_SIGNATURE,
+            (v.V10_TS, v.V10_BAD_NONCE, v.V10_ECHOSTR),
+            "bad_msg_signature",
         )
     assert e.value.reason == "bad_msg_signature"
 
@@ -85,7 +149,9 @@ def test_every_pad_value_1_to_32_round_trips(msg_len: int) -> None:
     message = b"m" * msg_len
     encrypted = wxcrypt.encrypt(MP.key, message, v.V5_APP_ID, b"r" * 16)
     pad = 32 - (16 + 4 + msg_len + 18) % 32
-    plain = Cipher(algorithms.AES(MP.key), modes.CBC(MP.key[:16])).decryptor().update(base64.b64decode(encrypted))
+    plain = (
+        Cipher(algorithms.AES(MP.key), modes.CBC(MP.key[:16])).decryptor().update(base64.b64decode(encrypted))
+    )
     assert plain[-1] == pad and 1 <= pad <= 32
     assert wxcrypt.decrypt([MP], encrypted, [v.V5_APP_ID]).message == message
 
@@ -164,7 +230,10 @@ def test_malformed_encoding_aes_key_is_a_config_error_without_echo(bad: str) -> 
 
 def test_match_token_rotation_and_garbage() -> None:
     sig = wxcrypt.sha1_signature("new", "1", "2")
-    assert wxcrypt.match_token([("current", "old"), ("previous", "new")], sig.upper(), ("1", "2"), "x") == "previous"
+    assert (
+        wxcrypt.match_token([("current", "old"), ("previous", "new")], sig.upper(), ("1", "2"), "x")
+        == "previous"
+    )
     for bad in ("", "zz", "\ud800" * 40, sig[:-1]):
         with pytest.raises(Rejected):
             wxcrypt.match_token([("current", "new")], bad, ("1", "2"), "x")
@@ -180,14 +249,21 @@ def test_seal_reply_encrypts_plain_passive_only() -> None:
     assert fields["MsgSignature"] == wxcrypt.sha1_signature("t", "1409304348", "xxxxxx", fields["Encrypt"])
     assert wxcrypt.decrypt([MP], fields["Encrypt"], ["wxid"]).message == passive.body
     # already sealed, and acks, pass unchanged
-    assert wxcrypt.seal_reply(sealed, ctx, {"current": "t"}, {"current": MP}, "wxid", lambda n: b"q" * n) is sealed
+    assert (
+        wxcrypt.seal_reply(sealed, ctx, {"current": "t"}, {"current": MP}, "wxid", lambda n: b"q" * n)
+        is sealed
+    )
     ack = Reply(200, b"success", "text/plain", "ack")
     assert wxcrypt.seal_reply(ack, ctx, {"current": "t"}, {"current": MP}, "wxid", lambda n: b"q" * n) is ack
 
 
 @given(
     message=st.binary(max_size=300),
-    key=st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"), min_size=43, max_size=43),
+    key=st.text(
+        st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
+        min_size=43,
+        max_size=43,
+    ),
     receive_id=st.text(max_size=40),
     random16=st.binary(min_size=16, max_size=16),
 )
@@ -196,3 +272,11 @@ def test_round_trip(message: bytes, key: str, receive_id: str, random16: bytes) 
     encrypted = wxcrypt.encrypt(aes.key, message, receive_id, random16)
     opened = wxcrypt.decrypt([aes], encrypted, [receive_id])
     assert (opened.message, opened.receive_id) == (message, receive_id)
+
+
+@given(encrypted=st.text(max_size=200) | st.binary(max_size=160).map(lambda b: base64.b64encode(b).decode()))
+def test_decrypt_of_anything_raises_only_rejected(encrypted: str) -> None:
+    try:
+        wxcrypt.decrypt([MP, wxcrypt.AesKey("previous", b"k" * 32)], encrypted, [v.V5_APP_ID, ""])
+    except Rejected as e:
+        assert e.reason in {"bad_base64", "bad_length", "bad_padding", "wrong_receive_id"}
