@@ -18,7 +18,7 @@ from mitmproxy import http
 from proxy.exchange import Exchange, exchange
 from proxy.policy import acknowledges
 from proxy.protocols.base import Reply
-from proxy.replies import decode_reply, respond
+from proxy.replies import decode_reply, reject, respond
 from proxy.settlement import Settlement
 from proxy.stores.base import Claim, ClaimState, Store, StoreUnavailable
 
@@ -65,6 +65,8 @@ class Dedup:
         raw = dedup_key(ex)
         if raw is None:
             ex.outcome.dedup = "no_key"
+            if ex.repeat:  # nothing can tell a retry from a replay: refuse it
+                reject(flow, ex, "replayed_nonce", 403)
             return
         key = ex.dedup_key_raw = hashed(ex.route.name, raw)
         ex.outcome.dedup_key = key.rsplit(":", 1)[1][:16]

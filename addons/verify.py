@@ -66,17 +66,35 @@ class Verify:
             ex.outcome.verdict = "direct"
             return respond(flow, ex, verified.direct_reply)
         if verified.replay_key is not None:
-            digest = hashlib.sha256(verified.replay_key.encode()).hexdigest()[:32]
             try:
-                first = await self.remember(f"nonce:{route.name}:{digest}", verified.replay_ttl)
+                fresh = await self._fresh(ex, verified.replay_key, verified.replay_ttl)
             except StoreUnavailable:
+                ex.outcome.dedup = "store_error"
                 if route.config.dedup.store_down == "fail_closed":
                     ex.outcome.reason = "store_unavailable"
                     ex.outcome.verdict = "rejected"
                     return respond(flow, ex, route.protocol.backend_failure_reply())
-                first = True
-                ex.outcome.dedup = "store_error"
-            if not first:
+                fresh = True
+            if not fresh:
                 return reject(flow, ex, "replayed_nonce", 403)
         ex.outcome.verdict = "verified"
         return None
+
+    async def _fresh(self, ex: Exchange, replay_key: str, ttl: float) -> bool:
+        """Whether this signed request may proceed.
+
+        A signature reused with a *different* body is a forgery built from a captured request (MP's plain
+        ``signature`` does not cover the body) and is refused. An exact repeat — same signed values, same body —
+        is what a sender retry can look like; with dedup on it proceeds and is answered from the dedup record,
+        without reaching the backend. With dedup off, any repeat is refused.
+        """
+        assert ex.route is not None and ex.inbound is not None
+        name = ex.route.name
+        signed = hashlib.sha256(replay_key.encode()).hexdigest()[:32]
+        if not ex.route.config.dedup.enabled:
+            return await self.remember(f"nonce:{name}:{signed}", ttl)
+        body = hashlib.sha256(ex.inbound.body).hexdigest()[:16]
+        if not await self.remember(f"nonce:{name}:{signed}:{body}", ttl):
+            ex.repeat = True  # dedup must answer it, or refuse it when the message has no key
+            return True
+        return await self.remember(f"nonce:{name}:{signed}", ttl)

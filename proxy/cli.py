@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from proxy import __version__, logs
+from proxy import __version__, logs, outbox_cli
 from proxy.config import Config, ConfigError, WechatMpRoute, load_config, redacted
 
 
@@ -77,6 +77,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if attempts and sender.accepted(attempts[-1].status, attempts[-1].body) else 1
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    return asyncio.run(outbox_cli.run(_load(args.config), args))
+
+
 def cmd_demo_backend(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from proxy import demo_backend
 
@@ -105,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=5.0)
     s.add_argument("--tamper", action="store_true", help="sign with a wrong token (expect 403)")
     sub.add_parser("demo-backend", help="run the demo legacy backend (see --help)", add_help=False)
+    outbox_cli.add_parser(sub)
     return p
 
 
@@ -114,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("demo-backend")
         return cmd_demo_backend(argparse.Namespace(), argv[i + 1 :])
     args = parser().parse_args(argv)
-    handlers = {"run": cmd_run, "check": cmd_check, "send": cmd_send}
+    handlers = {"run": cmd_run, "check": cmd_check, "send": cmd_send, "outbox": cmd_outbox}
     try:
         return handlers[args.command](args)
     except ConfigError as e:

@@ -63,6 +63,7 @@ class Exchange:
     dedup_token: str | None = None
     dedup_key_raw: str | None = None  # the hashed key as stored
     outbox_id: str | None = None
+    repeat: bool = False  # an exact repeat of a signed request seen before (a retry or a replay)
     traceparent: str | None = None
     span: Any = None
     finished: bool = False

@@ -27,7 +27,20 @@ async def test_url_verification_is_answered_directly() -> None:
     assert ex.outcome.verdict == "direct"
 
 
-async def test_replay_is_refused() -> None:
+async def test_signature_reused_with_another_body_is_refused() -> None:
+    nonces = Nonces()
+    first, forged = mp_flow(content="real"), mp_flow(content="forged")
+    forged.request.query = first.request.query  # the captured signed values, a new body
+    routed(first, table())
+    ex = routed(forged, table())
+    await Verify(nonces.remember).request(first)
+    await Verify(nonces.remember).request(forged)
+    assert first.response is None
+    assert forged.response is not None and forged.response.status_code == 403
+    assert ex.outcome.reason == "replayed_nonce"
+
+
+async def test_exact_repeat_proceeds_to_dedup_marked_as_repeat() -> None:
     nonces = Nonces()
     first, again = mp_flow(), mp_flow()
     again.request = first.request.copy()
@@ -35,7 +48,18 @@ async def test_replay_is_refused() -> None:
     ex = routed(again, table())
     await Verify(nonces.remember).request(first)
     await Verify(nonces.remember).request(again)
-    assert first.response is None
+    assert again.response is None
+    assert ex.repeat and ex.outcome.verdict == "verified"
+
+
+async def test_exact_repeat_is_refused_when_dedup_is_off() -> None:
+    nonces = Nonces()
+    first, again = mp_flow(), mp_flow()
+    again.request = first.request.copy()
+    routed(first, table(dedup={"enabled": False}))
+    ex = routed(again, table(dedup={"enabled": False}))
+    await Verify(nonces.remember).request(first)
+    await Verify(nonces.remember).request(again)
     assert again.response is not None and again.response.status_code == 403
     assert ex.outcome.reason == "replayed_nonce"
 

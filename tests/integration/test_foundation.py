@@ -90,10 +90,17 @@ def test_timestamps_outside_the_window_are_refused(
     assert sidecar.metric("wxgate_verifications_total", route="mp", reason=reason) >= 1
 
 
-def test_replayed_request_is_refused(sidecar: Sidecar, fresh_backend: Backend) -> None:
-    req = text(4001, nonce=None)  # type: ignore[arg-type]
-    assert send(sidecar, req)[0] == 200
-    status, body, _ = send(sidecar, req)  # the exact same signed request again
+def test_exact_repeat_is_answered_from_dedup_and_forgery_is_refused(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    req = text(4001, "original")
+    status, first_reply, _ = send(sidecar, req)
+    assert status == 200
+    assert send(sidecar, req)[:2] == (200, first_reply)  # the same signed request again: a retry
+    forged = sender.Request(
+        req.method, req.path_query, req.headers, req.body.replace(b"original", b"forged!!")
+    )
+    status, body, _ = send(sidecar, forged)  # captured signed values, another body
     assert (status, body) == (403, b"")
     assert fresh_backend.stats()["count"] == 1
 
