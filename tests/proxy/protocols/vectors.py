@@ -22,11 +22,19 @@ V4_BODY = (
 ).encode()
 
 # V5/V6: S-wxjava WxCryptUtilTest + [RUN]; deterministic encryption with random "aaaabbbbccccdddd".
-V5_APP_ID, V5_RANDOM, V5_TOKEN, V5_TS, V5_NONCE = "wxb11529c136998cb6", b"aaaabbbbccccdddd", "pamtest", "1409304348", "xxxxxx"
+V5_APP_ID, V5_RANDOM, V5_TOKEN, V5_TS, V5_NONCE = (
+    "wxb11529c136998cb6",
+    b"aaaabbbbccccdddd",
+    "pamtest",
+    "1409304348",
+    "xxxxxx",
+)
 V5_MSG = "我是中文abcd123"
 V5_ENCRYPT = "jn1L23DB+6ELqJ+6bruv21Y6MD7KeIfP82D6gU39rmkgczbWwt5+3bnyg5K55bgVtVzd832WzZGMhkP72vVOfg=="
 V5_MSG_SIGNATURE = "82c962d39941aa48552f90ef55aa323dc620cc10"
-V6_ENCRYPT = "jn1L23DB+6ELqJ+6bruv25lSmEaVO4ORgC1nIVwu5AMEhwzSY4b+aQwtNQrIW7mZYhRkCl7KrITrHfTvdcKtuA=="  # pad 21
+V6_ENCRYPT = (
+    "jn1L23DB+6ELqJ+6bruv25lSmEaVO4ORgC1nIVwu5AMEhwzSY4b+aQwtNQrIW7mZYhRkCl7KrITrHfTvdcKtuA=="  # pad 21
+)
 
 # V5b: w7corp/easywechat tests/Kernel/EncryptorTest.php testDecrypt.
 V5B_TS, V5B_NONCE, V5B_MSG_SIGNATURE = "1458300676", "260774613", "4f3ad57b6989f09f4eb392acce4f9e93942ed890"
@@ -44,7 +52,9 @@ V5B_BODY = f"<xml>\n    <ToUserName><![CDATA[asdasdasd]]></ToUserName>\n    <Enc
 V7_TOKEN, V7_KEY, V7_CORP_ID = "QDG6eK", "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", "wx5823bf96d3bd56c7"
 V7_TS, V7_NONCE, V7_MSG_SIGNATURE = "1409659589", "263014780", "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3"
 V7_ECHOSTR = "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ=="
-V7_ECHOSTR_URL = "P9nAzCzyDtyTWESHep1vC5X9xho%2FqYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp%2B4RPcs8TgAE7OaBO%2BFZXvnaqQ%3D%3D"
+V7_ECHOSTR_URL = (
+    "P9nAzCzyDtyTWESHep1vC5X9xho%2FqYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp%2B4RPcs8TgAE7OaBO%2BFZXvnaqQ%3D%3D"
+)
 V7_REPLY = b"1616140317555161061"
 V8_TS, V8_NONCE, V8_MSG_SIGNATURE = "1409659813", "1372623149", "477715d11cdb4164915debcba66cb864d751f3e6"
 V8_ENCRYPT = (
@@ -61,11 +71,23 @@ V8_BODY = (
 ).encode()
 
 # V9: sbzhu/weworkapi_python callback/Sample.py.
-V9_TOKEN, V9_KEY, V9_CORP_ID = "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo", "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt", "ww1436e0e65a779aee"
-V9_GET_TS, V9_GET_NONCE, V9_GET_SIGNATURE = "1476416373", "47744683", "012bc692d0a58dd4b10f8dfe5c4ac00ae211ebeb"
+V9_TOKEN, V9_KEY, V9_CORP_ID = (
+    "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo",
+    "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt",
+    "ww1436e0e65a779aee",
+)
+V9_GET_TS, V9_GET_NONCE, V9_GET_SIGNATURE = (
+    "1476416373",
+    "47744683",
+    "012bc692d0a58dd4b10f8dfe5c4ac00ae211ebeb",
+)
 V9_ECHOSTR = "fsi1xnbH4yQh0+PJxcOdhhK6TDXkjMyhEPA7xB2TGz6b+g7xyAbEkRxN/3cNXW9qdqjnoVzEtpbhnFyq6SVHyA=="
 V9_GET_REPLY = b"1288432023552776189"
-V9_POST_TS, V9_POST_NONCE, V9_POST_SIGNATURE = "1476422779", "1597212914", "0c3914025cb4b4d68103f6bfc8db550f79dcf48e"
+V9_POST_TS, V9_POST_NONCE, V9_POST_SIGNATURE = (
+    "1476422779",
+    "1597212914",
+    "0c3914025cb4b4d68103f6bfc8db550f79dcf48e",
+)
 V9_ENCRYPT = (
     "Kl7kjoSf6DMD1zh7rtrHjFaDapSCkaOnwu3bqLc5tAybhhMl9pFeK8NslNPVdMwmBQTNoW4mY7AIjeLvEl3NyeTkAgGzBhzTtRLNshw2AEew"
     "+kkYcD+Fq72Kt00fT0WnN87hGrW8SqGc+NcT3mu87Ha3dz1pSDi6GaUA6A0sqfde0VJPQbZ9U+3JWcoD4Z5jaU0y9GSh010wsHF8KZD24Yhm"
@@ -79,7 +101,11 @@ V9_BODY = (
 ).encode()
 
 # V10: wechatpy/wechatpy tests/test_crypto.py (test_check_signature_should_ok / _should_fail).
-V10_TOKEN, V10_KEY, V10_CORP_ID = "123456", "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR", "wx49f0ab532d5d035a"
+V10_TOKEN, V10_KEY, V10_CORP_ID = (
+    "123456",
+    "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR",
+    "wx49f0ab532d5d035a",
+)
 V10_TS, V10_NONCE, V10_BAD_NONCE = "1411443780", "437374425", "437374424"
 V10_MSG_SIGNATURE = "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96"
 V10_ECHOSTR = "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q=="
@@ -107,9 +133,15 @@ V11_FIELDS = {
     "body": "test",
     "nonce_str": "ibuaiVcKdpRxkhJA",
 }
-V11_MD5, V11_HMAC = "9A0A8659F005D6984697E2CA0A9CF3B7", "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6"
+V11_MD5, V11_HMAC = (
+    "9A0A8659F005D6984697E2CA0A9CF3B7",
+    "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6",
+)
 V12_FIELDS = {"test1": "test1", "test2": "test2"}
-V12_MD5, V12_HMAC = "1E3A8D73B5A4AEE787C0F68B5DAB8520", "EDAC6D70D2FDF5A2382F8204FC96A1918017E46ACC5297F565ED1A7610ACF659"
+V12_MD5, V12_HMAC = (
+    "1E3A8D73B5A4AEE787C0F68B5DAB8520",
+    "EDAC6D70D2FDF5A2382F8204FC96A1918017E46ACC5297F565ED1A7610ACF659",
+)
 
 # V13: wechatpy/wechatpy tests/test_crypto.py test_refund_notify_decrypt_message.
 V13_KEY, V13_APP_ID, V13_MCH_ID = "OF4Ne3znh8KqL0V4NqmALQa0uXMYKcEk", "wx4f4bc4dec97d474b", "12345678"
@@ -189,7 +221,7 @@ V15_BODY = (
     '"resource_type":"encrypt-resource","event_type":"PAYSCORE.USER_OPEN_SERVICE","summary":"签约成功",'
     '"resource":{"original_type":"payscore","algorithm":"AEAD_AES_256_GCM","ciphertext":"YDS3lKPaC4Y52Gf3uhft5qUB'
     "lIa8b428AWTtTauHQfQrRw+X1WpiuHIDy0vo1Vd6VEq67aVyqPdDYMkRVSDaZL3iZttevRMOoPKMifozg6XPWjIZumks/GpT48lI4NizyeaqL"
-    "BokNebthah3o1H76qSlO9NkDjp9bzmKLEYYH9TEklFUpsvPqOTOcgSLgh21YJXYR7dEBXFgRLiNIKRgO5JdXh1hccRUAlyVWxE54PXpnQ==\","
+    'BokNebthah3o1H76qSlO9NkDjp9bzmKLEYYH9TEklFUpsvPqOTOcgSLgh21YJXYR7dEBXFgRLiNIKRgO5JdXh1hccRUAlyVWxE54PXpnQ==",'
     '"associated_data":"payscore","nonce":"Kj7QIyUiYx1q"}}'
 ).encode()
 V15_PLAINTEXT = (
@@ -199,5 +231,9 @@ V15_PLAINTEXT = (
 
 # -- Standard Webhooks -----------------------------------------------------------------------------------------
 # standard-webhooks/standard-webhooks libraries/python/tests/test_webhooks.py test_sign_function.
-SW_SECRET, SW_ID, SW_TS = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330"
+SW_SECRET, SW_ID, SW_TS = (
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "msg_p5jXN8AQM9LWM0D4loKWxJek",
+    "1614265330",
+)
 SW_BODY, SW_SIGNATURE = b'{"test": 2432232314}', "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
