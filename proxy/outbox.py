@@ -112,8 +112,8 @@ class StoreSettlement(Settlement):
                 logger.warning(
                     "could not release claim on route %s (its lease will expire): %s", ex.route.name, e
                 )
-        if acked and ex.outbox_id is not None and late:
-            # Redeliver soon rather than after the backend_timeout head start given in before_ack.
+        if acked and ex.outbox_id is not None:
+            # The call is over: redeliver soon rather than after the head start given in before_ack.
             cfg = ex.route.config.outbox
             try:
                 await self.store.outbox_retry(
