@@ -27,6 +27,7 @@ from proxy.protocols.base import Reply
 from proxy.replies import reject, respond
 from proxy.settlement import Settlement
 from proxy.tasks import BackgroundTasks
+from proxy.tracing import Tracing
 from proxy.upstream import UpstreamClient, UpstreamResult
 
 logger = logging.getLogger("wxgate")
@@ -39,11 +40,13 @@ class Forward:
         settlement: Settlement,
         tasks: BackgroundTasks,
         observe: Callable[[str, UpstreamResult], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.client = client
         self.settlement = settlement
         self.tasks = tasks
         self.observe = observe
+        self.tracing = tracing
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -65,10 +68,12 @@ class Forward:
     async def _forward(self, flow: http.HTTPFlow, ex: Exchange) -> None:
         assert ex.route is not None
         cfg = ex.route.config
+        # The CLIENT span starts first: backend_request() sends its traceparent (ex.traceparent) to the backend.
+        client_span = self.tracing.backend_call(ex, flow.request.method) if self.tracing else None
         url, headers, body = backend_request(ex, list(flow.request.query.items(multi=True)))
+        send = self.client.send(flow.request.method, url, headers, body, cfg.backend_timeout)
         call = self.tasks.spawn(
-            self.client.send(flow.request.method, url, headers, body, cfg.backend_timeout),
-            name=f"upstream {ex.route.name}",
+            client_span.wrap(send) if client_span else send, name=f"upstream {ex.route.name}"
         )
         remaining = cfg.deadline - (time.perf_counter() - ex.started)
         try:
