@@ -159,6 +159,12 @@ class RouteBase(_Strict):
             raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:9000, got {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _relay_needs_dedup(self) -> RouteBase:
+        if self.on_backend_failure == "relay" and not self.dedup.enabled:
+            raise ValueError("on_backend_failure: relay needs dedup (retries replay the first attempt's reply)")
+        return self
+
     @field_validator("deadline")
     @classmethod
     def _deadline_bound(cls, v: float) -> float:

@@ -1,0 +1,106 @@
+"""The dedup addon against a real in-memory SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from addons.dedup import Dedup, dedup_key
+from addons.verify import Verify
+from proxy.exchange import Exchange
+from proxy.outbox import StoreSettlement
+from proxy.protocols.base import Reply
+from proxy.replies import encode_reply
+from proxy.stores import SqliteStore
+from proxy.stores.base import StoreUnavailable
+from tests.addons.conftest import Nonces, mp_flow, routed, table
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(":memory:")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def arrive(store: SqliteStore, msg_id: int = 7, **route: object) -> tuple[object, Exchange]:
+    f = mp_flow(msg_id)
+    ex = routed(f, table(**route))
+    await Verify(Nonces().remember).request(f)
+    await Dedup(store, StoreSettlement(store)).request(f)
+    return f, ex
+
+
+async def test_first_delivery_claims_and_proceeds(store: SqliteStore) -> None:
+    f, ex = await arrive(store)
+    assert f.response is None  # type: ignore[attr-defined]
+    assert (ex.outcome.dedup, ex.outcome.attempt) == ("new", 1)
+    assert ex.dedup_token and len(ex.outcome.dedup_key) == 16
+
+
+async def test_done_duplicate_replays_the_cached_reply(store: SqliteStore) -> None:
+    _, first = await arrive(store)
+    reply = Reply(200, b"<xml>cached</xml>", "application/xml", "passive")
+    assert first.dedup_key_raw and first.dedup_token
+    await store.complete(first.dedup_key_raw, first.dedup_token, encode_reply(reply), 600)
+    f, ex = await arrive(store)
+    assert f.response.content == b"<xml>cached</xml>"  # type: ignore[attr-defined]
+    assert (ex.outcome.dedup, ex.outcome.attempt, ex.outcome.reply_kind) == ("duplicate_done", 2, "passive")
+
+
+async def test_in_flight_duplicate_waits_for_the_first(store: SqliteStore) -> None:
+    _, first = await arrive(store)
+    assert first.dedup_key_raw and first.dedup_token
+    reply = Reply(200, b"success", "text/plain", "ack")
+
+    async def finish() -> None:
+        await asyncio.sleep(0.2)
+        await store.complete(first.dedup_key_raw or "", first.dedup_token or "", encode_reply(reply), 600)
+
+    task = asyncio.create_task(finish())
+    f, ex = await arrive(store)
+    await task
+    assert f.response.content == b"success"  # type: ignore[attr-defined]
+    assert ex.outcome.dedup == "duplicate_inflight"
+
+
+async def test_in_flight_duplicate_at_its_deadline_follows_the_policy(store: SqliteStore) -> None:
+    await arrive(store, deadline="0.2s", on_backend_failure="fail")
+    f, ex = await arrive(store, deadline="0.2s", on_backend_failure="fail")
+    assert f.response.status_code == 502  # type: ignore[attr-defined]
+    assert ex.outcome.deadline == "fail"
+
+
+async def test_released_first_attempt_is_taken_over(store: SqliteStore) -> None:
+    _, first = await arrive(store)
+    await store.release(first.dedup_key_raw or "", first.dedup_token or "")
+    f, ex = await arrive(store)
+    assert f.response is None  # type: ignore[attr-defined]
+    assert (ex.outcome.dedup, ex.outcome.attempt) == ("new", 2)
+
+
+async def test_configured_fields_override_the_recipe(store: SqliteStore) -> None:
+    f = mp_flow(9)
+    ex = routed(f, table(dedup={"fields": ["FromUserName", "Content"]}))
+    await Verify(Nonces().remember).request(f)
+    assert dedup_key(ex) == "oUser|hi"
+
+
+class DownStore(SqliteStore):
+    async def claim(self, key: str, lease: float, ttl: float):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("redis://127.0.0.1:1 refused the connection")
+
+
+@pytest.mark.parametrize(("policy", "answered"), [("fail_open", False), ("fail_closed", True)])
+async def test_store_down(policy: str, answered: bool) -> None:
+    store = DownStore(":memory:")
+    await store.open()
+    try:
+        f, ex = await arrive(store, dedup={"store_down": policy})  # type: ignore[arg-type]
+        assert (f.response is not None) == answered  # type: ignore[attr-defined]
+        assert ex.outcome.dedup == "store_error"
+    finally:
+        await store.close()
