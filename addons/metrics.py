@@ -1,6 +1,7 @@
 """Metrics: finish each request's outcome record, count it, and write its JSON log line.
 
-Second in the chain so it sees every request, including those answered by mitmproxy itself (errors).
+Second in the chain so it sees every request, including those answered by mitmproxy itself (errors). The
+request-duration observation carries the request's trace id as an exemplar when the request is traced.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import time
 
 from mitmproxy import http
 
-from proxy.exchange import ensure_exchange, exchange
-from proxy.logs import log_outcome
-from proxy.metrics import Metrics
+from proxy.exchange import answered_status, ensure_exchange, exchange
+from proxy.logs import log_outcome, user_ref
+from proxy.metrics import Metrics, exemplar_of
 
 
 class MetricsAddon:
@@ -23,29 +24,25 @@ class MetricsAddon:
         self.metrics.in_flight.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow, flow.response.status_code if flow.response else 0)
+        self._finish(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        # mitmproxy answers errors itself (502 upstream unreachable in passthrough, 413 body_size_limit)
-        code = 0
-        if flow.error is not None and "body_size_limit" in flow.error.msg:
-            code = 413
-        elif flow.response is None:
-            code = 502
-        self._finish(flow, code)
+        self._finish(flow)
 
-    def _finish(self, flow: http.HTTPFlow, code: int) -> None:
+    def _finish(self, flow: http.HTTPFlow) -> None:
         ex = exchange(flow)
         if ex is None or ex.finished:
             return
         ex.finished = True
         self.metrics.in_flight.dec()
         o = ex.outcome
-        o.status = code
+        o.status = answered_status(flow)
         o.duration_seconds = time.perf_counter() - ex.started
         if o.verdict == "passthrough" and flow.error is not None:
             o.reason = "passthrough_error"
-        self.metrics.observe(o)
+        if ex.verified is not None:
+            o.user = user_ref(ex.verified.message)
+        self.metrics.observe(o, exemplar_of(ex.span))
         trace_id, span_id = ("", "")
         if ex.span is not None:
             ctx = ex.span.get_span_context()

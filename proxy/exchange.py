@@ -39,6 +39,7 @@ class Outcome:
     normalized: str = ""  # why the backend's answer was replaced
     deadline: str = ""  # the policy that answered at the deadline (ack | relay | fail) if one did
     outbox: str = ""  # queued | failed when the notification went to the outbox
+    user: str = ""  # hash of the sender-side user id (openid / FromUserName), never the id itself
     status: int = 0
     duration_seconds: float = 0.0
 
@@ -72,6 +73,16 @@ class Exchange:
 def exchange(flow: http.HTTPFlow) -> Exchange | None:
     ex = flow.metadata.get(METADATA_KEY)
     return ex if isinstance(ex, Exchange) else None
+
+
+def answered_status(flow: http.HTTPFlow) -> int:
+    """The status the sender got: mitmproxy answers its own errors (413 over ``body_size_limit``, 502 when a
+    passthrough upstream is unreachable); 0 when the connection failed after the answer started."""
+    if flow.error is None:
+        return flow.response.status_code if flow.response else 0
+    if "body_size_limit" in flow.error.msg:
+        return 413
+    return 502 if flow.response is None else 0
 
 
 def ensure_exchange(flow: http.HTTPFlow) -> Exchange:

@@ -1,20 +1,24 @@
 """JSON logging: one line per request from its outcome record, and JSON for everything else wxgate logs.
 
 Secrets, tokens, ciphertexts and message contents are never logged: the outcome record holds only closed
-labels, numbers and the dedup key's hash.
+labels, numbers, the dedup key's hash and the user's hash (:func:`user_ref`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from proxy.exchange import Outcome
 
 access = logging.getLogger("wxgate.access")
+# Where the sender names its user: Official Account/WeCom messages (FromUserName), Pay v2 notices (openid).
+USER_FIELDS = ("FromUserName", "openid")
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,6 +46,15 @@ def setup(level: str = "info") -> None:
     root.setLevel(level.upper())
     # mitmproxy logs every client connect/disconnect at info; keep its warnings and errors only.
     logging.getLogger("mitmproxy").setLevel(max(logging.WARNING, root.level))
+
+
+def user_ref(message: Mapping[str, str]) -> str:
+    """A short SHA-256 of the message's user id: support can hash a known openid and find its requests, while
+    the log never holds the id itself."""
+    for name in USER_FIELDS:
+        if user := message.get(name):
+            return hashlib.sha256(user.encode()).hexdigest()[:16]
+    return ""
 
 
 def log_outcome(o: Outcome, trace_id: str = "", span_id: str = "") -> None:

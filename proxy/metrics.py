@@ -1,21 +1,45 @@
 """Prometheus metrics: every series wxgate exports, declared together on an injected registry.
 
 Label sets are closed: configured route names, protocol names and result enums — never paths, ids or
-addresses. Series for every configured route are pre-initialised so dashboards and alerts see zeros, not gaps.
+addresses. Series for every configured route are pre-initialised so dashboards and alerts see zeros, not gaps,
+and their label children are bound once per route (:class:`RouteSeries`) so counting a request costs a few
+dict lookups. The request and backend-call histograms carry OpenMetrics exemplars with the trace id of the
+request (sampled traces only; ``/metrics`` serves OpenMetrics to scrapers that ask for it).
+
+Other components report through the methods below rather than touching metric objects, so this module stays
+the one place a series is declared: :meth:`Metrics.observe` (the outcome record), :meth:`observe_upstream`,
+:meth:`store_call` (``proxy.instrumented_store``), :meth:`outbox_redelivery` / :meth:`outbox_dead_letter`
+(the outbox worker's counters), :meth:`outbox_stats` / :meth:`loop_lag` (``proxy.probes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from opentelemetry import trace
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import __version__
 from proxy.exchange import Outcome
+from proxy.stores.base import OutboxStats
 from proxy.upstream import UpstreamResult
 
-# Request latency is bounded by the 4.5 s deadline; buckets are dense below 50 ms where a healthy sidecar
-# lives and reach past 5 s so a missed WeChat deadline is visible.
+# Inbound latency is bounded by the route deadline (default 4.5 s, WeChat waits 5 s): dense below 50 ms where
+# a healthy sidecar answers, then steps that separate "slow backend" from "answered at the deadline" (4-4.5 s)
+# from "the sender gave up" (> 5 s).
 LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -34,19 +58,87 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
-# Backend calls may run up to backend_timeout (30 s) in the background.
+# Backend calls go on after an early answer up to backend_timeout (default 30 s): the same low end, then the
+# deadline (4.5/5 s) and the points a slow legacy backend lands on (10, 15 s) up to the timeout itself.
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 4.5, 5.0, 10.0, 15.0, 30.0)
+# Store calls: sqlite on its own thread and Redis on a LAN answer in 0.1-2 ms; 5-50 ms means contention or a
+# remote/failing-over Redis; settle() waits for an in-flight attempt up to the deadline (hence up to 5 s).
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# Event-loop lag: 1 ms is healthy, 10-100 ms delays every request in flight, 1 s is a stall.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 UPSTREAM_RESULTS = ("2xx", "3xx", "4xx", "5xx", "timeout", "refused", "error")
 DEDUP_RESULTS = ("new", "duplicate_done", "duplicate_inflight", "store_error", "no_key")
 POLICIES = ("ack", "relay", "fail")
+VERIFICATION_RESULTS = ("ok", "rejected", "probe")
+REDELIVERY_RESULTS = ("delivered", "duplicate", "failed")
+STORE_OPERATIONS = (
+    "ping",
+    "claim",
+    "complete",
+    "release",
+    "settle",
+    "remember",
+    "outbox_put",
+    "outbox_lease",
+    "outbox_ack",
+    "outbox_retry",
+    "outbox_bury",
+    "outbox_list",
+    "outbox_get",
+    "outbox_revive",
+    "outbox_purge",
+    "outbox_stats",
+)
+PROBE_REASONS = frozenset({"signature_probe"})  # WeChat Pay's deliberate bad signatures (PROTOCOLS.md §4.7)
+UNMATCHED = ("unmatched", "none")  # the route/protocol labels of requests no route matched
+
+
+def _dist(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(slots=True)
+class RouteSeries:
+    """One route's label children, bound once: the per-request path does dict lookups, not label resolution."""
+
+    route: str
+    protocol: str
+    duration: Histogram
+    upstream: dict[str, Counter]
+    upstream_duration: dict[str, Histogram]
+    dedup: dict[str, Counter]
+    deadline: dict[str, Counter]
+    unacked: Counter
+    enqueued: Counter
+    enqueue_errors: Counter
+    verified: Counter
+    codes: dict[int, Counter] = field(default_factory=dict)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        r = registry
-        self.build_info = Info("wxgate_build", "wxgate version", registry=r)
-        self.build_info.info({"version": __version__})
+        self.registry = r = registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, fds, start
+        PlatformCollector(registry=r)  # python_info
+        GCCollector(registry=r)  # python_gc_*: gen-2 collections show up in p99 (hence gc.freeze at start)
+        self.build_info = Info("wxgate_build", "wxgate build: version and runtime versions", registry=r)
+        self.build_info.info(
+            {
+                "version": __version__,
+                "python_version": platform.python_version(),
+                "mitmproxy_version": _dist("mitmproxy"),
+            }
+        )
+        self._inbound(r)
+        self._outbound(r)
+        self._state(r)
+        self._routes: dict[str, RouteSeries] = {}
+
+    def _inbound(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "wxgate_requests",
             "Inbound requests by route, protocol and HTTP status code answered",
@@ -63,21 +155,8 @@ class Metrics:
         self.in_flight = Gauge("wxgate_requests_in_flight", "Inbound requests being handled", registry=r)
         self.verifications = Counter(
             "wxgate_verifications",
-            "Verification results by reason (ok, or the rejection reason) and key used",
+            "Verification results (ok, rejected, probe) by reason and the key that verified (current/previous)",
             ["route", "protocol", "result", "reason", "key"],
-            registry=r,
-        )
-        self.upstream = Counter(
-            "wxgate_upstream_requests",
-            "Backend calls by result (status class, timeout, refused, error)",
-            ["route", "result"],
-            registry=r,
-        )
-        self.upstream_duration = Histogram(
-            "wxgate_upstream_duration_seconds",
-            "Backend call latency, including calls that outlived the deadline",
-            ["route"],
-            buckets=UPSTREAM_BUCKETS,
             registry=r,
         )
         self.dedup = Counter("wxgate_dedup", "Deduplication results", ["route", "result"], registry=r)
@@ -93,44 +172,203 @@ class Metrics:
             ["route", "policy"],
             registry=r,
         )
+        self.loop_lag_seconds = Histogram(
+            "wxgate_event_loop_lag_seconds",
+            "How late the event loop runs a timer: every request in flight waits this long too",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.background_tasks = Gauge(
+            "wxgate_background_tasks",
+            "Backend calls still running after their request was answered",
+            registry=r,
+        )
+
+    def _outbound(self, r: CollectorRegistry) -> None:
+        self.upstream = Counter(
+            "wxgate_upstream_requests",
+            "Backend calls by result (status class, timeout, refused, error)",
+            ["route", "result"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "wxgate_upstream_duration_seconds",
+            "Backend call latency by result, including calls that outlived the deadline",
+            ["route", "result"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
         self.unacked_failures = Counter(
             "wxgate_unacked_failures",
             "Notifications acknowledged to the sender that no outbox holds",
             ["route"],
             registry=r,
         )
+        self.outbox_enqueued = Counter(
+            "wxgate_outbox_enqueued",
+            "Notifications written to the outbox before wxgate acknowledged them for the backend",
+            ["route"],
+            registry=r,
+        )
+        self.outbox_enqueue_errors = Counter(
+            "wxgate_outbox_enqueue_errors",
+            "Outbox writes that failed (the sender was not acknowledged and will retry)",
+            ["route"],
+            registry=r,
+        )
+        self.outbox_redeliveries = Counter(
+            "wxgate_outbox_redeliveries",
+            "Outbox redelivery attempts by result (delivered, duplicate: already delivered, failed)",
+            ["route", "result"],
+            registry=r,
+        )
+        self.outbox_dead_lettered = Counter(
+            "wxgate_outbox_dead_lettered",
+            "Outbox items moved to the dead letters (attempts or age exhausted): need a manual replay",
+            ["route"],
+            registry=r,
+        )
 
+    def _state(self, r: CollectorRegistry) -> None:
+        self.outbox_depth = Gauge("wxgate_outbox_depth", "Outbox items waiting for redelivery", registry=r)
+        self.outbox_oldest_age = Gauge(
+            "wxgate_outbox_oldest_age_seconds", "Age of the oldest item waiting in the outbox", registry=r
+        )
+        self.outbox_dead_letters = Gauge(
+            "wxgate_outbox_dead_letters", "Items in the outbox's dead letters", registry=r
+        )
+        self.store_up = Gauge(
+            "wxgate_store_up", "1 when the last periodic store read (outbox stats) succeeded", registry=r
+        )
+        self.store_duration = Histogram(
+            "wxgate_store_operation_duration_seconds",
+            "Store call latency by operation (settle includes its wait for an in-flight attempt)",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "wxgate_store_errors",
+            "Store calls that failed (store unreachable or erroring)",
+            ["operation"],
+            registry=r,
+        )
+        self._store = {
+            op: (self.store_duration.labels(op), self.store_errors.labels(op)) for op in STORE_OPERATIONS
+        }
+
+    # -- pre-initialisation ----------------------------------------------------------------------------------
     def init_routes(self, routes: Iterable[tuple[str, str]]) -> None:
-        """Pre-initialise the series every route will have."""
-        for route, protocol in routes:
-            self.request_duration.labels(route, protocol)
-            self.upstream_duration.labels(route)
-            self.unacked_failures.labels(route)
-            self.verifications.labels(route, protocol, "ok", "", "current")
-            for res in UPSTREAM_RESULTS:
-                self.upstream.labels(route, res)
-            for res in DEDUP_RESULTS:
-                self.dedup.labels(route, res)
-            for policy in POLICIES:
-                self.deadline_fired.labels(route, policy)
+        """Pre-initialise (and bind) the series every route will have, and those of unmatched requests."""
+        for route, protocol in (*routes, UNMATCHED):
+            self._series(route, protocol)
 
-    def observe(self, o: Outcome) -> None:
-        """Count one finished request from its outcome record."""
-        self.requests.labels(o.route, o.protocol, str(o.status)).inc()
-        self.request_duration.labels(o.route, o.protocol).observe(o.duration_seconds)
+    def _series(self, route: str, protocol: str) -> RouteSeries:
+        s = self._routes.get(route)
+        if s is not None:
+            return s
+        s = self._routes[route] = RouteSeries(
+            route=route,
+            protocol=protocol,
+            duration=self.request_duration.labels(route, protocol),
+            upstream={res: self.upstream.labels(route, res) for res in UPSTREAM_RESULTS},
+            upstream_duration={res: self.upstream_duration.labels(route, res) for res in UPSTREAM_RESULTS},
+            dedup={res: self.dedup.labels(route, res) for res in DEDUP_RESULTS},
+            deadline={p: self.deadline_fired.labels(route, p) for p in POLICIES},
+            unacked=self.unacked_failures.labels(route),
+            enqueued=self.outbox_enqueued.labels(route),
+            enqueue_errors=self.outbox_enqueue_errors.labels(route),
+            verified=self.verifications.labels(route, protocol, "ok", "", "current"),
+        )
+        for res in REDELIVERY_RESULTS:
+            self.outbox_redeliveries.labels(route, res)
+        self.outbox_dead_lettered.labels(route)
+        return s
+
+    # -- the hot path: one call per request, one per backend call ---------------------------------------------
+    def observe(self, o: Outcome, exemplar: dict[str, str] | None = None) -> None:
+        """Count one finished request from its outcome record (``exemplar``: its trace id, if traced)."""
+        s = self._series(o.route, o.protocol)
+        code = s.codes.get(o.status)
+        if code is None:
+            code = s.codes[o.status] = self.requests.labels(o.route, o.protocol, str(o.status))
+        code.inc()
+        s.duration.observe(o.duration_seconds, exemplar)
         if o.verdict in ("verified", "direct"):
-            self.verifications.labels(o.route, o.protocol, "ok", "", o.key_id or "current").inc()
-        elif o.verdict == "rejected" and o.route != "unmatched":
-            self.verifications.labels(o.route, o.protocol, "rejected", o.reason, "").inc()
+            if o.verdict == "verified" and o.key_id in ("", "current"):
+                s.verified.inc()
+            else:
+                reason = "url_verification" if o.verdict == "direct" else ""
+                self.verifications.labels(o.route, o.protocol, "ok", reason, o.key_id or "current").inc()
+        elif o.verdict == "rejected" and o.route != UNMATCHED[0]:
+            result = "probe" if o.reason in PROBE_REASONS else "rejected"
+            self.verifications.labels(o.route, o.protocol, result, o.reason, "").inc()
         if o.dedup:
-            self.dedup.labels(o.route, o.dedup).inc()
+            _child(s.dedup, o.dedup, self.dedup, o.route).inc()
         if o.normalized:
             self.normalized.labels(o.route, o.normalized).inc()
         if o.deadline:
-            self.deadline_fired.labels(o.route, o.deadline).inc()
-        if o.outbox == "unacked":
-            self.unacked_failures.labels(o.route).inc()
+            _child(s.deadline, o.deadline, self.deadline_fired, o.route).inc()
+        if o.outbox == "queued":
+            s.enqueued.inc()
+        elif o.outbox == "failed":
+            s.enqueue_errors.inc()
+        elif o.outbox == "unacked":
+            s.unacked.inc()
 
     def observe_upstream(self, route: str, result: UpstreamResult) -> None:
-        self.upstream.labels(route, result.kind).inc()
-        self.upstream_duration.labels(route).observe(result.seconds)
+        """Count one backend call; called inside the request's context, so its trace (if any) is the exemplar."""
+        s = self._routes.get(route) or self._series(route, "none")
+        _child(s.upstream, result.kind, self.upstream, route).inc()
+        exemplar = exemplar_of(trace.get_current_span())
+        _child(s.upstream_duration, result.kind, self.upstream_duration, route).observe(
+            result.seconds, exemplar
+        )
+
+    # -- reported by other components ------------------------------------------------------------------------
+    def store_call(self, operation: str, seconds: float, failed: bool) -> None:
+        pair = self._store.get(operation)
+        if pair is None:
+            pair = self._store[operation] = (
+                self.store_duration.labels(operation),
+                self.store_errors.labels(operation),
+            )
+        pair[0].observe(seconds)
+        if failed:
+            pair[1].inc()
+
+    def outbox_redelivery(self, route: str, result: str) -> None:
+        self.outbox_redeliveries.labels(route, result).inc()
+
+    def outbox_dead_letter(self, route: str) -> None:
+        self.outbox_dead_lettered.labels(route).inc()
+
+    def outbox_stats(self, stats: OutboxStats | None) -> None:
+        """The store's outbox gauges; ``None`` when the store could not be read (the gauges keep their value)."""
+        self.store_up.set(0 if stats is None else 1)
+        if stats is not None:
+            self.outbox_depth.set(stats.depth)
+            self.outbox_oldest_age.set(stats.oldest_age)
+            self.outbox_dead_letters.set(stats.dead)
+
+    def loop_lag(self, seconds: float) -> None:
+        self.loop_lag_seconds.observe(seconds)
+
+    def track_background_tasks(self, count: Callable[[], int]) -> None:
+        self.background_tasks.set_function(lambda: float(count()))
+
+
+def exemplar_of(span: trace.Span | None) -> dict[str, str] | None:
+    """OpenMetrics exemplar labels naming ``span``'s trace (sampled traces only: others cannot be looked up)."""
+    if span is None:
+        return None
+    ctx = span.get_span_context()
+    if not ctx.trace_flags.sampled:
+        return None
+    return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+
+
+def _child[M: MetricWrapperBase](bound: dict[str, M], value: str, metric: M, route: str) -> M:
+    """The pre-bound child for a known value, else the labelled one (values outside the enum still count)."""
+    child = bound.get(value)
+    return child if child is not None else metric.labels(route, value)
