@@ -65,7 +65,7 @@ def body_params(content_type: str, body: bytes) -> list[tuple[str, str]]:
             raise Rejected("malformed_body", 400) from None
     if "json" in content_type:
         fields = []
-        for key, value in payload.parse_object(body).items():
+        for key, value in payload.parse_object(body, numbers_as_text=True).items():
             text = payload.scalar_text(value)
             if text is None:
                 raise Rejected("unsigned_body", 400, "nested JSON values are not signed")

@@ -1,9 +1,9 @@
 """JSON bodies and backend answers: strict parsing, flattening to ``{field: text}``, and naming what a body is.
 
 The JSON counterpart of :mod:`proxy.protocols.xmlmsg`: robot callbacks (WeCom), Pay v3 notices and generic
-webhooks carry JSON. Numbers keep their text as sent (``1.50`` stays ``1.50``) so that anything signed over a
-field's text can be re-derived; ``NaN``/``Infinity`` are refused. Nested objects flatten as ``parent.child``, the
-same shape xmlmsg produces, so dedup recipes read both alike.
+webhooks carry JSON. ``NaN``/``Infinity`` are refused. With ``numbers_as_text`` numbers keep their text as sent
+(``1.50`` stays ``1.50``) so that anything signed over a field's text can be re-derived. Nested objects flatten as
+``parent.child``, the same shape xmlmsg produces, so dedup recipes read both alike.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_object(body: bytes) -> dict[str, Any]:
-    """Parse a JSON object; numbers stay strings as written. Raise :class:`Rejected` (400) on anything else."""
+def parse_object(body: bytes, numbers_as_text: bool = False) -> dict[str, Any]:
+    """Parse a JSON object (numbers as ``str`` as written with ``numbers_as_text``); else :class:`Rejected` (400)."""
     if not body.strip():
         raise Rejected("empty_body", 400)
+    number: Any = str if numbers_as_text else None
     try:
-        value = json.loads(body, parse_float=str, parse_int=str, parse_constant=_refuse_constant)
+        value = json.loads(body, parse_float=number, parse_int=number, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise Rejected("malformed_json", 400) from None
     if not isinstance(value, dict):
@@ -36,13 +37,15 @@ def parse_object(body: bytes) -> dict[str, Any]:
 
 
 def scalar_text(value: object) -> str | None:
-    """The text of a JSON scalar as written (strings unquoted, ``true``/``false``/``null``); None if not scalar."""
+    """The text of a JSON scalar (strings unquoted, ``true``/``false``/``null``, numbers); None if not scalar."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
     if isinstance(value, str):
         return value
+    if isinstance(value, int | float):
+        return json.dumps(value)
     return None
 
 
