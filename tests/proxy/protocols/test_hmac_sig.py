@@ -1,0 +1,129 @@
+"""Generic HMAC webhooks: what is signed, where the signature comes from, window, replay and dedup keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.protocols import senders
+from proxy.protocols.base import Inbound, Reply, Verified
+from proxy.protocols.hmac_sig import HmacSignature, signature, string_to_sign
+from tests.proxy.protocols.helpers import accepted, inbound, rejected, requests, verify_or_reject
+
+NOW, SECRET = 1700000000, "s3cret"
+PARAMS = {"order_id": "A1", "amount": "12.50", "note": "中文 & spaces"}
+
+
+def hm(**kw: object) -> HmacSignature:
+    args: dict[str, object] = {"secrets": [("current", SECRET)]}
+    args.update(kw)
+    return HmacSignature(**args)  # type: ignore[arg-type]
+
+
+def send(ts: int = NOW, nonce: str = "n1", secret: str = SECRET, **kw: object) -> senders.Outbound:
+    return senders.hmac_request("/h", secret, PARAMS, str(ts), nonce, **kw)  # type: ignore[arg-type]
+
+
+def test_string_to_sign_and_known_value() -> None:
+    assert string_to_sign({"b": "2", "a": "1", "c": ""}) == "a=1&b=2&c="
+    # printf 'a=1&b=2' | openssl dgst -sha256 -hmac key
+    assert (
+        signature("key", {"b": "2", "a": "1"})
+        == "b3c18626e7ac81395c1d37966c7ee2258a6967a1b3fdefb4fa339bb19dc73b0e"
+    )
+
+
+@pytest.mark.parametrize("body", ["form", "json", "query"])
+def test_every_body_form_verifies(body: str) -> None:
+    verified = accepted(hm(), send(body=body), NOW)
+    assert verified.message["order_id"] == "A1" and verified.message["note"] == "中文 & spaces"
+    assert "sign" not in verified.message
+    assert verified.replay_key == "hmac:n1" and verified.replay_ttl == 600
+
+
+def test_signature_from_a_header() -> None:
+    protocol = hm(sign_header="X-Signature")
+    assert accepted(protocol, send(sign_header="x-signature"), NOW).key_id == "current"
+    assert rejected(protocol, send(), NOW).reason == "missing_param"
+
+
+def test_json_numbers_are_signed_as_written() -> None:
+    body = b'{"amount": 12.50, "paid": true, "memo": null}'
+    params = {"amount": "12.50", "paid": "true", "memo": "null", "timestamp": str(NOW), "nonce": "n"}
+    query = {"timestamp": str(NOW), "nonce": "n", "sign": signature(SECRET, params)}
+    req = Inbound("POST", "/h", query, {"content-type": "application/json"}, body)
+    assert accepted(hm(), req, NOW).message["amount"] == "12.50"
+
+
+def test_negatives() -> None:
+    assert rejected(hm(), senders.tamper(send()), NOW).reason == "bad_signature"
+    assert rejected(hm(), send(secret="other"), NOW).reason == "bad_signature"
+    assert rejected(hm(), send(ts=NOW - 301), NOW).reason == "stale_timestamp"
+    assert rejected(hm(), send(ts=NOW + 301), NOW).reason == "future_timestamp"
+    req = inbound(send(body="json"))
+    nested = Inbound("POST", "/h", req.query, req.headers, json.dumps({"a": {"b": 1}}).encode())
+    assert rejected(hm(), nested, NOW).reason == "unsigned_body"
+    xml = Inbound("POST", "/h", req.query, {"content-type": "text/xml"}, b"<xml/>")
+    assert rejected(hm(), xml, NOW).reason == "unsigned_body"
+    dup = Inbound("POST", "/h", {**req.query, "order_id": "B2"}, req.headers, req.body)
+    assert rejected(hm(), dup, NOW).reason == "duplicate_param"
+    form = Inbound("POST", "/h", req.query, {"content-type": "application/x-www-form-urlencoded"}, b"a=1&a=2")
+    assert rejected(hm(), form, NOW).reason == "duplicate_param"
+    broken = Inbound(
+        "POST", "/h", req.query, {"content-type": "application/x-www-form-urlencoded"}, b"\xff=1"
+    )
+    assert rejected(hm(), broken, NOW).reason == "malformed_body"
+    for missing in ("timestamp", "nonce", "sign"):
+        q = {k: x for k, x in inbound(send(body="query")).query.items() if k != missing}
+        e = rejected(hm(), Inbound("POST", "/h", q, {}, b""), NOW)
+        assert (e.reason, e.status) == ("missing_param", 401)
+
+
+def test_rotation() -> None:
+    assert accepted(hm(secrets=[("current", "new"), ("previous", SECRET)]), send(), NOW).key_id == "previous"
+
+
+def test_custom_parameter_names() -> None:
+    protocol = hm(sign_param="signature", timestamp_param="ts", nonce_param="rnd")
+    out = send(sign_param="signature", timestamp_param="ts", nonce_param="rnd")
+    assert accepted(protocol, out, NOW).replay_key == "hmac:n1"
+
+
+def test_dedup_keys() -> None:
+    verified = accepted(hm(), send(), NOW)
+    assert hm().dedup_key(verified) == "nonce=n1"
+    assert hm(dedup_fields=["order_id", "amount"]).dedup_key(verified) == "order_id=A1|amount=12.50"
+    assert hm(dedup_fields=["missing"]).dedup_key(verified) is None
+
+
+def test_replies_pass_the_backend_through() -> None:
+    protocol = hm()
+    for status, body in ((200, b'{"anything":1}'), (201, b"created"), (204, b"")):
+        assert protocol.normalize(status, "x/y", body, Verified()) == Reply(status, body, "x/y", "ack")
+    assert protocol.success_reply().body == b'{"code":"SUCCESS"}'
+    assert protocol.failure_reply("bad_signature", 401).status == 401
+    assert json.loads(protocol.failure_reply("stale_timestamp", 401).body) == {
+        "code": "FAIL",
+        "message": "unauthorized",
+    }
+    assert protocol.backend_failure_reply().status == 502
+
+
+@given(
+    params=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=20), max_size=5),
+    body=st.sampled_from(["form", "json", "query"]),
+)
+def test_round_trip(params: dict[str, str], body: str) -> None:
+    params = {k: x for k, x in params.items() if k not in ("timestamp", "nonce", "sign")}
+    out = senders.hmac_request("/h", SECRET, params, str(NOW), "n", body=body)
+    assert dict(accepted(hm(), out, NOW).message) == {**params, "timestamp": str(NOW), "nonce": "n"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(req=requests, now=st.integers(0, 2**33))
+def test_verify_raises_only_rejected(req: Inbound, now: int) -> None:
+    verify_or_reject(hm(), req, now)
+    verify_or_reject(hm(sign_header="x-signature"), req, now)
