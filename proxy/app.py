@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import master as mitm_master
 from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from addons.admission import Admission
@@ -27,16 +30,20 @@ from addons.envelope import Envelope
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
 from addons.routing import Routing
+from addons.tracing import TracingAddon
 from addons.verify import Verify
 from proxy.admin import AdminServer
 from proxy.config import Config
+from proxy.instrumented_store import InstrumentedStore
 from proxy.metrics import Metrics
-from proxy.outbox import OutboxWorker, StoreSettlement
+from proxy.outbox import OutboxCounters, OutboxWorker, StoreSettlement
+from proxy.probes import Probes
 from proxy.routes import RouteTable
 from proxy.settlement import Settlement
 from proxy.stores import open_store
 from proxy.stores.base import Store, StoreUnavailable
 from proxy.tasks import BackgroundTasks
+from proxy.tracing import Tracing, provider_from_env
 from proxy.upstream import UpstreamClient
 
 logger = logging.getLogger("wxgate")
@@ -53,39 +60,53 @@ class Runtime:
     table: RouteTable
     client: UpstreamClient
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
+    tracer_provider: TracerProvider | None = None  # None: tracing off, and no span is ever made
+    tracing: Tracing | None = None
     settlement: Settlement = field(init=False)
 
     def __post_init__(self) -> None:
         self.settlement = StoreSettlement(self.store)
 
 
-def build_runtime(config: Config, registry: CollectorRegistry | None = None) -> Runtime:
+def build_runtime(
+    config: Config, registry: CollectorRegistry | None = None, environ: Mapping[str, str] | None = None
+) -> Runtime:
+    """``environ`` holds the ``OTEL_*`` variables (default: the process environment)."""
     disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     table = RouteTable.from_config(config)
     metrics.init_routes((r.name, r.protocol_name) for r in table.routes)
-    return Runtime(
+    provider = provider_from_env(os.environ if environ is None else environ)
+    tracing = Tracing(provider) if provider is not None else None
+    rt = Runtime(
         config=config,
         registry=registry,
         metrics=metrics,
-        store=open_store(config.store),
+        store=InstrumentedStore(open_store(config.store), metrics, tracing),
         table=table,
         client=UpstreamClient(config.upstream_pool_size, config.upstream_connect_timeout),
+        tracer_provider=provider,
+        tracing=tracing,
     )
+    metrics.track_background_tasks(lambda: len(rt.tasks))
+    return rt
 
 
 def build_chain(rt: Runtime) -> list[Any]:
     """The addon chain; its order is part of the contract (DESIGN.md "Addon chain")."""
     metrics_addon = MetricsAddon(rt.metrics)
+    # Tracing off: no tracing addon at all, so none of its hooks runs.
+    tracing = [TracingAddon(rt.tracing)] if rt.tracing is not None else []
     return [
+        *tracing,
         metrics_addon,
         Routing(rt.table, rt.config.unmatched),
         Admission(rt.config.trusted_proxies),
         Verify(rt.store.remember),
         Envelope(),
         Dedup(rt.store, rt.settlement),
-        Forward(rt.client, rt.settlement, rt.tasks, observe=rt.metrics.observe_upstream),
+        Forward(rt.client, rt.settlement, rt.tasks, observe=rt.metrics.observe_upstream, tracing=rt.tracing),
     ]
 
 
@@ -103,6 +124,7 @@ class Sidecar:
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._probes: asyncio.Task[None] | None = None
         self.master: mitm_master.Master | None = None
         self.chain = build_chain(rt)
         self.admin = AdminServer(rt.registry, self.ready)
@@ -176,8 +198,10 @@ class Sidecar:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
         await self.admin.start(*cfg.admin_addr)
-        worker = OutboxWorker(self.rt.store, self.rt.table, self.rt.client)
+        counters = OutboxCounters(self.rt.metrics.outbox_redelivery, self.rt.metrics.outbox_dead_letter)
+        worker = OutboxWorker(self.rt.store, self.rt.table, self.rt.client, counters)
         self._worker = loop.create_task(worker.run(), name="outbox worker")
+        self._probes = loop.create_task(Probes(self.rt.metrics, self.rt.store).run(), name="probes")
         logger.info(
             "wxgate listening on %s (admin %s), %d routes, store %s",
             cfg.listen,
@@ -188,12 +212,16 @@ class Sidecar:
         try:
             await self.master.run()
         finally:
-            if self._worker is not None:
-                self._worker.cancel()
-                await asyncio.gather(self._worker, return_exceptions=True)
+            for task in (self._worker, self._probes):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await self.admin.stop()
             await self.rt.client.close()
             await self.rt.store.close()
+            if self.rt.tracer_provider is not None:
+                # Flushes the last spans (blocking HTTP export): off the loop.
+                await asyncio.to_thread(self.rt.tracer_provider.shutdown)
         return 0
 
 

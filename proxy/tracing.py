@@ -53,6 +53,7 @@ from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
 from proxy import __version__
+from proxy.config import ConfigError
 from proxy.upstream import UpstreamResult
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-class TracingConfigError(ValueError):
+class TracingConfigError(ConfigError):
     """An ``OTEL_*`` variable wxgate cannot honour; the message names it and says what to set instead."""
 
 
@@ -209,16 +210,6 @@ def traceparent(span: Span) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
-def exemplar_of(span: Span | None) -> dict[str, str] | None:
-    """OpenMetrics exemplar labels for a metric observed inside ``span`` (sampled traces only)."""
-    if span is None:
-        return None
-    ctx = span.get_span_context()
-    if not ctx.trace_flags.sampled:
-        return None
-    return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
-
-
 def method_attributes(method: str) -> dict[str, AttributeValue]:
     if method in KNOWN_METHODS:
         return {http_attributes.HTTP_REQUEST_METHOD: method}
@@ -288,9 +279,8 @@ class ClientCall:
 class Tracing:
     """The spans wxgate makes, on an injected :class:`TracerProvider`."""
 
-    def __init__(self, provider: trace.TracerProvider, store_system: str = "") -> None:
+    def __init__(self, provider: trace.TracerProvider) -> None:
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
-        self.store_system = store_system  # db.system.name of store spans: sqlite | redis
 
     # server side: one span per inbound request --------------------------------------------------------------
     def start_server(
@@ -299,20 +289,22 @@ class Tracing:
         path: str,
         headers: Mapping[str, str],
         client_address: str,
+        local: tuple[str, int] | None = None,
         scheme: str = "http",
         protocol_version: str = "1.1",
     ) -> Span:
-        """The server span, started at request headers; ``headers`` may carry an upstream proxy's traceparent."""
+        """The server span, started at request headers; ``headers`` may carry an upstream proxy's traceparent.
+
+        ``local`` is the listening socket: in reverse mode the Host header already names the backend."""
         attrs = method_attributes(method)
         attrs[url_attributes.URL_PATH] = path.split("?", 1)[0]
         attrs[url_attributes.URL_SCHEME] = scheme
         attrs[network_attributes.NETWORK_PROTOCOL_VERSION] = protocol_version
         if client_address:
             attrs[client_attributes.CLIENT_ADDRESS] = client_address
-        host, _, port = headers.get("host", "").rpartition(":")
-        if host and port.isdigit():
-            attrs[server_attributes.SERVER_ADDRESS] = host
-            attrs[server_attributes.SERVER_PORT] = int(port)
+        if local is not None:
+            attrs[server_attributes.SERVER_ADDRESS] = local[0]
+            attrs[server_attributes.SERVER_PORT] = local[1]
         if ua := headers.get("user-agent"):
             attrs[user_agent_attributes.USER_AGENT_ORIGINAL] = ua
         parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
@@ -392,14 +384,16 @@ class Tracing:
             yield span
 
     @contextlib.contextmanager
-    def store_call(self, operation: str) -> Iterator[Span | None]:
-        """A span for one store call when inside a traced request or redelivery; nothing otherwise."""
+    def store_call(self, operation: str, system: str) -> Iterator[Span | None]:
+        """A span for one store call (``system``: sqlite | redis) inside a traced request or redelivery; outside
+        any trace (the outbox poll, readiness probes) nothing: those would be a root trace every half second."""
         if not trace.get_current_span().is_recording():
             yield None
             return
-        attrs: dict[str, AttributeValue] = {db_attributes.DB_OPERATION_NAME: operation}
-        if self.store_system:
-            attrs[db_attributes.DB_SYSTEM_NAME] = self.store_system
+        attrs: dict[str, AttributeValue] = {
+            db_attributes.DB_OPERATION_NAME: operation,
+            db_attributes.DB_SYSTEM_NAME: system,
+        }
         with self.tracer.start_as_current_span(
             f"store {operation}",
             kind=SpanKind.CLIENT,
