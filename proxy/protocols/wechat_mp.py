@@ -8,7 +8,8 @@ inside it; in compatible mode the plaintext fields beside ``<Encrypt>`` are unau
 always comes from the ciphertext. With ``decrypt_for_backend`` the backend receives that plaintext XML without
 ``encrypt_type``/``msg_signature``, and :meth:`WechatMp.seal` re-encrypts its passive reply with a fresh random
 prefix. Replies: ``success``, an empty body, or a well-formed passive-reply XML; anything else the backend says
-would make WeChat show users "该公众号暂时无法提供服务", so it is replaced by ``success``.
+would make WeChat show users "该公众号暂时无法提供服务", so it is replaced by ``success``. Token and AES key rotate
+independently; ``key_id`` is "previous" as soon as either secret that verified the request is the previous one.
 
 Reasons: ``missing_param``, ``bad_signature``, ``bad_msg_signature``, the timestamp reasons of
 :func:`base.check_timestamp`, ``method_not_allowed``, ``bad_encrypt_type``, ``encryption_not_configured``,

@@ -11,6 +11,9 @@ PROTOCOLS.md §2 (AES envelope §1.3, see :mod:`wxcrypt`). Everything is encrypt
 The receiveid is the corpid (in-house apps), the suiteid or authorising corpid (third-party apps) or "" (robots,
 personal-subject apps). Replies: 200 with an empty body or an encrypted passive reply (XML, or for robots the JSON
 envelope ``{"encrypt","msgsignature","timestamp","nonce"}``); any non-200 makes WeCom retry (5 s, 3 retries).
+With ``decrypt_for_backend`` the backend receives the plaintext (XML, or JSON for robots) without
+``msg_signature``, and its plaintext passive reply is sealed with a fresh random prefix on the way out.
+``key_id`` is "previous" when the token or the AES key that verified the request is the previous one.
 
 Reasons: ``missing_param``, ``bad_msg_signature``, the timestamp reasons, ``method_not_allowed``,
 ``missing_encrypt``, ``bad_plaintext`` (echostr not UTF-8), the :mod:`wxcrypt` reasons (``wrong_receive_id``),
