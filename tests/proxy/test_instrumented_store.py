@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
+
+from proxy.instrumented_store import InstrumentedStore
+from proxy.metrics import Metrics
+from proxy.stores import ClaimState, OutboxItem, SqliteStore, StoreUnavailable
+from proxy.tracing import Tracing
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracing(spans: InMemorySpanExporter) -> Tracing:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    return Tracing(provider)
+
+
+@pytest.fixture
+async def store(tracing: Tracing) -> AsyncIterator[InstrumentedStore]:
+    async with InstrumentedStore(SqliteStore(":memory:"), Metrics(CollectorRegistry()), tracing) as s:
+        yield s
+
+
+def sample(store: InstrumentedStore, name: str, operation: str) -> float | None:
+    return store.metrics.registry.get_sample_value(name, {"operation": operation})
+
+
+async def test_results_are_those_of_the_wrapped_store_and_every_call_is_timed(
+    store: InstrumentedStore,
+) -> None:
+    first = await store.claim("k", lease=5, ttl=60)
+    again = await store.claim("k", lease=5, ttl=60)
+    assert (first.state, again.state) == (ClaimState.NEW, ClaimState.IN_FLIGHT)
+    assert first.token is not None
+    assert await store.complete("k", first.token, b"reply", 60) is True
+    await store.outbox_put(OutboxItem("i1", "mp", b"{}", 0, 1.0, 1.0))
+    assert (await store.outbox_stats(2.0)).depth == 1
+    assert sample(store, "wxgate_store_operation_duration_seconds_count", "claim") == 2
+    assert sample(store, "wxgate_store_operation_duration_seconds_count", "complete") == 1
+    assert sample(store, "wxgate_store_operation_duration_seconds_count", "outbox_stats") == 1
+    assert sample(store, "wxgate_store_errors_total", "claim") == 0
+    assert store.url_scheme == "sqlite"
+
+
+async def test_calls_inside_a_trace_get_client_spans(
+    store: InstrumentedStore, tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    await store.remember("outside", 60)  # no current span: no store span (the outbox poll stays quiet)
+    with tracing.tracer.start_as_current_span("request") as parent:
+        await store.remember("inside", 60)
+    store_span, request = spans.get_finished_spans()
+    assert store_span.name == "store remember" and store_span.kind is SpanKind.CLIENT
+    assert store_span.parent is not None and store_span.parent.span_id == parent.get_span_context().span_id
+    assert dict(store_span.attributes or {}) == {"db.operation.name": "remember", "db.system.name": "sqlite"}
+    assert request.name == "request"
+
+
+class Down(SqliteStore):
+    async def claim(self, key: str, lease: float, ttl: float) -> object:  # type: ignore[override]
+        raise StoreUnavailable("sqlite file is not writable: check the volume")
+
+    async def remember(self, key: str, ttl: float) -> bool:
+        await asyncio.sleep(10)
+        return True
+
+
+async def test_failures_are_counted_and_marked_on_the_span_and_still_raised(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    async with InstrumentedStore(Down(":memory:"), Metrics(CollectorRegistry()), tracing) as store:
+        with tracing.tracer.start_as_current_span("request"), pytest.raises(StoreUnavailable, match="volume"):
+            await store.claim("k", 5, 60)
+        assert sample(store, "wxgate_store_errors_total", "claim") == 1
+        assert sample(store, "wxgate_store_operation_duration_seconds_count", "claim") == 1
+        failed = next(s for s in spans.get_finished_spans() if s.name == "store claim")
+        assert failed.status.status_code is StatusCode.ERROR
+        assert failed.attributes is not None and failed.attributes["error.type"] == "StoreUnavailable"
+
+        # A call cut short by its caller (e.g. /readyz's 1 s timeout) is timed but is not a store error.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.remember("k", 60), 0.01)
+        assert sample(store, "wxgate_store_errors_total", "remember") == 0
+        assert sample(store, "wxgate_store_operation_duration_seconds_count", "remember") == 1
+
+
+async def test_without_tracing_only_metrics_are_kept(spans: InMemorySpanExporter) -> None:
+    async with InstrumentedStore(SqliteStore(":memory:"), Metrics(CollectorRegistry())) as store:
+        await store.ping()
+        assert sample(store, "wxgate_store_operation_duration_seconds_count", "ping") == 1
+    assert spans.get_finished_spans() == ()

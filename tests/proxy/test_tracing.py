@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from proxy.config import ConfigError
+from proxy.exchange import Exchange, Outcome
+from proxy.tracing import (
+    Tracing,
+    TracingConfigError,
+    provider_from_env,
+    resource_from_env,
+    sampler_from_env,
+    traceparent,
+)
+from proxy.upstream import UpstreamResult
+from tests.addons.conftest import mp_flow, routed, table
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracing(spans: InMemorySpanExporter) -> Tracing:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    return Tracing(provider)
+
+
+def exporter_names(provider: TracerProvider | None) -> list[str]:
+    assert provider is not None
+    procs = provider._active_span_processor._span_processors
+    return [type(p.span_exporter).__name__ for p in procs]  # type: ignore[attr-defined]
+
+
+# -- provider from the environment -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"OTEL_TRACES_EXPORTER": "none"},
+        {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
+        {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"},
+        {"OTEL_SERVICE_NAME": "wx", "OTEL_TRACES_SAMPLER": "always_on"},
+    ],
+)
+def test_tracing_is_off_unless_an_exporter_is_asked_for(env: dict[str, str]) -> None:
+    assert provider_from_env(env) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, "http://localhost:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}, "http://collector:4318/v1/traces"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c.example/otlp/traces"},
+            "https://c.example/otlp/traces",
+        ),
+    ],
+)
+def test_otlp_export_goes_to_the_standard_endpoint(env: dict[str, str], endpoint: str) -> None:
+    provider = provider_from_env(env)
+    assert exporter_names(provider) == ["OTLPSpanExporter"]
+    assert provider is not None
+    exporter = provider._active_span_processor._span_processors[0].span_exporter  # type: ignore[attr-defined]
+    assert exporter._endpoint == endpoint
+    provider.shutdown()
+
+
+def test_otlp_and_console_exporters_together() -> None:
+    # Headers reaching the collector are checked end to end in tests/integration/test_observability.py.
+    provider = provider_from_env({"OTEL_TRACES_EXPORTER": "otlp,console"})
+    assert exporter_names(provider) == ["OTLPSpanExporter", "ConsoleSpanExporter"]
+    assert provider is not None
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER='jaeger'"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "http/protobuf"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "gzip or none"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "soon"}, "OTEL_BSP_SCHEDULE_DELAY"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+    ],
+)
+def test_unsupported_settings_are_configuration_errors_that_say_what_to_set(
+    env: dict[str, str], names: str
+) -> None:
+    with pytest.raises(TracingConfigError, match=names) as err:
+        provider_from_env(env)
+    assert isinstance(err.value, ConfigError)  # the CLI reports it like any configuration error (exit 2)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, sampling.DEFAULT_ON),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, sampling.ALWAYS_OFF),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}, sampling.DEFAULT_OFF),
+    ],
+)
+def test_named_samplers(env: dict[str, str], expected: sampling.Sampler) -> None:
+    assert sampler_from_env(env) is expected
+
+
+def test_ratio_sampler_takes_its_argument() -> None:
+    s = sampler_from_env(
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    )
+    assert isinstance(s, sampling.ParentBasedTraceIdRatio)
+    assert s._root.rate == 0.25  # type: ignore[attr-defined]
+
+
+def test_resource_names_the_service() -> None:
+    r = resource_from_env({"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.name=x"})
+    assert r.attributes["service.name"] == "x" and r.attributes["deployment.environment"] == "prod"
+    r = resource_from_env({"OTEL_SERVICE_NAME": "edge-wxgate", "OTEL_RESOURCE_ATTRIBUTES": "service.name=x"})
+    assert r.attributes["service.name"] == "edge-wxgate"
+    assert resource_from_env({}).attributes["service.name"] == "wxgate"
+
+
+# -- the spans ---------------------------------------------------------------------------------------------
+
+
+def only(spans: InMemorySpanExporter, kind: SpanKind) -> ReadableSpan:
+    (span,) = [s for s in spans.get_finished_spans() if s.kind is kind]
+    return span
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(200, StatusCode.UNSET), (403, StatusCode.UNSET), (502, StatusCode.ERROR)]
+)
+def test_server_span_status_follows_semconv(
+    tracing: Tracing, spans: InMemorySpanExporter, status: int, code: StatusCode
+) -> None:
+    span = tracing.start_server(
+        "POST", "/wx?signature=abc&openid=oSecret", {}, "203.0.113.7", ("0.0.0.0", 8080)
+    )
+    o = Outcome(route="mp", protocol="wechat-mp", method="POST", verdict="verified", dedup="new", attempt=2)
+    tracing.finish_server(span, o, "/wx", status)
+    s = only(spans, SpanKind.SERVER)
+    assert s.name == "POST /wx"
+    assert s.status.status_code is code
+    attrs = dict(s.attributes or {})
+    assert attrs["http.route"] == "/wx" and attrs["url.path"] == "/wx"
+    assert attrs["http.response.status_code"] == status
+    assert attrs["wxgate.dedup.result"] == "new" and attrs["wxgate.attempt"] == 2
+    assert "url.query" not in attrs and "oSecret" not in str(attrs)
+    assert ("error.type" in attrs) == (status >= 500)
+
+
+def test_unmatched_requests_and_unknown_methods_keep_low_cardinality_names(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    tracing.finish_server(tracing.start_server("GET", "/any/42", {}, ""), Outcome(method="GET"), None, 200)
+    tracing.finish_server(tracing.start_server("BREW", "/pot", {}, ""), Outcome(method="BREW"), "/pot", 405)
+    first, second = spans.get_finished_spans()
+    assert first.name == "GET" and "http.route" not in (first.attributes or {})
+    assert second.name == "HTTP /pot"
+    assert second.attributes is not None and second.attributes["http.request.method"] == "_OTHER"
+
+
+def test_an_upstream_proxys_traceparent_is_continued(tracing: Tracing, spans: InMemorySpanExporter) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    tracing.finish_server(
+        tracing.start_server("POST", "/wx", {"traceparent": parent}, ""), Outcome(), "/wx", 200
+    )
+    s = spans.get_finished_spans()[0]
+    assert f"{s.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert s.parent is not None and f"{s.parent.span_id:016x}" == "b7ad6b7169203331"
+
+
+@pytest.mark.parametrize(
+    ("result", "code", "error_type"),
+    [
+        (UpstreamResult("2xx", 200), StatusCode.UNSET, None),
+        (UpstreamResult("4xx", 404), StatusCode.ERROR, "404"),
+        (UpstreamResult("timeout", error="timed out"), StatusCode.ERROR, "timeout"),
+        (UpstreamResult("refused", error="ECONNREFUSED"), StatusCode.ERROR, "refused"),
+    ],
+)
+async def test_backend_call_span_is_a_child_whose_traceparent_reaches_the_backend(
+    tracing: Tracing,
+    spans: InMemorySpanExporter,
+    result: UpstreamResult,
+    code: StatusCode,
+    error_type: str | None,
+) -> None:
+    f = mp_flow()
+    ex: Exchange = routed(f, table())
+    ex.span = tracing.start_server("POST", "/wx", {}, "")
+    call = tracing.backend_call(ex, "POST")
+    assert ex.traceparent == call.traceparent
+
+    async def send() -> UpstreamResult:
+        return result
+
+    assert await call.wrap(send()) is result
+    ex.span.end()
+    client = only(spans, SpanKind.CLIENT)
+    server = only(spans, SpanKind.SERVER)
+    assert client.parent is not None and client.parent.span_id == server.context.span_id
+    ctx = client.context
+    assert ex.traceparent == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    assert client.name == "POST /wx"
+    assert client.status.status_code is code
+    attrs = dict(client.attributes or {})
+    assert attrs["url.full"] == "http://127.0.0.1:9000/wx" and attrs["server.port"] == 9000
+    assert attrs.get("error.type") == error_type
+
+
+async def test_a_cancelled_backend_call_still_ends_its_span(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    ex = routed(mp_flow(), table())
+    call = tracing.backend_call(ex, "POST")
+    task = asyncio.ensure_future(call.wrap(asyncio.sleep(10, UpstreamResult("2xx", 200))))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    client = only(spans, SpanKind.CLIENT)
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.attributes is not None and client.attributes["error.type"] == "CancelledError"
+
+
+def test_redelivery_links_to_the_first_delivery_and_rewrites_traceparent(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    origin = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = {"traceparent": origin, "x-wxgate-redelivery": "3"}
+    with tracing.redelivery("mp", origin) as parent, tracing.store_call("claim", "sqlite"):
+        pass
+    with tracing.redelivery("mp", origin) as parent:
+        tracing.redelivery_call("POST", "/wx", "http://backend:9000", 3, headers).finish(
+            UpstreamResult("2xx", 200)
+        )
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    redeliver = by_name["redeliver mp"]
+    assert redeliver.parent is None  # a new trace, not a child of the long-finished request
+    assert [f"{link.context.trace_id:032x}" for link in redeliver.links] == [
+        "0af7651916cd43dd8448eb211c80319c"
+    ]
+    client = by_name["POST /wx"]
+    assert client.parent is not None and client.parent.span_id == parent.get_span_context().span_id
+    assert client.attributes is not None and client.attributes["http.request.resend_count"] == 3
+    assert headers["traceparent"] == traceparent(tracing_span(client))
+    assert by_name["store claim"].attributes == {"db.operation.name": "claim", "db.system.name": "sqlite"}
+
+
+def test_store_calls_outside_any_trace_make_no_span(tracing: Tracing, spans: InMemorySpanExporter) -> None:
+    with tracing.store_call("outbox_lease", "redis") as span:
+        assert span is None
+    assert spans.get_finished_spans() == ()
+
+
+def tracing_span(s: ReadableSpan) -> trace.Span:
+    assert s.context is not None
+    return trace.NonRecordingSpan(s.context)
+
+
+def test_traceparent_matches_the_w3c_propagator_sampled_or_not() -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    for sampler in (sampling.ALWAYS_ON, sampling.ALWAYS_OFF):
+        span = TracerProvider(sampler=sampler).get_tracer("t").start_span("s")
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
+        assert traceparent(span) == carrier["traceparent"]
+        assert int(traceparent(span)[-2:], 16) & 1 == (sampler is sampling.ALWAYS_ON)
