@@ -115,42 +115,115 @@ def _parse_hostport(v: str, what: str) -> tuple[str, int]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    # The docstring under each field is its description: docs/configuration.md is generated from them.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, arbitrary_types_allowed=True, use_attribute_docstrings=True
+    )
 
 
 class DedupConfig(_Strict):
     enabled: bool = True
-    ttl: Duration | None = None  # default per protocol: covers the sender's retry horizon
-    lease: Duration = 30.0  # how long a claim holder may take before another delivery takes over
+    """Deduplicate this route's notifications: the backend sees each once, retries get its reply."""
+    ttl: Duration | None = None
+    """How long a delivered notification's reply is kept for replays; must outlast the sender's retries.
+    Default: 10m (25h for WeChat Pay).
+    """
+    lease: Duration = 30.0
+    """How long a claim holder may take before another delivery of the same notification takes over."""
     store_down: Literal["fail_open", "fail_closed"] = "fail_open"
-    fields: list[str] | None = None  # override the protocol's key recipe with these message fields
+    """Store unreachable: `fail_open` forwards anyway (counted as `store_error`), `fail_closed` answers so
+    the sender retries.
+    """
+    fields: list[str] | None = None
+    """Build the dedup key from these message fields instead of the protocol's recipe."""
 
 
 class OutboxConfig(_Strict):
     max_attempts: int = Field(15, ge=1, le=1000)
+    """Redeliveries of an acknowledged notification before it becomes a dead letter."""
     max_age: Duration = 86400.0
+    """Age after which an undelivered notification becomes a dead letter."""
     backoff_base: Duration = 1.0
+    """Delay before the first redelivery; doubles with each attempt (full jitter)."""
     backoff_max: Duration = 600.0
+    """Longest delay between two redeliveries."""
 
 
 class PublicKeyRef(_Strict):
     id: str = Field(pattern=r"^PUB_KEY_ID_[0-9A-Za-z_]+$")
+    """The key id WeChat Pay sends in `Wechatpay-Serial` (`PUB_KEY_ID_…`)."""
     file: Path
+    """PEM file of that WeChat Pay public key."""
+
+
+class ListenerTls(_Strict):
+    cert_file: Path
+    """PEM certificate chain shown to senders: the server certificate first, then its intermediates."""
+    key_file: Path
+    """PEM private key of that certificate, unencrypted (mount it like a secret)."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Oldest TLS version accepted."""
+    plain_http: Literal["refuse", "allow"] = "refuse"
+    """Plain HTTP on the TLS port: `refuse` answers 400 and closes the connection, `allow` serves both."""
+
+    @field_validator("cert_file")
+    @classmethod
+    def _readable_chain(cls, v: Path) -> Path:
+        from proxy.tls import read_chain
+
+        read_chain(v)
+        return v
+
+    @field_validator("key_file")
+    @classmethod
+    def _readable_key(cls, v: Path) -> Path:
+        from proxy.tls import read_key
+
+        read_key(v)
+        return v
+
+    @model_validator(mode="after")
+    def _key_matches(self) -> ListenerTls:
+        from proxy.tls import check_pair, read_chain, read_key
+
+        check_pair(read_chain(self.cert_file), read_key(self.key_file), self.cert_file, self.key_file)
+        return self
 
 
 class RouteBase(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    """The route's label in metrics, spans and logs: lowercase, unique."""
     path: str = Field(pattern=r"^/\S*$")
+    """The exact callback path set in the sender's console (the query string is not matched)."""
     methods: list[Literal["GET", "POST", "PUT", "PATCH", "DELETE"]] | None = None
+    """HTTP methods accepted (405 otherwise). Default: GET and POST where the protocol has URL
+    verification, else POST.
+    """
     upstream: str | None = None
-    deadline: Duration = 4.5  # answer the sender by then, whatever the backend does
-    backend_timeout: Duration = 30.0  # how long the backend call may go on after an early answer
+    """This route's backend, instead of the top-level `upstream`."""
+    deadline: Duration = 4.5
+    """Answer the sender by then, whatever the backend does (WeChat waits 5 s). 0.1s to 60s."""
+    backend_timeout: Duration = 30.0
+    """How long the backend call may go on after an early answer; its result still settles dedup and the
+    outbox.
+    """
     on_backend_failure: Literal["ack", "relay", "fail"] | None = None
+    """A slow or failing backend: `ack` answers success and keeps the notification in the outbox, `relay`
+    lets the sender retry and replays the backend's real reply (success on the last expected attempt),
+    `fail` passes the failure on. Default: `fail` for WeChat Pay, `ack` otherwise.
+    """
     timestamp_window: Duration = 300.0
+    """Refuse requests signed further than this from now, either way."""
     max_body: Size = 256 * 1024
+    """Largest request body accepted on this route (413 above)."""
     allow_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
+    """Only these source networks may call this route (403 otherwise); see `trusted_proxies` behind a load
+    balancer.
+    """
     dedup: DedupConfig = DedupConfig()
+    """Deduplication of sender retries."""
     outbox: OutboxConfig = OutboxConfig()
+    """Redelivery of acknowledged notifications the backend has not taken yet."""
 
     @field_validator("upstream")
     @classmethod
@@ -176,12 +249,19 @@ class RouteBase(_Strict):
 class WechatMpRoute(RouteBase):
     protocol: Literal["wechat-mp"]
     token: SecretStr
+    """The Token set in the Official Account console."""
     previous_token: SecretStr | None = None
+    """The previous Token, still accepted while rotating."""
     app_id: str | None = Field(None, pattern=r"^wx[0-9a-f]{16}$")
+    """The AppID (`wx` and 16 hex digits), checked inside every encrypted message."""
     encoding_aes_key: SecretStr | None = None
+    """EncodingAESKey (43 characters) for compatible or safe mode; needs `app_id`."""
     previous_encoding_aes_key: SecretStr | None = None
+    """The previous EncodingAESKey, still accepted while rotating."""
     decrypt_for_backend: bool = False
-    require_encryption: bool | None = None  # default: true when encoding_aes_key is set
+    """Forward decrypted plaintext XML to a plaintext backend and encrypt its passive reply."""
+    require_encryption: bool | None = None
+    """Refuse unencrypted messages (safe mode). Default: true when `encoding_aes_key` is set."""
 
     @model_validator(mode="after")
     def _aes_needs_app_id(self) -> WechatMpRoute:
@@ -197,32 +277,50 @@ class WechatMpRoute(RouteBase):
 class WecomRoute(RouteBase):
     protocol: Literal["wecom"]
     token: SecretStr
+    """The Token set in the WeCom admin console."""
     previous_token: SecretStr | None = None
+    """The previous Token, still accepted while rotating."""
     encoding_aes_key: SecretStr
+    """EncodingAESKey (43 characters) from the WeCom admin console."""
     previous_encoding_aes_key: SecretStr | None = None
+    """The previous EncodingAESKey, still accepted while rotating."""
     receive_id: str = Field(description="corpid (in-house app), suiteid, or '' for robots and personal apps")
     decrypt_for_backend: bool = False
+    """Forward decrypted plaintext XML to the backend and encrypt its passive reply."""
 
 
 class WechatPayV2Route(RouteBase):
     protocol: Literal["wechat-pay-v2"]
     api_key: SecretStr
+    """The APIv2 key (32 characters) set on the merchant platform."""
     previous_api_key: SecretStr | None = None
+    """The previous APIv2 key, still accepted while rotating."""
     mch_id: str = Field(pattern=r"^\d{6,16}$")
+    """The merchant id; notices for another `mch_id` are refused."""
     app_id: str | None = None
-    decrypt_for_backend: bool = False  # refunds: forward the decrypted req_info
+    """If set, notices for another `appid` are refused."""
+    decrypt_for_backend: bool = False
+    """Refund notices: forward `req_info` decrypted."""
 
 
 class WechatPayV3Route(RouteBase):
     protocol: Literal["wechat-pay-v3"]
     apiv3_key: SecretStr
+    """The APIv3 key (32 bytes) that decrypts `resource`."""
     previous_apiv3_key: SecretStr | None = None
+    """The previous APIv3 key, still accepted while rotating."""
     mch_id: str = Field(pattern=r"^\d{6,16}$")
+    """The merchant id; notices for another `mchid` are refused."""
     app_id: str | None = None
+    """If set, notices for another `appid` are refused."""
     platform_certificates: list[Path] = []
+    """PEM platform certificates that verify `Wechatpay-Signature`, chosen by `Wechatpay-Serial`."""
     public_keys: list[PublicKeyRef] = []
+    """WeChat Pay public keys (the newer scheme), chosen by `Wechatpay-Serial`."""
     decrypt_for_backend: bool = False
-    api_key: SecretStr | None = None  # APIv2 key: v2 XML notices that reach this route (console refunds)
+    """Forward the notice with `resource` replaced by its decrypted JSON."""
+    api_key: SecretStr | None = None
+    """APIv2 key for v2 XML notices that reach this route (refunds started in the merchant console)."""
 
     @model_validator(mode="after")
     def _needs_a_key(self) -> WechatPayV3Route:
@@ -234,17 +332,25 @@ class WechatPayV3Route(RouteBase):
 class HmacRoute(RouteBase):
     protocol: Literal["hmac"]
     secret: SecretStr
+    """The shared HMAC-SHA256 secret."""
     previous_secret: SecretStr | None = None
+    """The previous secret, still accepted while rotating."""
     sign_param: str = "sign"
-    sign_header: str | None = None  # take the signature from this header instead of a parameter
+    """Parameter that carries the signature."""
+    sign_header: str | None = None
+    """Header that carries the signature instead of `sign_param`."""
     timestamp_param: str = "timestamp"
+    """Parameter with the Unix timestamp (seconds)."""
     nonce_param: str = "nonce"
+    """Parameter with the nonce."""
 
 
 class StandardWebhooksRoute(RouteBase):
     protocol: Literal["standard-webhooks"]
     secret: SecretStr
+    """The `whsec_…` signing secret."""
     previous_secret: SecretStr | None = None
+    """The previous secret, still accepted while rotating."""
 
 
 Route = Annotated[
@@ -270,17 +376,34 @@ def default_dedup_ttl(route: RouteBase) -> float:
 
 class Config(_Strict):
     listen: str = "0.0.0.0:8080"
+    """Where callbacks arrive (`host:port`; `0.0.0.0:8080` in a container)."""
     admin: str = "127.0.0.1:9090"
+    """The admin server: `/metrics`, `/healthz`, `/readyz`. Keep it off the public network."""
     upstream: str = "http://127.0.0.1:9000"
+    """The legacy backend's base URL; unmatched paths pass through to it."""
     store: str = "sqlite:///var/lib/wxgate/state.db"
+    """Dedup records, replay cache and outbox: `sqlite:///path` (one replica), `sqlite://:memory:`,
+    `redis://` or `rediss://host:port/db`, `redis+cluster://h1:p1,h2:p2`,
+    `redis+sentinel://h1:p1,h2:p2/service` (shared by replicas).
+    """
     unmatched: Literal["passthrough", "deny"] = "passthrough"
+    """Paths no route matches: `passthrough` (proxied to `upstream` as they are) or `deny` (404)."""
     body_size_limit: Size = 1024 * 1024
+    """Hard cap on any request body, enforced while it is read."""
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    """CIDRs of proxies in front of wxgate whose `X-Forwarded-For` is believed (for `allow_cidrs`)."""
     upstream_connect_timeout: Duration = 1.0
+    """How long connecting to the backend may take."""
     upstream_pool_size: int = Field(100, ge=1, le=10000)
+    """Keep-alive connections kept open to the backend."""
     drain_timeout: Duration = 10.0
+    """On SIGTERM: how long in-flight requests and backend calls may take to finish."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of the JSON log lines on stderr; `info` writes one line per request."""
+    tls: ListenerTls | None = None
+    """Terminate TLS on `listen` with this certificate; absent, `listen` speaks plain HTTP."""
     routes: list[Route] = []
+    """The callback endpoints, one per URL configured at a sender."""
 
     @field_validator("listen", "admin")
     @classmethod
@@ -429,4 +552,7 @@ def parse_config(
 
 def redacted(config: Config) -> dict[str, Any]:
     """The effective configuration with every secret shown as ``***`` (for ``wxgate check``)."""
-    return config.model_dump(mode="json", exclude_none=True)
+    out = config.model_dump(mode="json", exclude_none=True)
+    # A Redis URL may carry a password (redis://:${REDIS_PASSWORD}@host:6379/0).
+    out["store"] = re.sub(r"(://[^/@]*?:)[^/@]+@", r"\1***@", out["store"])
+    return out
