@@ -11,19 +11,24 @@ its password and what to check (:mod:`.redis_target`). Durability of the outbox 
 redeliveries must survive a Redis crash.
 
 ``namespace`` prefixes every key and the channel, so several deployments (or tests) can share one Redis.
+At most ``max_connections`` commands are in flight per store (the pool size); more callers queue for up to
+``timeout`` seconds instead of failing, since redis-py's async pools raise "Too many connections" instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
-from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Store
+from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Store, StoreUnavailable
 from proxy.stores.redis_notify import SettleSubscriber
 from proxy.stores.redis_scripts import Scripts
 from proxy.stores.redis_target import RedisConnector, parse_redis_url
@@ -83,9 +88,14 @@ class RedisStore(Store):
         connect_timeout: float = 0.5,
         timeout: float = 1.0,
         settle_poll: float = 0.5,
+        max_connections: int = 64,
     ) -> None:
-        self._conn = RedisConnector(parse_redis_url(url), connect_timeout=connect_timeout, timeout=timeout)
+        self._conn = RedisConnector(
+            parse_redis_url(url), connect_timeout=connect_timeout, timeout=timeout, max_connections=max_connections
+        )
         self._client = self._conn.client()
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
         self._scripts = Scripts.register(self._client)
         self._ns = namespace
         self._timeout = timeout
@@ -113,30 +123,51 @@ class RedisStore(Store):
     async def close(self) -> None:
         await self._subscriber.close()
         self._waiters.wake_all()
-        with self._conn.translate():
-            await self._client.aclose()
+        try:
+            with self._conn.translate():
+                await self._client.aclose()
+        finally:
+            await self._conn.aclose()
 
     async def ping(self) -> None:
-        with self._conn.translate():
+        async with self._slot():
             await self._client.ping()
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A share of the connection pool for one command, with errors translated to StoreUnavailable."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"redis store {self._conn.target.safe_url}: all {self._max_connections} connections stayed busy "
+                f"for {self._timeout} s; check redis latency, or raise max_connections"
+            ) from None
+        try:
+            with self._conn.translate():
+                yield
+        finally:
+            self._slots.release()
+
+    async def _eval(self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        async with self._slot():
+            return await script(keys=keys, args=args)
 
     # -- dedup -----------------------------------------------------------------------------------------------
     async def claim(self, key: str, lease: float, ttl: float) -> Claim:
         token = secrets.token_hex(16)
-        with self._conn.translate():
-            raw = await self._scripts.claim(keys=[self._key(key, "d")], args=[token, _ms(lease), _ms(ttl)])
+        raw = await self._eval(self._scripts.claim, [self._key(key, "d")], [token, _ms(lease), _ms(ttl)])
         return _claim(raw, token)[0]
 
     async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
         args: list[EncodableT] = [token, reply, _ms(ttl), self._channel, key]
-        with self._conn.translate():
-            owned = await self._scripts.complete(keys=[self._key(key, "d")], args=args)
+        owned = await self._eval(self._scripts.complete, [self._key(key, "d")], args)
         self._waiters.wake(key)
         return bool(owned)
 
     async def release(self, key: str, token: str) -> None:
-        with self._conn.translate():
-            await self._scripts.release(keys=[self._key(key, "d")], args=[token, self._channel, key])
+        await self._eval(self._scripts.release, [self._key(key, "d")], [token, self._channel, key])
         self._waiters.wake(key)
 
     async def settle(self, key: str, lease: float, timeout: float) -> Claim:
@@ -144,8 +175,7 @@ class RedisStore(Store):
         deadline = loop.time() + timeout
 
         async def check() -> tuple[Claim, float]:
-            with self._conn.translate():
-                raw = await self._scripts.settle(keys=[self._key(key, "d")], args=[token, _ms(lease)])
+            raw = await self._eval(self._scripts.settle, [self._key(key, "d")], [token, _ms(lease)])
             return _claim(raw, token)
 
         with self._waiters.watch(key) as wake:
@@ -155,13 +185,12 @@ class RedisStore(Store):
 
     # -- nonce replay cache ----------------------------------------------------------------------------------
     async def remember(self, key: str, ttl: float) -> bool:
-        with self._conn.translate():
+        async with self._slot():
             return bool(await self._client.set(self._key(key, "n"), b"1", nx=True, px=_ms(ttl)))
 
     # -- outbox ----------------------------------------------------------------------------------------------
-    async def _outbox_call(self, script: Any, *args: EncodableT) -> Any:
-        with self._conn.translate():
-            return await script(keys=self._outbox, args=list(args))
+    async def _outbox_call(self, script: AsyncScript, *args: EncodableT) -> Any:
+        return await self._eval(script, self._outbox, args)
 
     async def outbox_put(self, item: OutboxItem) -> None:
         meta = json.dumps(
@@ -204,7 +233,7 @@ class RedisStore(Store):
     async def outbox_purge(self, dead: bool, item_id: str | None = None) -> int:
         return await self._chunked(self._scripts.outbox_purge, "dead" if dead else "queued", item_id)
 
-    async def _chunked(self, script: Any, first: str, item_id: str | None) -> int:
+    async def _chunked(self, script: AsyncScript, first: str, item_id: str | None) -> int:
         """Run a one-or-all script; for all, chunk by chunk until a chunk comes back short."""
         mode, total = ("one" if item_id is not None else "all"), 0
         while True:

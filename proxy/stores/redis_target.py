@@ -7,8 +7,9 @@ Accepted URLs (``user:password@`` optional everywhere; ``?ssl=true`` turns on TL
     redis+cluster://host:7000,host:7001               Redis Cluster, seed nodes
     redis+sentinel://host:26379,host:26380/mymaster   the master of ``mymaster`` as Sentinel reports it
 
-Socket timeouts are short (0.5 s connect, 1 s read by default) and a failed command is retried once on a fresh
-connection, so a dead Redis costs a request about a second, and a restarted one is picked up by the next call.
+Socket timeouts are short (0.5 s connect, 1 s read by default) and a command that lost its connection is
+retried once on a fresh one, so a dead or hung Redis costs a request at most about a second, and a restarted
+one is picked up by the next call.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.stores.base import StoreUnavailable
@@ -108,24 +110,30 @@ def parse_redis_url(url: str) -> RedisTarget:
 class RedisConnector:
     """Builds the store's clients for one target and translates their errors."""
 
-    def __init__(self, target: RedisTarget, *, connect_timeout: float, timeout: float) -> None:
+    def __init__(
+        self, target: RedisTarget, *, connect_timeout: float, timeout: float, max_connections: int
+    ) -> None:
         self.target = target
         self._options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": timeout,
             "decode_responses": False,
         }
+        self._max_connections = max_connections
         self._sentinel: Sentinel | None = None
 
     def _retry(self) -> Retry:
         # One quick retry on a fresh connection: a pooled socket to a restarted Redis fails once, then works.
-        return Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1)
+        # Not on timeouts: retrying those would double what a hung Redis costs each request.
+        return Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1, supported_errors=(RedisConnectionError,))
 
     def _auth(self) -> dict[str, Any]:
         return {"username": self.target.username, "password": self.target.password}
 
     def client(self) -> Redis | RedisCluster:
-        t, opts = self.target, {**self._options, "retry": self._retry()}
+        """The command client; its pool (per node, on a cluster) holds the store's ``max_connections``."""
+        t = self.target
+        opts = {**self._options, "retry": self._retry(), "max_connections": self._max_connections}
         if t.kind == "redis":
             return Redis.from_url(t.url, **opts)
         if t.kind == "cluster":
@@ -153,7 +161,15 @@ class RedisConnector:
         known = cluster.get_nodes() if isinstance(cluster, RedisCluster) else []
         nodes = [(n.host, int(n.port)) for n in known] or list(t.nodes)
         host, port = nodes[attempt % len(nodes)]
-        return Redis(host=host, port=port, ssl=t.ssl, **self._auth(), **opts)
+        return Redis(host=host, port=port, ssl=t.ssl, **self._auth(), **opts)  # one connection: pub/sub
+
+    async def aclose(self) -> None:
+        """Close what the connector itself holds: the Sentinel's connections to the sentinels."""
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await client.aclose()
+            self._sentinel = None
 
     def unavailable(self, exc: BaseException) -> StoreUnavailable:
         detail = f"{type(exc).__name__}: {exc}"
