@@ -4,7 +4,8 @@
 ``restart()``, always on the same port and data directory, so a test can take Redis away and bring it back
 under a client that keeps its URL. ``aof=True`` turns on ``appendonly yes`` + ``appendfsync always``, so every
 acknowledged write survives ``kill()``. ``RedisCluster`` builds an N-master cluster with
-``redis-cli --cluster create`` and waits until every node reports ``cluster_state:ok``.
+``redis-cli --cluster create`` and waits until every node reports ``cluster_state:ok``. ``RedisSentinel`` is
+a sentinel (``redis-server --sentinel``) monitoring one ``RedisServer`` as a named service.
 
 Every process started here is also stopped at interpreter exit, so a failing test never leaves one behind.
 """
@@ -187,6 +188,38 @@ class RedisCluster:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class RedisSentinel(RedisServer):
+    """A sentinel monitoring ``master`` as ``service``; ``url`` is the store URL for that service."""
+
+    def __init__(self, master: RedisServer, service: str = "mymaster") -> None:
+        super().__init__()
+        self.master, self.service = master, service
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.master.password}@" if self.master.password else ""
+        return f"redis+sentinel://{auth}{HOST}:{self.port}/{self.service}"
+
+    def args(self) -> list[str]:
+        conf = self.dir / "sentinel.conf"  # sentinel rewrites its config file, so it gets its own copy
+        lines = [f"port {self.port}", f"bind {HOST}", f"dir {self.dir}"]
+        lines.append(f"sentinel monitor {self.service} {HOST} {self.master.port} 1")
+        if self.master.password:
+            lines.append(f"sentinel auth-pass {self.service} {self.master.password}")
+        conf.write_text("\n".join(lines) + "\n")
+        return [REDIS_SERVER, str(conf), "--sentinel", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                reply = send_command(self.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                if str(self.master.port).encode() in reply:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"sentinel on port {self.port} does not know {self.service!r} after {timeout}s")
 
 
 @atexit.register
