@@ -19,6 +19,13 @@ class Routing:
         self.table = table
         self.unmatched = unmatched
 
+    def use(self, table: RouteTable, unmatched: str) -> None:
+        """Swap in a reloaded route table. A request keeps the route it was matched with: the later addons read
+        ``ex.route``, never the table."""
+        if unmatched not in ("passthrough", "deny"):
+            raise ValueError("unmatched must be passthrough or deny")
+        self.table, self.unmatched = table, unmatched
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         ex = ensure_exchange(flow)
         ex.outcome.method = flow.request.method

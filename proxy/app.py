@@ -4,6 +4,7 @@ wxgate embeds mitmproxy with only the core addons it needs (a stripped master se
 ``mitmdump``, whose ~36 default addons each see every hook), in reverse mode with ``connection_strategy=lazy``
 (with ``eager`` a dead backend makes mitmproxy drop client connections without an answer). SIGTERM/SIGINT drain:
 stop listening, let in-flight requests and background backend calls finish within ``drain_timeout``, exit 0.
+SIGHUP reloads the configuration file without dropping a connection (:mod:`proxy.reload`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import master as mitm_master
@@ -30,6 +32,7 @@ from addons.envelope import Envelope
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
 from addons.routing import Routing
+from addons.tls import TlsTermination
 from addons.tracing import TracingAddon
 from addons.verify import Verify
 from proxy.admin import AdminServer
@@ -38,11 +41,13 @@ from proxy.instrumented_store import InstrumentedStore
 from proxy.metrics import Metrics
 from proxy.outbox import OutboxCounters, OutboxWorker, StoreSettlement
 from proxy.probes import Probes
+from proxy.reload import Loaded, Reloader, load_tls
 from proxy.routes import RouteTable
 from proxy.settlement import Settlement
 from proxy.stores import open_store
 from proxy.stores.base import Store, StoreUnavailable
 from proxy.tasks import BackgroundTasks
+from proxy.tls import ServerCertificate
 from proxy.tracing import Tracing, provider_from_env
 from proxy.upstream import UpstreamClient
 
@@ -62,6 +67,7 @@ class Runtime:
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
     tracer_provider: TracerProvider | None = None  # None: tracing off, and no span is ever made
     tracing: Tracing | None = None
+    tls: ServerCertificate | None = None  # the listener's certificate, None for plain HTTP
     settlement: Settlement = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,8 +94,10 @@ def build_runtime(
         client=UpstreamClient(config.upstream_pool_size, config.upstream_connect_timeout),
         tracer_provider=provider,
         tracing=tracing,
+        tls=load_tls(config),
     )
     metrics.track_background_tasks(lambda: len(rt.tasks))
+    metrics.tls_certificate(rt.tls.not_after if rt.tls else None)
     return rt
 
 
@@ -119,7 +127,9 @@ class Lifecycle:
 
 
 class Sidecar:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(
+        self, rt: Runtime, config_path: Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.rt = rt
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
@@ -128,6 +138,20 @@ class Sidecar:
         self.master: mitm_master.Master | None = None
         self.chain = build_chain(rt)
         self.admin = AdminServer(rt.registry, self.ready)
+        self.tls = TlsTermination(rt.tls, rt.config.tls.plain_http if rt.config.tls else "refuse")
+        self.outbox_worker: OutboxWorker | None = None
+        self.reloader = (
+            Reloader(
+                config_path,
+                os.environ if environ is None else environ,
+                rt.metrics,
+                lambda: self.rt.config,
+                self.apply,
+            )
+            if config_path is not None
+            else None
+        )
+        self._reload_tasks: set[asyncio.Task[bool]] = set()
 
     def _make_master(self) -> mitm_master.Master:
         cfg = self.rt.config
@@ -137,6 +161,7 @@ class Sidecar:
             core.Core(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
+            self.tls,  # before TlsConfig: it serves our certificate, never mitmproxy's generated ones
             tlsconfig.TlsConfig(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
             *self.chain,
@@ -190,6 +215,31 @@ class Sidecar:
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self.drain(), name="drain")
 
+    def _on_reload(self) -> None:
+        if self.reloader is None or self.draining:
+            return
+        task = asyncio.get_running_loop().create_task(self.reloader.reload(), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    def apply(self, loaded: Loaded) -> None:
+        """Swap a reloaded configuration in; synchronous, so no request sees half of it."""
+        cfg = loaded.config
+        self.rt.config, self.rt.table, self.rt.tls = cfg, loaded.table, loaded.tls
+        self.rt.metrics.init_routes((r.name, r.protocol_name) for r in loaded.table.routes)
+        self.rt.metrics.tls_certificate(loaded.tls.not_after if loaded.tls else None)
+        for addon in self.chain:
+            if isinstance(addon, Routing):
+                addon.use(loaded.table, cfg.unmatched)
+            elif isinstance(addon, Admission):
+                addon.trusted = tuple(cfg.trusted_proxies)
+        self.tls.use(loaded.tls, cfg.tls.plain_http if cfg.tls else "refuse")
+        if self.outbox_worker is not None:
+            self.outbox_worker.use(loaded.table)
+        if self.master is not None:
+            self.master.options.update(body_size_limit=str(cfg.body_size_limit))
+        logging.getLogger().setLevel(cfg.log_level.upper())
+
     async def run(self) -> int:
         cfg = self.rt.config
         await self.rt.store.open()
@@ -197,14 +247,16 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         await self.admin.start(*cfg.admin_addr)
         counters = OutboxCounters(self.rt.metrics.outbox_redelivery, self.rt.metrics.outbox_dead_letter)
-        worker = OutboxWorker(self.rt.store, self.rt.table, self.rt.client, counters)
+        worker = self.outbox_worker = OutboxWorker(self.rt.store, self.rt.table, self.rt.client, counters)
         self._worker = loop.create_task(worker.run(), name="outbox worker")
         self._probes = loop.create_task(Probes(self.rt.metrics, self.rt.store).run(), name="probes")
         logger.info(
-            "wxgate listening on %s (admin %s), %d routes, store %s",
+            "wxgate listening on %s%s (admin %s), %d routes, store %s",
             cfg.listen,
+            " (TLS)" if cfg.tls else "",
             cfg.admin,
             len(self.rt.table.routes),
             cfg.store.split("://", 1)[0],
@@ -225,5 +277,6 @@ class Sidecar:
         return 0
 
 
-async def serve(config: Config) -> int:
-    return await Sidecar(build_runtime(config)).run()
+async def serve(config: Config, config_path: Path | None = None) -> int:
+    """Run the sidecar; with ``config_path``, SIGHUP reloads that file."""
+    return await Sidecar(build_runtime(config), config_path).run()

@@ -8,6 +8,7 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -24,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(config.log_level)
     from proxy.app import serve
 
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, Path(args.config)))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

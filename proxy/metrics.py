@@ -136,6 +136,7 @@ class Metrics:
         self._inbound(r)
         self._outbound(r)
         self._state(r)
+        self._config(r)
         self._routes: dict[str, RouteSeries] = {}
 
     def _inbound(self, r: CollectorRegistry) -> None:
@@ -257,6 +258,40 @@ class Metrics:
             op: (self.store_duration.labels(op), self.store_errors.labels(op)) for op in STORE_OPERATIONS
         }
 
+    def _config(self, r: CollectorRegistry) -> None:
+        # Named like Prometheus's own reload series, so the same alert (last reload failed) reads the same.
+        self.config_reloads = Counter(
+            "wxgate_config_reloads",
+            "Configuration reloads (SIGHUP) by result: success, or failure (the running configuration was kept)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        self.config_last_reload_successful = Gauge(
+            "wxgate_config_last_reload_successful",
+            "1 when the last configuration load (start or SIGHUP) succeeded, 0 when it was rejected",
+            registry=r,
+        )
+        self.config_last_reload_successful.set(1)
+        self.config_last_reload_success = Gauge(
+            "wxgate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start or SIGHUP)",
+            registry=r,
+        )
+        self.config_last_reload_success.set_to_current_time()
+        self.config_restart_required = Gauge(
+            "wxgate_config_restart_required",
+            "1 when a reloaded configuration changed a key that only a restart applies (listen, admin, store, ...)",
+            registry=r,
+        )
+        self.tls_certificate_expiry = Gauge(
+            "wxgate_tls_certificate_expiry_timestamp_seconds",
+            "Unix time the served TLS certificate expires (NaN without tls)",
+            registry=r,
+        )
+        self.tls_certificate_expiry.set(float("nan"))
+
     # -- pre-initialisation ----------------------------------------------------------------------------------
     def init_routes(self, routes: Iterable[tuple[str, str]]) -> None:
         """Pre-initialise (and bind) the series every route will have, and those of unmatched requests."""
@@ -356,6 +391,17 @@ class Metrics:
 
     def track_background_tasks(self, count: Callable[[], int]) -> None:
         self.background_tasks.set_function(lambda: float(count()))
+
+    def config_reloaded(self, ok: bool, when: float, restart_required: bool = False) -> None:
+        self.config_reloads.labels("success" if ok else "failure").inc()
+        self.config_last_reload_successful.set(1 if ok else 0)
+        if ok:
+            self.config_last_reload_success.set(when)
+            self.config_restart_required.set(1 if restart_required else 0)
+
+    def tls_certificate(self, not_after: float | None) -> None:
+        """The served certificate's expiry; NaN without TLS (an expiry alert must not fire on a plain listener)."""
+        self.tls_certificate_expiry.set(float("nan") if not_after is None else not_after)
 
 
 def exemplar_of(span: trace.Span | None) -> dict[str, str] | None:

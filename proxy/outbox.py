@@ -157,6 +157,10 @@ class OutboxWorker:
         self.clock, self.interval, self.batch, self.lease = clock, interval, batch, lease
         self._by_name = {r.name: r for r in table.routes}
 
+    def use(self, table: RouteTable) -> None:
+        """Redeliver with a reloaded route table (new secrets, upstreams, outbox limits) from the next item on."""
+        self.table, self._by_name = table, {r.name: r for r in table.routes}
+
     async def run(self) -> None:
         while True:
             try:
