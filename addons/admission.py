@@ -2,7 +2,7 @@
 
 Strips client-sent ``X-Wxgate-*`` headers from every request (they are trusted by the backend), then checks the
 route's method (405), body size (413, early from Content-Length when present), source address allowlist (403,
-trusted-proxy aware) and content type (415). Owns ``methods``, ``max_body``, ``allow_cidrs``, ``trusted_proxies``.
+trusted-proxy aware), repeated query parameters (400) and content type/encoding (415). Owns ``methods``, ``max_body``, ``allow_cidrs``, ``trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ class Admission:
             return
         if len(flow.request.raw_content or b"") > ex.route.config.max_body:
             return reject(flow, ex, "body_too_large", 413)
+        names = [k for k, _ in flow.request.query.items(multi=True)]
+        if len(names) != len(set(names)):
+            # Verification reads the first value; a backend reading the last could be fed an unsigned one.
+            return reject(flow, ex, "duplicate_param", 400)
         if flow.request.headers.get("content-encoding", "identity").strip().lower() != "identity":
             # Signatures cover the bytes WeChat sent; it never compresses callbacks.
             return reject(flow, ex, "unsupported_content_encoding", 415)

@@ -58,7 +58,7 @@ class Dedup:
             logger.exception("deduplication failed unexpectedly on route %s", ex.route.name)
             if not flow.response:
                 ex.outcome.reason = "dedup_error"
-                respond(flow, ex, ex.route.protocol.backend_failure_reply())
+                respond(flow, ex, ex.route.protocol.backend_failure_reply(ex.verified))
 
     async def _claim(self, flow: http.HTTPFlow, ex: Exchange) -> None:
         assert ex.route is not None
@@ -100,7 +100,7 @@ class Dedup:
             logger.warning(
                 "cached reply on route %s is unreadable; answering with the plain ack", ex.route.name
             )
-            reply = ex.route.protocol.success_reply()
+            reply = ex.route.protocol.success_reply(ex.verified)
         respond(flow, ex, reply)
 
     async def _still_in_flight(self, flow: http.HTTPFlow, ex: Exchange) -> None:
@@ -110,9 +110,9 @@ class Dedup:
         reply: Reply
         if acknowledges(ex):
             # The first attempt made the notification durable before acknowledging (or will answer itself).
-            reply = ex.route.protocol.success_reply()
+            reply = ex.route.protocol.success_reply(ex.verified)
         else:
-            reply = ex.route.protocol.backend_failure_reply()
+            reply = ex.route.protocol.backend_failure_reply(ex.verified)
         respond(flow, ex, reply)
 
     def _store_down(self, flow: http.HTTPFlow, ex: Exchange, err: StoreUnavailable) -> None:
@@ -121,4 +121,4 @@ class Dedup:
         logger.warning("dedup store unavailable on route %s: %s", ex.route.name, err)
         if ex.route.config.dedup.store_down == "fail_closed":
             ex.outcome.reason = "store_unavailable"
-            respond(flow, ex, ex.route.protocol.backend_failure_reply())
+            respond(flow, ex, ex.route.protocol.backend_failure_reply(ex.verified))

@@ -62,7 +62,7 @@ class Forward:
             logger.exception("forwarding failed unexpectedly on route %s", ex.route.name)
             if not flow.response:
                 ex.outcome.reason = "forward_error"
-                respond(flow, ex, ex.route.protocol.backend_failure_reply())
+                respond(flow, ex, ex.route.protocol.backend_failure_reply(ex.verified))
         return None
 
     async def _forward(self, flow: http.HTTPFlow, ex: Exchange) -> None:
@@ -98,9 +98,9 @@ class Forward:
                     "could not make route %s's notification durable; not acknowledging", ex.route.name
                 )
                 ex.outcome.outbox = "failed"
-                return ex.route.protocol.backend_failure_reply()
-            return ex.route.protocol.success_reply()
-        return ex.route.protocol.backend_failure_reply()
+                return ex.route.protocol.backend_failure_reply(ex.verified)
+            return ex.route.protocol.success_reply(ex.verified)
+        return ex.route.protocol.backend_failure_reply(ex.verified)
 
     def _record(self, ex: Exchange, result: UpstreamResult) -> None:
         ex.outcome.upstream = result.kind

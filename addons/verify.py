@@ -73,7 +73,7 @@ class Verify:
                 if route.config.dedup.store_down == "fail_closed":
                     ex.outcome.reason = "store_unavailable"
                     ex.outcome.verdict = "rejected"
-                    return respond(flow, ex, route.protocol.backend_failure_reply())
+                    return respond(flow, ex, route.protocol.backend_failure_reply(ex.verified))
                 fresh = True
             if not fresh:
                 return reject(flow, ex, "replayed_nonce", 403)

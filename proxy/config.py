@@ -40,6 +40,8 @@ SECRET_KEYS = frozenset(
         "previous_secret",
     }
 )
+# Keys whose values are file paths: relative paths are read relative to the configuration file.
+PATH_KEYS = frozenset({"platform_certificates", "file", "cert_file", "key_file"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -235,7 +237,9 @@ class RouteBase(_Strict):
     @model_validator(mode="after")
     def _relay_needs_dedup(self) -> RouteBase:
         if self.on_backend_failure == "relay" and not self.dedup.enabled:
-            raise ValueError("on_backend_failure: relay needs dedup (retries replay the first attempt's reply)")
+            raise ValueError(
+                "on_backend_failure: relay needs dedup (retries replay the first attempt's reply)"
+            )
         return self
 
     @field_validator("deadline")
@@ -321,6 +325,8 @@ class WechatPayV3Route(RouteBase):
     """Forward the notice with `resource` replaced by its decrypted JSON."""
     api_key: SecretStr | None = None
     """APIv2 key for v2 XML notices that reach this route (refunds started in the merchant console)."""
+    previous_api_key: SecretStr | None = None
+    """The previous APIv2 key, still accepted while rotating."""
 
     @model_validator(mode="after")
     def _needs_a_key(self) -> WechatPayV3Route:
@@ -510,9 +516,19 @@ def _resolve(node: Any, environ: Mapping[str, str], path: str, problems: list[st
                 out[target] = file.read_text(encoding="utf-8").strip()
             except OSError as e:
                 problems.append(f"{where}: cannot read secret file {file} ({e.strerror})")
+        elif key in PATH_KEYS:
+            out[key] = _paths(_resolve(value, environ, where, problems, base_dir), base_dir)
         else:
             out[key] = _resolve(value, environ, where, problems, base_dir)
     return out
+
+
+def _paths(value: Any, base_dir: Path) -> Any:
+    if isinstance(value, list):
+        return [_paths(v, base_dir) for v in value]
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str(base_dir / value)
+    return value
 
 
 def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:

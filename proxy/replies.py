@@ -33,7 +33,7 @@ def seal(flow: http.HTTPFlow, ex: Exchange) -> None:
         # Our own keys failed us: a plaintext passive reply would be refused by a safe-mode sender anyway,
         # so answer with the protocol's plain acknowledgement.
         logger.exception("sealing the reply failed on route %s", ex.route.name)
-        wire = ex.route.protocol.success_reply()
+        wire = ex.route.protocol.success_reply(ex.verified)
         ex.outcome.normalized = "seal_error"
     if wire is not ex.reply:
         _set_response(flow, wire)

@@ -97,7 +97,7 @@ def _wechat_pay_v3(route: WechatPayV3Route) -> Protocol:
             ) from None
     v2 = None
     if route.api_key is not None:
-        v2 = WechatPayV2([("current", route.api_key.reveal())], route.mch_id, app_id=route.app_id)
+        v2 = WechatPayV2(_rotated(route.api_key, route.previous_api_key), route.mch_id, app_id=route.app_id)
     return wechat_pay_v3.WechatPayV3(
         _rotated(route.apiv3_key, route.previous_apiv3_key),
         route.mch_id,

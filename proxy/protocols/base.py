@@ -124,15 +124,18 @@ class Protocol(abc.ABC):
         """The idempotency key of the message (before hashing), or ``None`` if it cannot be deduplicated."""
 
     @abc.abstractmethod
-    def success_reply(self) -> Reply:
-        """The protocol's plain acknowledgement (what wxgate sends when it answers on the backend's behalf)."""
+    def success_reply(self, verified: Verified | None = None) -> Reply:
+        """The protocol's plain acknowledgement (what wxgate sends when it answers on the backend's behalf).
+
+        ``verified`` lets a route that accepts two wire formats (Pay v3 also receives v2 XML notices) answer in
+        the format of the request at hand."""
 
     @abc.abstractmethod
     def failure_reply(self, reason: str, status: int) -> Reply:
         """The answer to a request that failed verification or admission."""
 
     @abc.abstractmethod
-    def backend_failure_reply(self) -> Reply:
+    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
         """The answer that makes the sender retry (used by the ``fail`` policy and ``fail_closed``)."""
 
     @abc.abstractmethod

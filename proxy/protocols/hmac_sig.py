@@ -148,13 +148,13 @@ class HmacSignature(Protocol):
         nonce = m.get(self.nonce_param)
         return f"nonce={nonce}" if nonce else None
 
-    def success_reply(self) -> Reply:
+    def success_reply(self, verified: Verified | None = None) -> Reply:
         return SUCCESS
 
     def failure_reply(self, reason: str, status: int) -> Reply:
         return Reply(status, _fail("unauthorized"), JSON_CONTENT_TYPE, "reject")
 
-    def backend_failure_reply(self) -> Reply:
+    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(502, _fail("unavailable"), JSON_CONTENT_TYPE, "failure")
 
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:

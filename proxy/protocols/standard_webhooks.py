@@ -108,13 +108,13 @@ class StandardWebhooks(Protocol):
     def dedup_key(self, verified: Verified) -> str | None:
         return verified.message.get("webhook-id") or None
 
-    def success_reply(self) -> Reply:
+    def success_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(200, b"", "text/plain; charset=utf-8", "ack")
 
     def failure_reply(self, reason: str, status: int) -> Reply:
         return Reply(status, FAIL_JSON, "application/json", "reject")
 
-    def backend_failure_reply(self) -> Reply:
+    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(502, b"", "text/plain; charset=utf-8", "failure")
 
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:

@@ -192,14 +192,14 @@ class WechatMp(Protocol):
     def dedup_key(self, verified: Verified) -> str | None:
         return message_key(verified.message)
 
-    def success_reply(self) -> Reply:
+    def success_reply(self, verified: Verified | None = None) -> Reply:
         return SUCCESS
 
     def failure_reply(self, reason: str, status: int) -> Reply:
         # Not from WeChat, so no user impact: tell the caller nothing beyond the status.
         return Reply(status, b"", "text/plain; charset=utf-8", "reject")
 
-    def backend_failure_reply(self) -> Reply:
+    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(502, b"", "text/plain; charset=utf-8", "failure")
 
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:

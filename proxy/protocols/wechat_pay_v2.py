@@ -180,13 +180,13 @@ class WechatPayV2(Protocol):
             return f"pay|{m.get('mch_id', '')}|{trade}|{m.get('result_code', '')}"
         return None
 
-    def success_reply(self) -> Reply:
+    def success_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(200, SUCCESS_XML, XML_CONTENT_TYPE, "ack")
 
     def failure_reply(self, reason: str, status: int) -> Reply:
         return Reply(200, FAIL_XML, XML_CONTENT_TYPE, "reject")
 
-    def backend_failure_reply(self) -> Reply:
+    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(200, BUSY_XML, XML_CONTENT_TYPE, "failure")
 
     def is_backend_failure(self, status: int, content_type: str, body: bytes) -> bool:

@@ -261,7 +261,10 @@ class WechatPayV3(Protocol):
     def failure_reply(self, reason: str, status: int) -> Reply:
         return Reply(status, FAIL_JSON, JSON_CONTENT_TYPE, "reject")
 
-    def backend_failure_reply(self) -> Reply:
+    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
+        """500 with FAIL JSON; for a v2 notice the v2 FAIL XML (WeChat Pay retries on both)."""
+        if verified is not None and isinstance(verified.seal_context, V2Notice) and self.v2 is not None:
+            return self.v2.backend_failure_reply()
         return Reply(500, FAIL_JSON, JSON_CONTENT_TYPE, "failure")
 
     def is_backend_failure(self, status: int, content_type: str, body: bytes) -> bool:

@@ -123,13 +123,13 @@ class Wecom(Protocol):
         key = message_key(msg)
         return None if key is None else f"agent:{msg.get('AgentID', '')}|{key}"
 
-    def success_reply(self) -> Reply:
+    def success_reply(self, verified: Verified | None = None) -> Reply:
         return EMPTY
 
     def failure_reply(self, reason: str, status: int) -> Reply:
         return Reply(status, b"", "text/plain; charset=utf-8", "reject")
 
-    def backend_failure_reply(self) -> Reply:
+    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(502, b"", "text/plain; charset=utf-8", "failure")
 
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:

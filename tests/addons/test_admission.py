@@ -101,3 +101,12 @@ def test_source_allowlist_uses_forwarded_for_only_behind_trusted_proxies() -> No
 )
 def test_client_ip(peer: str, xff: str, expected: str) -> None:
     assert client_ip(peer, xff, NETS) == expected
+
+
+def test_repeated_query_parameters_are_refused() -> None:
+    f = mp_flow()
+    f.request.path += "&nonce=appended"
+    ex = routed(f, table())
+    Admission().request(f)
+    assert f.response is not None and f.response.status_code == 400
+    assert ex.outcome.reason == "duplicate_param"

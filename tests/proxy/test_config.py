@@ -75,3 +75,15 @@ def test_secrets_never_show() -> None:
 def test_shipped_proxy_yaml_is_valid() -> None:
     cfg = load_config(Path(__file__).parents[2] / "proxy.yaml", {})
     assert cfg.routes and cfg.routes[0].name == "mp"
+
+
+def test_relative_key_files_are_read_next_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "routes:\n  - name: pay\n    path: /pay\n    protocol: wechat-pay-v3\n    apiv3_key: ${K}\n"
+        "    mch_id: '1900000001'\n    platform_certificates: [certs/platform.pem]\n"
+        "    public_keys: [{id: PUB_KEY_ID_0114, file: keys/pub.pem}]\n"
+    )
+    cfg = load_config(tmp_path / "c.yaml", {"K": "k" * 32})
+    route = cfg.routes[0]
+    assert route.platform_certificates == [tmp_path / "certs/platform.pem"]  # type: ignore[union-attr]
+    assert route.public_keys[0].file == tmp_path / "keys/pub.pem"  # type: ignore[union-attr]
