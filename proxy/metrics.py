@@ -137,7 +137,8 @@ class Metrics:
         self._outbound(r)
         self._state(r)
         self._config(r)
-        self._routes: dict[str, RouteSeries] = {}
+        self._routes: dict[tuple[str, str], RouteSeries] = {}  # by (route, protocol): a reload may change it
+        self._by_name: dict[str, RouteSeries] = {}  # the latest series of each route name
 
     def _inbound(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -299,10 +300,10 @@ class Metrics:
             self._series(route, protocol)
 
     def _series(self, route: str, protocol: str) -> RouteSeries:
-        s = self._routes.get(route)
+        s = self._routes.get((route, protocol))
         if s is not None:
             return s
-        s = self._routes[route] = RouteSeries(
+        s = self._routes[(route, protocol)] = self._by_name[route] = RouteSeries(
             route=route,
             protocol=protocol,
             duration=self.request_duration.labels(route, protocol),
@@ -353,7 +354,7 @@ class Metrics:
 
     def observe_upstream(self, route: str, result: UpstreamResult) -> None:
         """Count one backend call; called inside the request's context, so its trace (if any) is the exemplar."""
-        s = self._routes.get(route) or self._series(route, "none")
+        s = self._by_name.get(route) or self._series(route, "none")
         _child(s.upstream, result.kind, self.upstream, route).inc()
         exemplar = exemplar_of(trace.get_current_span())
         _child(s.upstream_duration, result.kind, self.upstream_duration, route).observe(

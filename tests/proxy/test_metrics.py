@@ -166,3 +166,13 @@ def test_background_tasks_gauge_reads_the_live_count(m: Metrics) -> None:
     assert value(m, "wxgate_background_tasks") == 2
     tasks.pop()
     assert value(m, "wxgate_background_tasks") == 1
+
+
+def test_a_route_whose_protocol_changes_on_reload_is_counted_under_the_new_one(m: Metrics) -> None:
+    m.init_routes([("mp", "wecom")])
+    m.observe(outcome(protocol="wecom", verdict="verified"))
+    m.observe_upstream("mp", UpstreamResult("2xx", 200, seconds=0.01))
+    assert value(m, "wxgate_request_duration_seconds_count", route="mp", protocol="wecom") == 1
+    assert value(m, "wxgate_request_duration_seconds_count", route="mp", protocol="wechat-mp") == 0
+    assert value(m, "wxgate_requests_total", route="mp", protocol="wecom", code="200") == 1
+    assert value(m, "wxgate_upstream_requests_total", route="mp", result="2xx") == 1
