@@ -160,6 +160,7 @@ class Sidecar(Process):
             "store": f"sqlite:///{tmp}/{name}-state.db",
             **config,
         }
+        self.config = cfg
         self.config_path = tmp / f"{name}-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
         super().__init__([*WXGATE, "-c", str(self.config_path), "run"], tmp / f"{name}-{self.port}.log", env)
@@ -174,6 +175,20 @@ class Sidecar(Process):
             return http("GET", self.admin_url + "/readyz", timeout=1)[0] == 200
 
         wait_until(ready, wait, "wxgate")
+
+    def reload(self, config: dict[str, Any] | None = None, expect: str = "success") -> None:
+        """Rewrite the configuration file (``config`` replaces the keys it names), send SIGHUP and wait until
+        ``wxgate_config_reloads_total{result=expect}`` has counted it."""
+        if config is not None:
+            self.config = {**self.config, **config}
+            self.config_path.write_text(yaml.safe_dump(self.config))
+        before = self.metric("wxgate_config_reloads_total", result=expect)
+        self.signal(signal.SIGHUP)
+        wait_until(
+            lambda: self.metric("wxgate_config_reloads_total", result=expect) > before,
+            10,
+            f"reload ({expect})",
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0.0 when absent)."""
