@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from proxy import __version__, logs, outbox_cli
-from proxy.config import Config, ConfigError, WechatMpRoute, load_config, redacted
+from proxy.config import Config, ConfigError, load_config, redacted
 
 
 def _load(path: str) -> Config:
@@ -50,21 +50,23 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not routes:
         raise ConfigError(f"no route named {args.route!r} in {args.config}")
     route = routes[0]
-    if not isinstance(route, WechatMpRoute):
-        raise ConfigError(
-            f"route {route.name!r} is {getattr(route, 'protocol', '?')}; send supports wechat-mp"
-        )
-    token = route.token.reveal() if not args.tamper else secrets.token_hex(8)
-    msg_id = args.msg_id or secrets.randbelow(10**18)
-
-    def build() -> sender.Request:
-        if args.kind == "verify":
-            return sender.mp_verify_url(route.path, token)
-        if args.kind == "event":
-            fields = sender.mp_event("gh_demo", args.user, args.event, args.event_key)
-        else:
-            fields = sender.mp_text("gh_demo", args.user, args.content, msg_id)
-        return sender.mp_message(route.path, token, fields)
+    opts = sender.SendOptions(
+        kind=args.kind,
+        content=args.content,
+        user=args.user,
+        event=args.event,
+        event_key=args.event_key,
+        message_id=str(args.msg_id or secrets.randbelow(10**18)),
+        tamper=args.tamper,
+        probe=args.probe,
+        signing_key=args.signing_key,
+        serial=args.serial,
+    )
+    try:
+        sender.build(route, opts)
+    except (ValueError, OSError) as e:
+        print(f"wxgate send: {e}", file=sys.stderr)
+        return 2
 
     def show(a: sender.Attempt) -> None:
         body = a.body.decode("utf-8", "replace")
@@ -72,7 +74,11 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     attempts = asyncio.run(
         sender.deliver(
-            _base_url(config, args.url), build, retries=args.retries, timeout=args.timeout, on_attempt=show
+            _base_url(config, args.url),
+            lambda: sender.build(route, opts),
+            retries=args.retries,
+            timeout=args.timeout,
+            on_attempt=show,
         )
     )
     return 0 if attempts and sender.accepted(attempts[-1].status, attempts[-1].body) else 1
@@ -97,8 +103,16 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check", help="validate the configuration and print the effective routes (secrets redacted)"
     )
-    s = sub.add_parser("send", help="send a signed callback like WeChat does (5 s timeout, 3 retries)")
-    s.add_argument("kind", nargs="?", default="text", choices=("text", "event", "verify"))
+    s = sub.add_parser(
+        "send", help="send a signed callback like the route's sender does (5 s timeout, 3 retries)"
+    )
+    s.add_argument(
+        "kind",
+        nargs="?",
+        default="message",
+        choices=("message", "text", "event", "verify", "refund"),
+        help="message/text (default), event, verify (URL verification GET), refund (Pay v2)",
+    )
     s.add_argument("--route", help="route name (default: the first route)")
     s.add_argument("--url", help="base URL of the sidecar (default: from listen)")
     s.add_argument("--content", default="hello from wxgate send")
@@ -108,7 +122,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--msg-id", type=int)
     s.add_argument("--retries", type=int, default=3)
     s.add_argument("--timeout", type=float, default=5.0)
-    s.add_argument("--tamper", action="store_true", help="sign with a wrong token (expect 403)")
+    s.add_argument("--tamper", action="store_true", help="change one signed character (expect a rejection)")
+    s.add_argument("--probe", action="store_true", help="Pay v3: a WECHATPAY/SIGNTEST/ signature probe")
+    s.add_argument("--signing-key", type=Path, help="Pay v3: PEM private key matching a key the route trusts")
+    s.add_argument(
+        "--serial", help="Pay v3: the Wechatpay-Serial to send (default: the route's first key id)"
+    )
     sub.add_parser("demo-backend", help="run the demo legacy backend (see --help)", add_help=False)
     outbox_cli.add_parser(sub)
     return p

@@ -1,23 +1,36 @@
-"""``wxgate send``: a WeChat sender simulator for smoke tests and demos.
+"""``wxgate send``: a sender simulator for smoke tests and demos, for every protocol wxgate verifies.
 
-It signs requests the way WeChat does and delivers them the way WeChat does: each attempt waits at most
-``timeout`` (5 s) and a message that got no valid answer is re-sent ``retries`` (3) more times with the same
-MsgId. Every attempt is printed with its status, latency and body.
+It signs (and encrypts) requests the way each sender does, from the route's own configuration, and delivers
+them the way WeChat does: each attempt waits at most ``timeout`` (5 s) and a notification that got no valid
+answer is re-sent ``retries`` (3) more times with the same message id but a fresh signature. Every attempt is
+printed with its status, latency and body. The wire formats come from :mod:`proxy.protocols.senders`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlencode
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.protocols import xmlmsg
-from proxy.protocols.wechat_mp import signature
+from proxy.config import (
+    HmacRoute,
+    RouteBase,
+    StandardWebhooksRoute,
+    WechatMpRoute,
+    WechatPayV2Route,
+    WechatPayV3Route,
+    WecomRoute,
+)
+from proxy.protocols import senders, xmlmsg
+from proxy.protocols.wechat_pay_v2 import return_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +39,10 @@ class Request:
     path_query: str  # path plus query string
     headers: dict[str, str]
     body: bytes
+
+    @classmethod
+    def of(cls, out: senders.Outbound) -> Request:
+        return cls(out.method, out.target, dict(out.headers), out.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,30 +54,31 @@ class Attempt:
     error: str = ""
 
 
-def _query(token: str, ts: int, nonce: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    q = {"signature": signature(token, str(ts), nonce), "timestamp": str(ts), "nonce": nonce}
-    return q | (extra or {})
+@dataclass(frozen=True, slots=True)
+class SendOptions:
+    kind: str = "message"  # message | event | verify | refund
+    content: str = "hello from wxgate send"
+    user: str = "oDemoUser"
+    event: str = "subscribe"
+    event_key: str = ""
+    message_id: str = field(default_factory=lambda: str(secrets.randbelow(10**18)))
+    tamper: bool = False
+    probe: bool = False
+    signing_key: Path | None = (
+        None  # Pay v3: the PEM private key whose certificate/public key the route trusts
+    )
+    serial: str | None = None  # Pay v3: Wechatpay-Serial to send (default: the route's first key)
 
 
-def mp_verify_url(path: str, token: str, now: int | None = None, echostr: str | None = None) -> Request:
-    """The GET WeChat sends when the server URL is saved."""
-    ts = int(time.time()) if now is None else now
-    q = _query(token, ts, secrets.token_hex(5), {"echostr": echostr or str(secrets.randbelow(10**19))})
-    return Request("GET", f"{path}?{urlencode(q)}", {}, b"")
+def _nonce() -> str:
+    return secrets.token_hex(8)
 
 
-def mp_message(
-    path: str,
-    token: str,
-    fields: dict[str, str | int],
-    now: int | None = None,
-    nonce: str | None = None,
-    openid: str = "oUser",
-) -> Request:
-    """A plaintext-mode POST of ``fields`` as WeChat XML."""
-    ts = int(time.time()) if now is None else now
-    q = _query(token, ts, nonce or str(secrets.randbelow(10**10)), {"openid": openid})
-    return Request("POST", f"{path}?{urlencode(q)}", {"content-type": "text/xml"}, xmlmsg.build(fields))
+def _now() -> str:
+    return str(int(time.time()))
+
+
+# -- Official Account: helpers the tests and demos use directly ---------------------------------------------------
 
 
 def mp_text(to: str, sender: str, content: str, msg_id: int, now: int | None = None) -> dict[str, str | int]:
@@ -87,14 +105,176 @@ def mp_event(to: str, sender: str, event: str, key: str = "", now: int | None = 
     }
 
 
+def mp_message(
+    path: str,
+    token: str,
+    fields: dict[str, str | int],
+    now: int | None = None,
+    nonce: str | None = None,
+    openid: str = "oUser",
+) -> Request:
+    """A plaintext-mode POST of ``fields`` as WeChat XML, signed now (or at ``now``)."""
+    ts = str(int(time.time()) if now is None else now)
+    out = senders.mp_message(path, token, xmlmsg.build(fields), ts, nonce or _nonce(), openid=openid)
+    return Request.of(out)
+
+
+def mp_verify_url(path: str, token: str, now: int | None = None, echostr: str | None = None) -> Request:
+    """The GET WeChat sends when the server URL is saved."""
+    ts = str(int(time.time()) if now is None else now)
+    echo = echostr or str(secrets.randbelow(10**19))
+    return Request.of(senders.mp_url_check(path, token, echo, ts, _nonce()))
+
+
+# -- every protocol, from a configured route -------------------------------------------------------------------
+
+
+def build(route: RouteBase, opts: SendOptions) -> Request:
+    """One signed request for ``route`` (fresh timestamp and nonce; same message id every call)."""
+    out = _build(route, opts)
+    return Request.of(senders.tamper(out) if opts.tamper else out)
+
+
+def _wechat_xml(opts: SendOptions, to: str) -> bytes:
+    if opts.kind == "event":
+        return xmlmsg.build(mp_event(to, opts.user, opts.event, opts.event_key))
+    return xmlmsg.build(mp_text(to, opts.user, opts.content, int(opts.message_id)))
+
+
+def _build(route: RouteBase, opts: SendOptions) -> senders.Outbound:
+    if isinstance(route, WechatMpRoute):
+        token = route.token.reveal()
+        if opts.kind == "verify":
+            return senders.mp_url_check(route.path, token, str(secrets.randbelow(10**19)), _now(), _nonce())
+        aes = route.encoding_aes_key.reveal() if route.encoding_aes_key else None
+        return senders.mp_message(
+            route.path,
+            token,
+            _wechat_xml(opts, "gh_demo"),
+            _now(),
+            _nonce(),
+            openid=opts.user,
+            encoding_aes_key=aes,
+            app_id=route.app_id or "",
+        )
+    if isinstance(route, WecomRoute):
+        token, aes = route.token.reveal(), route.encoding_aes_key.reveal()
+        if opts.kind == "verify":
+            echo = str(secrets.randbelow(10**19))
+            return senders.wecom_url_check(route.path, token, aes, route.receive_id, echo, _now(), _nonce())
+        return senders.wecom_message(
+            route.path,
+            token,
+            aes,
+            route.receive_id,
+            _wechat_xml(opts, route.receive_id),
+            _now(),
+            _nonce(),
+            agent_id="1000002",
+        )
+    if isinstance(route, WechatPayV2Route):
+        return _pay_v2(
+            route.path, route.api_key.reveal(), route.mch_id, route.app_id or "wxd930ea5d5a258f4f", opts
+        )
+    if isinstance(route, WechatPayV3Route):
+        return _pay_v3(route, opts)
+    if isinstance(route, HmacRoute):
+        params = {"event": opts.event, "id": opts.message_id, "content": opts.content}
+        return senders.hmac_request(
+            route.path,
+            route.secret.reveal(),
+            params,
+            _now(),
+            _nonce(),
+            sign_param=route.sign_param,
+            sign_header=route.sign_header,
+            timestamp_param=route.timestamp_param,
+            nonce_param=route.nonce_param,
+        )
+    if isinstance(route, StandardWebhooksRoute):
+        body = json.dumps(
+            {"type": opts.event, "data": {"id": opts.message_id, "content": opts.content}}
+        ).encode()
+        return senders.standard_webhook(
+            route.path, route.secret.reveal(), f"msg_{opts.message_id}", _now(), body
+        )
+    raise ValueError(f"no sender for route {route.name!r}")
+
+
+def _pay_v2(path: str, api_key: str, mch_id: str, app_id: str, opts: SendOptions) -> senders.Outbound:
+    if opts.kind == "refund":
+        refund = {
+            "refund_id": f"5030{opts.message_id}",
+            "out_refund_no": f"R{opts.message_id}",
+            "refund_status": "SUCCESS",
+            "refund_fee": "1",
+            "total_fee": "1",
+            "transaction_id": f"4200{opts.message_id}",
+            "out_trade_no": f"T{opts.message_id}",
+        }
+        return senders.pay_v2_refund_notify(path, api_key, app_id, mch_id, refund, _nonce())
+    fields = {
+        "return_code": "SUCCESS",
+        "appid": app_id,
+        "mch_id": mch_id,
+        "nonce_str": _nonce(),
+        "result_code": "SUCCESS",
+        "openid": opts.user,
+        "trade_type": "JSAPI",
+        "bank_type": "OTHERS",
+        "total_fee": "1",
+        "cash_fee": "1",
+        "transaction_id": f"4200{opts.message_id}",
+        "out_trade_no": f"T{opts.message_id}",
+        "time_end": time.strftime("%Y%m%d%H%M%S"),
+    }
+    return senders.pay_v2_notify(path, api_key, fields, sign_type="HMAC-SHA256")
+
+
+def _pay_v3(route: WechatPayV3Route, opts: SendOptions) -> senders.Outbound:
+    if opts.signing_key is None:
+        raise ValueError(
+            "Pay v3 notices are signed with WeChat Pay's private key: pass --signing-key PEM (a test key whose "
+            "certificate or public key this route lists) to simulate them"
+        )
+    key = serialization.load_pem_private_key(opts.signing_key.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{opts.signing_key} is not an RSA private key")
+    serial = opts.serial or (route.public_keys[0].id if route.public_keys else "")
+    if not serial:
+        raise ValueError("pass --serial (the certificate serial this key belongs to)")
+    plaintext = {
+        "mchid": route.mch_id,
+        "appid": route.app_id or "wxd930ea5d5a258f4f",
+        "out_trade_no": f"T{opts.message_id}",
+        "transaction_id": f"4200{opts.message_id}",
+        "trade_state": "SUCCESS",
+        "amount": {"total": 1, "currency": "CNY"},
+    }
+    return senders.pay_v3_notify(
+        route.path,
+        key,
+        serial,
+        route.apiv3_key.reveal(),
+        plaintext,
+        _now(),
+        _nonce(),
+        notification_id=f"EV-{opts.message_id}",
+        probe=opts.probe,
+    )
+
+
 def accepted(status: int, body: bytes) -> bool:
-    """What ends WeChat's retries: an answer within the timeout (MP: any 200)."""
-    return status == 200
+    """What ends WeChat's retries: a 200 (MP/WeCom), a 2xx (Pay v3, webhooks), SUCCESS XML (Pay v2)."""
+    if not 200 <= status < 300:
+        return False
+    code = return_code(body)
+    return code is None or code == "SUCCESS"
 
 
 async def deliver(
     base_url: str,
-    build: Callable[[], Request],
+    build_request: Callable[[], Request],
     retries: int = 3,
     timeout: float = 5.0,
     gap: float = 0.0,
@@ -103,13 +283,13 @@ async def deliver(
 ) -> list[Attempt]:
     """Deliver like WeChat: up to ``1 + retries`` attempts, each bounded by ``timeout``.
 
-    ``build`` is called per attempt, so a retry gets a fresh timestamp/nonce/signature as WeChat's do,
-    while the message itself (MsgId) stays the same.
+    ``build_request`` is called per attempt, so a retry gets a fresh timestamp, nonce and signature while the
+    message itself (its id) stays the same.
     """
     attempts: list[Attempt] = []
     async with aiohttp.ClientSession() as session:
         for n in range(1, retries + 2):
-            req = build()
+            req = build_request()
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(timeout):
