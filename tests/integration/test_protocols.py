@@ -1,0 +1,295 @@
+"""Every sender protocol through the running proxy, in front of the plaintext demo backend."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from proxy.protocols import senders, wxcrypt, xmlmsg
+from proxy.sender import Request, mp_text
+from tests.support.procs import Backend, Sidecar, http
+
+pytestmark = pytest.mark.integration
+
+TOKEN, OLD_TOKEN = "proto-token", "old-token"
+AES = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+APP_ID = "wx2c2769f8efd9abc2"
+CORP = "ww1436e0e65a779aee"
+PAY_KEY = "192006250b4c09247ec02edce69f6a2d"
+V3_KEY = "0123456789abcdef0123456789abcdef"
+MCH = "1900000109"
+HMAC_SECRET = "hmac-secret"
+WH_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ENV = {
+    "TOKEN": TOKEN,
+    "OLD": OLD_TOKEN,
+    "AES": AES,
+    "PAY": PAY_KEY,
+    "V3": V3_KEY,
+    "HM": HMAC_SECRET,
+    "WH": WH_SECRET,
+}
+SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+
+
+def now() -> str:
+    return str(int(time.time()))
+
+
+def nonce() -> str:
+    return f"n{time.perf_counter_ns()}"
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
+    cert = tmp_module / "platform.pem"
+    cert.write_bytes(senders.platform_certificate(SIGNING_KEY, int(SERIAL, 16), time.time()))
+    routes: list[dict[str, Any]] = [
+        {
+            "name": "mp-safe",
+            "path": "/mp/safe",
+            "protocol": "wechat-mp",
+            "token": "${TOKEN}",
+            "previous_token": "${OLD}",
+            "app_id": APP_ID,
+            "encoding_aes_key": "${AES}",
+            "decrypt_for_backend": True,
+        },
+        {
+            "name": "mp-compat",
+            "path": "/mp/compat",
+            "protocol": "wechat-mp",
+            "token": "${TOKEN}",
+            "app_id": APP_ID,
+            "encoding_aes_key": "${AES}",
+        },
+        {
+            "name": "wecom",
+            "path": "/wecom",
+            "protocol": "wecom",
+            "token": "${TOKEN}",
+            "encoding_aes_key": "${AES}",
+            "receive_id": CORP,
+            "decrypt_for_backend": True,
+        },
+        {
+            "name": "pay2",
+            "path": "/pay/v2",
+            "protocol": "wechat-pay-v2",
+            "api_key": "${PAY}",
+            "mch_id": MCH,
+            "decrypt_for_backend": True,
+        },
+        {
+            "name": "pay3",
+            "path": "/pay/v3",
+            "protocol": "wechat-pay-v3",
+            "apiv3_key": "${V3}",
+            "mch_id": MCH,
+            "platform_certificates": [str(cert)],
+            "api_key": "${PAY}",
+        },
+        {"name": "hooks", "path": "/hooks/hmac", "protocol": "hmac", "secret": "${HM}"},
+        {"name": "stdhooks", "path": "/hooks/std", "protocol": "standard-webhooks", "secret": "${WH}"},
+    ]
+    s = Sidecar(tmp_module, {"upstream": backend.url, "routes": routes}, env=ENV, name="protocols")
+    s.start()
+    yield s
+    s.stop()
+
+
+def send(s: Sidecar, out: senders.Outbound) -> tuple[int, bytes, dict[str, str]]:
+    r = Request.of(out)
+    return http(r.method, s.url + r.path_query, r.body, r.headers)
+
+
+def only_request(b: Backend) -> dict[str, Any]:
+    reqs = b.requests()
+    assert len(reqs) == 1, reqs
+    return reqs[0]
+
+
+def open_reply(body: bytes, receive_id: str) -> bytes:
+    fields = xmlmsg.parse(body)
+    assert set(fields) == {"Encrypt", "MsgSignature", "TimeStamp", "Nonce"}
+    assert (
+        wxcrypt.sha1_signature(TOKEN, fields["TimeStamp"], fields["Nonce"], fields["Encrypt"])
+        == fields["MsgSignature"]
+    )
+    return wxcrypt.decrypt([wxcrypt.AesKey.decode("k", AES)], fields["Encrypt"], [receive_id]).message
+
+
+def test_mp_safe_mode_serves_a_plaintext_backend(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    xml = xmlmsg.build(mp_text("gh_x", "oSafe", "secret hello", 9001))
+    status, body, _ = send(
+        sidecar,
+        senders.mp_message("/mp/safe", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID),
+    )
+    assert status == 200
+    got = only_request(fresh_backend)
+    assert "<Content><![CDATA[secret hello]]></Content>" in got["body"] and "Encrypt" not in got["body"]
+    assert "encrypt_type" not in got["query"] and "msg_signature" not in got["query"]
+    assert "signature" in got["query"]  # a legacy backend that checks `signature` keeps working
+    assert b"echo: secret hello" in open_reply(body, APP_ID)
+    assert b"secret hello" not in body
+
+
+def test_mp_safe_mode_accepts_the_previous_token_and_says_so(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    xml = xmlmsg.build(mp_text("gh_x", "oSafe", "rotating", 9002))
+    status, body, _ = send(
+        sidecar,
+        senders.mp_message("/mp/safe", OLD_TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID),
+    )
+    assert status == 200
+    assert sidecar.metric("wxgate_verifications_total", route="mp-safe", key="previous") >= 1
+
+
+def test_mp_compatible_mode_trusts_only_the_ciphertext(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    xml = xmlmsg.build(mp_text("gh_x", "oCompat", "the real text", 9003))
+    out = senders.mp_message(
+        "/mp/compat", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID, compatible=True
+    )
+    forged = out._replace(body=out.body.replace(b"the real text", b"forged text!!"))
+    status, _, _ = send(sidecar, forged)
+    assert status == 200
+    # The backend receives the request as sent (no decrypt_for_backend), but dedup and replies used the ciphertext.
+    assert sidecar.metric("wxgate_verifications_total", route="mp-compat", result="ok") >= 1
+
+
+def test_mp_safe_mode_refuses_a_wrong_app_id(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    xml = xmlmsg.build(mp_text("gh_x", "oSafe", "x", 9004))
+    status, _, _ = send(
+        sidecar,
+        senders.mp_message(
+            "/mp/safe", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id="wx0000000000000000"
+        ),
+    )
+    assert status == 403
+    assert fresh_backend.stats()["count"] == 0
+    assert sidecar.metric("wxgate_verifications_total", route="mp-safe", reason="wrong_app_id") == 1
+
+
+def test_wecom_url_verification_and_message(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    status, body, _ = send(
+        sidecar, senders.wecom_url_check("/wecom", TOKEN, AES, CORP, "1288432023552776189", now(), nonce())
+    )
+    assert (status, body) == (200, b"1288432023552776189")
+    xml = xmlmsg.build(mp_text(CORP, "zhangsan", "你好", 4242))
+    status, body, _ = send(
+        sidecar, senders.wecom_message("/wecom", TOKEN, AES, CORP, xml, now(), nonce(), agent_id="218")
+    )
+    assert status == 200
+    assert "<Content><![CDATA[你好]]></Content>" in only_request(fresh_backend)["body"]
+    assert "echo: 你好".encode() in open_reply(body, CORP)
+
+
+def pay_fields(txn: str) -> dict[str, str]:
+    return {
+        "return_code": "SUCCESS",
+        "appid": "wxd930ea5d5a258f4f",
+        "mch_id": MCH,
+        "nonce_str": nonce(),
+        "result_code": "SUCCESS",
+        "openid": "oPay",
+        "total_fee": "1",
+        "transaction_id": txn,
+        "out_trade_no": "T" + txn,
+        "time_end": "20261126170000",
+    }
+
+
+SUCCESS_XML = (
+    b"<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>"
+)
+
+
+def test_pay_v2_notify_sign_types_and_contract(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    for sign_type, txn in ((None, "4200001"), ("HMAC-SHA256", "4200002")):
+        status, body, _ = send(sidecar, senders.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields(txn), sign_type))
+        assert (status, body) == (200, SUCCESS_XML)  # the demo backend's passive XML is not Pay's contract
+    assert fresh_backend.stats()["count"] == 2
+    assert sidecar.metric("wxgate_replies_normalized_total", route="pay2") == 2
+    tampered = senders.tamper(senders.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields("4200003")))
+    status, body, _ = send(sidecar, tampered)
+    assert status == 200 and b"FAIL" in body
+    assert fresh_backend.stats()["count"] == 2
+
+
+def test_pay_v2_refund_is_decrypted_for_the_backend(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    refund = {
+        "refund_id": "50300103182020010413419046597",
+        "out_refund_no": "1234",
+        "refund_status": "SUCCESS",
+        "transaction_id": "4200000483202001042069747825",
+        "out_trade_no": "X1",
+        "refund_fee": "1",
+    }
+    status, body, _ = send(
+        sidecar, senders.pay_v2_refund_notify("/pay/v2", PAY_KEY, "wx4f4bc4dec97d474b", MCH, refund, nonce())
+    )
+    assert (status, body) == (200, SUCCESS_XML)
+    got = only_request(fresh_backend)["body"]
+    assert "50300103182020010413419046597" in got and "req_info" not in got
+
+
+def v3(txn: str, probe: bool = False) -> senders.Outbound:
+    plaintext = {
+        "mchid": MCH,
+        "appid": "wxd930ea5d5a258f4f",
+        "transaction_id": txn,
+        "out_trade_no": "T" + txn,
+        "trade_state": "SUCCESS",
+    }
+    return senders.pay_v3_notify(
+        "/pay/v3",
+        SIGNING_KEY,
+        SERIAL,
+        V3_KEY,
+        plaintext,
+        now(),
+        nonce(),
+        notification_id=f"EV-{txn}",
+        probe=probe,
+    )
+
+
+def test_pay_v3_notice_probe_and_v2_at_v3(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    status, body, _ = send(sidecar, v3("4200100"))
+    assert status in (200, 204) and body == b""  # the backend's passive XML is replaced by an empty 2xx
+    assert json.loads(only_request(fresh_backend)["body"])["id"] == "EV-4200100"
+    status, body, headers = send(sidecar, v3("4200101", probe=True))
+    assert status == 401 and json.loads(body)["code"] == "FAIL"
+    assert fresh_backend.stats()["count"] == 1  # the probe never reached the backend
+    assert sidecar.metric("wxgate_verifications_total", route="pay3", reason="signature_probe") == 1
+    status, body, _ = send(sidecar, senders.pay_v2_notify("/pay/v3", PAY_KEY, pay_fields("4200102")))
+    assert (status, body) == (200, SUCCESS_XML)  # a v2 notice at a v3 URL, answered in v2's format
+    assert fresh_backend.stats()["count"] == 2
+
+
+def test_generic_hmac_and_standard_webhooks(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    fresh_backend.set_mode("json")
+    ok = senders.hmac_request("/hooks/hmac", HMAC_SECRET, {"order": "77", "state": "paid"}, now(), nonce())
+    status, body, _ = send(sidecar, ok)
+    assert status == 200 and body == b'{"errcode":0,"errmsg":"ok"}'  # generic: 2xx passes through unchanged
+    assert (
+        send(
+            sidecar,
+            senders.tamper(senders.hmac_request("/hooks/hmac", HMAC_SECRET, {"order": "78"}, now(), nonce())),
+        )[0]
+        == 401
+    )
+    hook = senders.standard_webhook(
+        "/hooks/std", WH_SECRET, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", now(), b'{"type":"invoice.paid"}'
+    )
+    assert send(sidecar, hook)[0] == 200
+    assert send(sidecar, senders.tamper(hook))[0] == 401
+    assert fresh_backend.stats()["count"] == 2
