@@ -103,6 +103,13 @@ def classify_reply(
     return "ack", "not_xml"
 
 
+def with_encrypt(plain_xml: bytes, encrypted: str) -> bytes:
+    """The decrypted message XML with the ``<Encrypt>`` element appended before ``</xml>``."""
+    body = plain_xml.rstrip()
+    end = body.rfind(b"</xml>")
+    return body[:end] + f"<Encrypt>{xmlmsg.cdata(encrypted)}</Encrypt>".encode() + body[end:]
+
+
 class WechatMp(Protocol):
     """One Official Account route: plaintext, compatible and safe mode."""
 
@@ -171,7 +178,8 @@ class WechatMp(Protocol):
         q = req.query
         if not q.get("msg_signature"):
             raise Rejected("missing_param", 403, "msg_signature")
-        encrypted = xmlmsg.parse(req.body).get("Encrypt", "")
+        outer = xmlmsg.parse(req.body)
+        encrypted = outer.get("Encrypt", "")
         if not encrypted:
             raise Rejected("missing_encrypt", 400)
         token_id = wxcrypt.match_token(
@@ -179,12 +187,17 @@ class WechatMp(Protocol):
         )
         opened = wxcrypt.decrypt(self.aes_keys, encrypted, (self.app_id,), "wrong_app_id")
         message = xmlmsg.parse(opened.message)
+        backend_body = opened.message if self.decrypt_for_backend else None
+        if backend_body is None and set(outer) - {"ToUserName", "Encrypt"}:
+            # Compatible mode: the plaintext fields beside <Encrypt> are unauthenticated. The backend gets the
+            # authenticated ones instead, with <Encrypt> kept for a backend that decrypts by itself.
+            backend_body = with_encrypt(opened.message, encrypted)
         return Verified(
             message=message,
             replay_key=replay_key,
             replay_ttl=2 * self.window,
             key_id=combined_key_id(signature_key_id, token_id, opened.key_id),
-            backend_body=opened.message if self.decrypt_for_backend else None,
+            backend_body=backend_body,
             drop_query=ENCRYPTED_QUERY if self.decrypt_for_backend else (),
             seal_context=wxcrypt.ReplyContext(token_id, opened.key_id, q["timestamp"], q["nonce"]),
         )

@@ -159,10 +159,12 @@ def test_mp_compatible_mode_trusts_only_the_ciphertext(sidecar: Sidecar, fresh_b
         "/mp/compat", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID, compatible=True
     )
     forged = out._replace(body=out.body.replace(b"the real text", b"forged text!!"))
-    status, _, _ = send(sidecar, forged)
+    status, body, _ = send(sidecar, forged)
     assert status == 200
-    # The backend receives the request as sent (no decrypt_for_backend), but dedup and replies used the ciphertext.
-    assert sidecar.metric("wxgate_verifications_total", route="mp-compat", result="ok") >= 1
+    got = only_request(fresh_backend)["body"]
+    # The unauthenticated plaintext beside <Encrypt> never reaches the backend: it gets the decrypted fields.
+    assert "the real text" in got and "forged" not in got and "<Encrypt>" in got
+    assert b"echo: the real text" in open_reply(body, APP_ID)
 
 
 def test_mp_safe_mode_refuses_a_wrong_app_id(sidecar: Sidecar, fresh_backend: Backend) -> None:
@@ -266,7 +268,7 @@ def test_pay_v3_notice_probe_and_v2_at_v3(sidecar: Sidecar, fresh_backend: Backe
     status, body, _ = send(sidecar, v3("4200100"))
     assert status in (200, 204) and body == b""  # the backend's passive XML is replaced by an empty 2xx
     assert json.loads(only_request(fresh_backend)["body"])["id"] == "EV-4200100"
-    status, body, headers = send(sidecar, v3("4200101", probe=True))
+    status, body, _ = send(sidecar, v3("4200101", probe=True))
     assert status == 401 and json.loads(body)["code"] == "FAIL"
     assert fresh_backend.stats()["count"] == 1  # the probe never reached the backend
     assert sidecar.metric("wxgate_verifications_total", route="pay3", reason="signature_probe") == 1
