@@ -116,11 +116,11 @@ def only_request(b: Backend) -> dict[str, Any]:
     return reqs[0]
 
 
-def open_reply(body: bytes, receive_id: str) -> bytes:
+def open_reply(body: bytes, receive_id: str, token: str = TOKEN) -> bytes:
     fields = xmlmsg.parse(body)
     assert set(fields) == {"Encrypt", "MsgSignature", "TimeStamp", "Nonce"}
     assert (
-        wxcrypt.sha1_signature(TOKEN, fields["TimeStamp"], fields["Nonce"], fields["Encrypt"])
+        wxcrypt.sha1_signature(token, fields["TimeStamp"], fields["Nonce"], fields["Encrypt"])
         == fields["MsgSignature"]
     )
     return wxcrypt.decrypt([wxcrypt.AesKey.decode("k", AES)], fields["Encrypt"], [receive_id]).message
@@ -150,6 +150,7 @@ def test_mp_safe_mode_accepts_the_previous_token_and_says_so(
         senders.mp_message("/mp/safe", OLD_TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID),
     )
     assert status == 200
+    assert b"echo: rotating" in open_reply(body, APP_ID, token=OLD_TOKEN)  # answered with the key WeChat used
     assert sidecar.metric("wxgate_verifications_total", route="mp-safe", key="previous") >= 1
 
 
