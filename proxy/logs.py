@@ -17,8 +17,9 @@ from typing import Any
 from proxy.exchange import Outcome
 
 access = logging.getLogger("wxgate.access")
-# Where the sender names its user: Official Account/WeCom messages (FromUserName), Pay v2 notices (openid).
-USER_FIELDS = ("FromUserName", "openid")
+# Where the sender names its user: Official Account/WeCom messages (FromUserName), Pay v2 notices (openid),
+# Pay v3 notices (the decrypted resource's payer.openid).
+USER_FIELDS = ("FromUserName", "openid", "payer.openid")
 
 
 class JsonFormatter(logging.Formatter):
