@@ -161,7 +161,12 @@ class Metrics:
             ["route", "protocol", "result", "reason", "key"],
             registry=r,
         )
-        self.dedup = Counter("wxgate_dedup", "Deduplication results", ["route", "result"], registry=r)
+        self.dedup = Counter(
+            "wxgate_dedup",
+            "Deduplication results (new, duplicate_done, duplicate_inflight, store_error, no_key)",
+            ["route", "result"],
+            registry=r,
+        )
         self.normalized = Counter(
             "wxgate_replies_normalized",
             "Backend answers replaced to honour the sender's contract, by reason",
