@@ -250,7 +250,9 @@ class Sidecar:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         await self.admin.start(*cfg.admin_addr)
         counters = OutboxCounters(self.rt.metrics.outbox_redelivery, self.rt.metrics.outbox_dead_letter)
-        worker = self.outbox_worker = OutboxWorker(self.rt.store, self.rt.table, self.rt.client, counters)
+        worker = self.outbox_worker = OutboxWorker(
+            self.rt.store, self.rt.table, self.rt.client, counters, tracing=self.rt.tracing
+        )
         self._worker = loop.create_task(worker.run(), name="outbox worker")
         self._probes = loop.create_task(Probes(self.rt.metrics, self.rt.store).run(), name="probes")
         logger.info(

@@ -27,6 +27,7 @@ from proxy.replies import encode_reply
 from proxy.routes import RouteRuntime, RouteTable
 from proxy.settlement import Settlement
 from proxy.stores.base import ClaimState, OutboxItem, Store, StoreUnavailable
+from proxy.tracing import Tracing
 from proxy.upstream import UpstreamClient, UpstreamResult
 
 logger = logging.getLogger("wxgate")
@@ -138,6 +139,13 @@ class OutboxCounters:
     dead_letters: Callable[[str], None] = lambda route: None
 
 
+def _traceparent_of(item: OutboxItem) -> str | None:
+    try:
+        return Delivery.decode(item.payload).headers.get("traceparent")
+    except (ValueError, KeyError):
+        return None
+
+
 class OutboxWorker:
     """Leases due items and redelivers them; safe to run in every replica (leases are exclusive)."""
 
@@ -151,8 +159,10 @@ class OutboxWorker:
         interval: float = 0.5,
         batch: int = 32,
         lease: float = 60.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store, self.table, self.client = store, table, client
+        self.tracing = tracing
         self.counters = counters or OutboxCounters()
         self.clock, self.interval, self.batch, self.lease = clock, interval, batch, lease
         self._by_name = {r.name: r for r in table.routes}
@@ -174,8 +184,17 @@ class OutboxWorker:
     async def run_once(self) -> int:
         items = await self.store.outbox_lease(self.clock(), self.lease, self.batch)
         if items:
-            await asyncio.gather(*(self.redeliver(item) for item in items))
+            await asyncio.gather(*(self._traced(item) for item in items))
         return len(items)
+
+    async def _traced(self, item: OutboxItem) -> str:
+        """One redelivery as its own trace (linked to the request that first sent it) when tracing is on."""
+        if self.tracing is None:
+            return await self.redeliver(item)
+        with self.tracing.redelivery(item.route, _traceparent_of(item)) as span:
+            outcome = await self.redeliver(item)
+            span.set_attribute("wxgate.redelivery.result", outcome)
+            return outcome
 
     async def redeliver(self, item: OutboxItem) -> str:
         """Try one item; returns what happened (delivered, duplicate, busy, retry, dead)."""
@@ -206,9 +225,16 @@ class OutboxWorker:
 
     async def _send(self, route: RouteRuntime, d: Delivery, n: int) -> UpstreamResult:
         headers = {**d.headers, "x-wxgate-redelivery": str(n)}
-        return await self.client.send(
+        # With tracing, the backend gets this attempt's traceparent instead of the first delivery's.
+        span = (
+            self.tracing.redelivery_call(d.method, route.config.path, route.upstream, n, headers)
+            if self.tracing
+            else None
+        )
+        send = self.client.send(
             d.method, route.upstream + d.path_query, headers, d.body, route.config.backend_timeout
         )
+        return await (span.wrap(send) if span else send)
 
     async def _conclude(
         self, route: RouteRuntime, item: OutboxItem, d: Delivery, token: str | None, result: UpstreamResult

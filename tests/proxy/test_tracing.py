@@ -281,3 +281,35 @@ def test_traceparent_matches_the_w3c_propagator_sampled_or_not() -> None:
         TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
         assert traceparent(span) == carrier["traceparent"]
         assert int(traceparent(span)[-2:], 16) & 1 == (sampler is sampling.ALWAYS_ON)
+
+
+async def test_an_outbox_redelivery_is_a_linked_trace_whose_traceparent_reaches_the_backend(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from proxy.instrumented_store import InstrumentedStore
+    from proxy.metrics import Metrics
+    from proxy.outbox import Delivery, OutboxWorker
+    from proxy.stores import OutboxItem, SqliteStore
+    from tests.addons.test_forward import FakeUpstream
+
+    origin = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    up = FakeUpstream(UpstreamResult("2xx", 200, "text/plain", b"success"))
+    payload = Delivery("POST", "/wx?signature=s", {"traceparent": origin}, b"<xml/>", None).encode()
+    async with InstrumentedStore(SqliteStore(":memory:"), Metrics(CollectorRegistry()), tracing) as store:
+        await store.outbox_put(OutboxItem("i1", "mp", payload, 0, 1.0, 1.0))
+        assert await OutboxWorker(store, table(), up, tracing=tracing).run_once() == 1
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    assert set(by_name) == {"redeliver mp", "POST /wx", "store outbox_ack"}  # the lease poll is not traced
+    root, call = by_name["redeliver mp"], by_name["POST /wx"]
+    assert root.parent is None and root.attributes is not None
+    assert root.attributes["wxgate.redelivery.result"] == "delivered"
+    assert [f"{link.context.trace_id:032x}" for link in root.links] == ["0af7651916cd43dd8448eb211c80319c"]
+    assert (
+        call.parent is not None and root.context is not None and call.parent.span_id == root.context.span_id
+    )
+    assert call.attributes is not None and call.attributes["http.request.resend_count"] == 1
+    sent = up.calls[0][2]
+    assert sent["x-wxgate-redelivery"] == "1"
+    assert sent["traceparent"] == traceparent(tracing_span(call))
