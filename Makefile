@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit deps bench soak check clean
+.PHONY: run test lint typecheck unit deps bench soak check docs clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "no Python >= 3.12 found" >&2; exit 1; }
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/wxgate -c proxy.yaml check
+
+## docs: regenerate docs/configuration.md from the schema (tests/test_docs.py fails when it is stale)
+docs: $(STAMP)
+	$(BIN)/python -m proxy.config_docs > docs/configuration.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
