@@ -364,6 +364,26 @@ def test_retries_of_one_notification_share_the_dedup_key(run: Run) -> None:
     assert any({"new", "duplicate_inflight"} <= results for results in by_key.values())
 
 
+def test_a_redelivery_is_a_trace_linked_to_the_request_that_queued_it(run: Run) -> None:
+    (redelivery,) = spans_when(run, lambda s: s.name == "redeliver mpdown", "the mpdown redelivery span")
+    (queued,) = [
+        s
+        for s in run.otlp.snapshot()
+        if s.kind == OtlpReceiver.SERVER and s.attributes.get("wxgate.route") == "mpdown"
+    ]
+    assert queued.attributes["wxgate.outbox"] == "queued"
+    assert [trace_id for trace_id, _ in redelivery.links] == [queued.trace_id]
+    assert redelivery.attributes["wxgate.redelivery.result"] == "dead"
+    call = next(
+        s
+        for s in run.otlp.snapshot()
+        if s.parent_span_id == redelivery.span_id
+        and s.kind == OtlpReceiver.CLIENT
+        and s.name.startswith("POST")
+    )
+    assert call.attributes["http.request.resend_count"] >= 1 and call.attributes["error.type"] == "refused"
+
+
 def test_the_backend_receives_the_client_spans_traceparent(run: Run) -> None:
     parents = [r["headers"]["traceparent"] for r in run.backend.requests() if "traceparent" in r["headers"]]
     assert parents
