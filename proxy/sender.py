@@ -132,7 +132,11 @@ def mp_verify_url(path: str, token: str, now: int | None = None, echostr: str | 
 def build(route: RouteBase, opts: SendOptions) -> Request:
     """One signed request for ``route`` (fresh timestamp and nonce; same message id every call)."""
     out = _build(route, opts)
-    return Request.of(senders.tamper(out) if opts.tamper else out)
+    if not opts.tamper:
+        return Request.of(out)
+    # An Official Account's plaintext-mode signature covers token, timestamp and nonce, not the body.
+    plaintext_mp = isinstance(route, WechatMpRoute) and route.encoding_aes_key is None
+    return Request.of(senders.tamper(out, body_signed=not plaintext_mp))
 
 
 def _wechat_xml(opts: SendOptions, to: str) -> bytes:

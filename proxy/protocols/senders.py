@@ -55,10 +55,11 @@ def _flip_middle_of_longest_run(text: bytes) -> bytes | None:
     return text[:i] + bytes([swapped]) + text[i + 1 :]
 
 
-def tamper(req: Outbound) -> Outbound:
+def tamper(req: Outbound, body_signed: bool = True) -> Outbound:
     """The same request with one signed character changed: in the body's longest run of letters and digits, else
-    in the query's; verification must then fail with a signature or decryption reason."""
-    body = _flip_middle_of_longest_run(req.body)
+    in the query's; verification must then fail with a signature or decryption reason. ``body_signed=False``
+    (Official Account plaintext mode, whose ``signature`` does not cover the body) changes the query."""
+    body = _flip_middle_of_longest_run(req.body) if body_signed else None
     if body is not None:
         return req._replace(body=body)
     path, _, query = req.target.partition("?")

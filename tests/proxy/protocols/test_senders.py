@@ -19,6 +19,11 @@ def test_tamper_changes_one_character_of_the_longest_value() -> None:
     assert senders.tamper(query_only).target == "/p?sig=abc223&x=1"
     digits = senders.Outbound("POST", "/p", (), b"12345")
     assert senders.tamper(digits).body == b"12445"
+    sig = "0123456789abcdef0123456789abcdef01234567"
+    unsigned_body = senders.Outbound("POST", f"/p?signature={sig}&nonce=1", (), b"<xml><A>x</A></xml>")
+    changed = senders.tamper(unsigned_body, body_signed=False)
+    assert changed.body == unsigned_body.body
+    assert changed.target.startswith("/p?signature=") and changed.target != unsigned_body.target
 
 
 def test_compatible_mode_carries_plaintext_and_ciphertext() -> None:
