@@ -31,7 +31,7 @@ from redis.typing import EncodableT
 from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Store, StoreUnavailable
 from proxy.stores.redis_notify import SettleSubscriber
 from proxy.stores.redis_scripts import Scripts
-from proxy.stores.redis_target import RedisConnector, parse_redis_url
+from proxy.stores.redis_target import REDIS_ERRORS, RedisConnector, parse_redis_url
 from proxy.stores.waiters import KeyWaiters, settle_loop
 
 CHUNK = 500  # dead letters revived / items purged per script call, so no single call blocks Redis for long
@@ -121,13 +121,12 @@ class RedisStore(Store):
         self._subscriber.start()
 
     async def close(self) -> None:
+        """Never raises for an unreachable Redis: shutdown goes on."""
         await self._subscriber.close()
         self._waiters.wake_all()
-        try:
-            with self._conn.translate():
-                await self._client.aclose()
-        finally:
-            await self._conn.aclose()
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._client.aclose()
+        await self._conn.aclose()
 
     async def ping(self) -> None:
         async with self._slot():
@@ -179,8 +178,12 @@ class RedisStore(Store):
             return _claim(raw, token)
 
         with self._waiters.watch(key) as wake:
-            # Subscribed before the first look, so a completion right after it is heard.
-            await self._subscriber.ready(min(timeout, self._timeout))
+            claim, _ = await check()  # settled already, or Redis down: no waiting for the subscriber
+            if claim.state is not ClaimState.IN_FLIGHT:
+                return claim
+            # settle_loop looks again once subscribed, so a completion in between is not missed; if the
+            # subscription is slow (or refused), it polls meanwhile.
+            await self._subscriber.ready(min(max(deadline - loop.time(), 0.0), self._settle_poll))
             return await settle_loop(check, wake, deadline - loop.time(), self._settle_poll)
 
     # -- nonce replay cache ----------------------------------------------------------------------------------

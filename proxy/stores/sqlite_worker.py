@@ -156,8 +156,10 @@ class SqliteWorker:
             self._synchronous = level
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        self._set_synchronous(conn, durable=any(job.durable for job in batch))
+        # Everything that can raise is inside the try: an error must reach the callers, never end the thread
+        # (which would leave every later call waiting forever).
         try:
+            self._set_synchronous(conn, durable=any(job.durable for job in batch))
             conn.execute("BEGIN IMMEDIATE")
             results = [job.fn(conn) for job in batch]
             conn.execute("COMMIT")
@@ -178,15 +180,16 @@ class SqliteWorker:
             job.loop.call_soon_threadsafe(_resolve, job.future, result, exc)
 
     def _maybe_purge(self, conn: sqlite3.Connection) -> None:
-        now = self._clock()
-        if now - self._last_purge < self._purge_interval:
-            return
-        self._set_synchronous(conn, durable=False)
+        """Best effort: a failed purge is retried before the next batch and never fails a caller."""
         try:
+            now = self._clock()
+            if now - self._last_purge < self._purge_interval:
+                return
+            self._set_synchronous(conn, durable=False)
             conn.execute("BEGIN IMMEDIATE")
             deleted = sqlite_ops.purge_expired(conn, now, PURGE_CHUNK)
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except Exception:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             return

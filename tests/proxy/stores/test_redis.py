@@ -62,6 +62,10 @@ async def test_a_stopped_redis_fails_fast_and_the_store_recovers_on_its_own(own_
         message = str(failure.value)
         assert f"redis://127.0.0.1:{own_redis.port}/0" in message
         assert "check that redis is running" in message
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.settle("before", 10, 5.0)  # a retry waiting on a key fails as fast, too
+        assert time.monotonic() - started < 1.0
         own_redis.start()  # same port, same store object, no reopen
         assert await eventually_ok(store, within=3.0) < 3.0
         first = await store.claim("k", 10, 60)
