@@ -133,7 +133,7 @@ async def test_settle_is_woken_by_pub_sub_from_another_replica(
                 await holder.complete(key, token, REPLY, 60)
 
             settled, _ = await asyncio.gather(waiter.settle(f"k{n}", 10, 10.0), finish())
-            assert time.monotonic() - started < 0.5  # the poll (30 s) could not have done it
+            assert time.monotonic() - started < 1.0  # the poll (30 s) could not have done it
             assert (settled.state, settled.reply) == (ClaimState.DONE, REPLY)
 
 
@@ -144,7 +144,7 @@ async def test_settle_takes_over_the_moment_a_crashed_holders_lease_ends(redis_s
         settled = await store.settle("k", 10, 5.0)
         elapsed = time.monotonic() - started
         assert (settled.state, settled.attempt) == (ClaimState.NEW, 1)
-        assert 0.4 < elapsed < 1.0
+        assert 0.4 < elapsed < 1.5  # at the lease end, not at the 30 s poll
 
 
 async def test_pub_sub_wake_ups_resume_after_a_redis_restart(own_redis: RedisServer) -> None:

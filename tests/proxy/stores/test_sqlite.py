@@ -104,7 +104,7 @@ async def test_settle_is_woken_in_process_not_by_the_poll(tmp_path: Path) -> Non
             await store.complete("k", first.token or "", REPLY, 600)
 
         settled, _ = await asyncio.gather(store.settle("k", 10, 10.0), finish())
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1.0  # the poll (30 s) could not have done it
         assert (settled.state, settled.reply) == (ClaimState.DONE, REPLY)
 
 
