@@ -1,0 +1,615 @@
+"""``make bench``: the direct backend, bare ``mitmdump --mode reverse`` and wxgate in several configurations,
+each driven with the same load in one run, and one table.
+
+Per configuration, with the system under test alone on CPU 1 and everything else (wrk, the open-loop tool, the
+backend, redis-server, this script) on CPU 0:
+
+1. warm-up: ``--warmup`` requests (wrk, 32 keep-alive connections); RSS (and live flows) after it;
+2. closed loop: wrk, 32 keep-alive connections, ``--closed`` seconds: req/s, latency p50/p99/max, CPU seconds
+   of the system under test per 1,000 requests;
+3. open loop: ``--rate`` req/s for ``--open`` seconds (``bench/openloop.py``), latency from the scheduled
+   send time: p50/p99/max;
+4. (duplicate-heavy mix only) first deliveries alone, then exact repeats of them alone, ``--dedup`` s each;
+5. soak: more requests until ``--soak`` have been served since the warm-up; RSS and live flows again.
+
+Every request to a verified route is distinct and freshly signed (``bench/corpus.py``), built right before
+its phase. Results go to stdout (a Markdown table) and ``bench/out/results.json``.
+
+    python bench/run.py                       # everything (about 8 minutes on 2 vCPUs)
+    python bench/run.py --only mp-redis,mitmdump --soak 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from bench import corpus  # noqa: E402
+from tests.support.redis_servers import RedisServer, free_port  # noqa: E402
+
+PY = sys.executable
+VENV_BIN = Path(sys.executable).parent
+LUA = ROOT / "bench" / "load.lua"
+OUT = ROOT / "bench" / "out"
+CONNS = 32
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    label: str
+    kind: str  # direct | mitmdump | wxgate
+    traffic: str  # a corpus.build scenario
+    store: str = "sqlite"  # sqlite | redis
+    trace: bool = True
+    verified: bool = True  # requests must be fresh (a reused one is a replay or a duplicate)
+    default: bool = True  # part of a plain `make bench`; the others only with --only
+
+
+SCENARIOS = (
+    Scenario("direct", "direct backend (no proxy)", "direct", "mp", verified=False),
+    Scenario("mitmdump", "bare `mitmdump --mode reverse -q`", "mitmdump", "mp", verified=False),
+    Scenario(
+        "passthrough",
+        "wxgate, unmatched path (passthrough)",
+        "wxgate",
+        "passthrough",
+        trace=False,
+        verified=False,
+    ),
+    Scenario("mp-sqlite", "wxgate MP plaintext full chain, sqlite", "wxgate", "mp"),
+    Scenario("mp-redis", "wxgate MP plaintext full chain, Redis", "wxgate", "mp", store="redis"),
+    Scenario("mp-safe", "wxgate MP safe mode, decrypt for backend", "wxgate", "mp_safe"),
+    Scenario("pay-v3", "wxgate Pay v3 (RSA verify + GCM decrypt)", "wxgate", "pay_v3"),
+    Scenario("dup-mix", "wxgate duplicate-heavy mix (every message 4x)", "wxgate", "dup"),
+    # For explaining the cost: the same chain without tracing.
+    Scenario(
+        "mp-sqlite-notrace",
+        "wxgate MP plaintext full chain, sqlite, tracing off",
+        "wxgate",
+        "mp",
+        trace=False,
+        default=False,
+    ),
+    Scenario(
+        "mp-redis-notrace",
+        "wxgate MP plaintext full chain, Redis, tracing off",
+        "wxgate",
+        "mp",
+        store="redis",
+        trace=False,
+        default=False,
+    ),
+)
+
+
+# -- processes -------------------------------------------------------------------------------------------------
+
+
+class Proc:
+    """One subprocess this script started; stopped by its PID, never by name."""
+
+    live: ClassVar[set[Proc]] = set()
+
+    def __init__(self, args: list[str], log: Path, cpus: set[int] | None, env: dict[str, str] | None = None):
+        self.log = log
+        with log.open("ab") as f:
+            self.p = subprocess.Popen(
+                args,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509
+            )
+        Proc.live.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        Proc.live.discard(self)
+
+    def check(self) -> None:
+        if self.p.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.p.args[:3]} exited with {self.p.returncode}:\n{tail}")
+
+
+def stop_all() -> None:
+    for p in list(Proc.live):
+        with contextlib.suppress(Exception):
+            p.stop(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, every thread
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def busy_jiffies() -> int:
+    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(parts) - parts[3] - parts[4]  # everything but idle and iowait
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready within {timeout}s")
+
+
+def http_get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def tcp_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- load ------------------------------------------------------------------------------------------------------
+
+
+def wrk(port: int, corpus_file: Path, duration: float, quota: int = 0) -> dict[str, Any]:
+    """One wrk run; with ``quota`` it is interrupted once that many responses arrived (``duration`` caps it)."""
+    marker = corpus_file.with_suffix(".done")
+    with contextlib.suppress(FileNotFoundError):
+        (marker.parent / (marker.name + ".0")).unlink()
+    args = [
+        "wrk",
+        "-t1",
+        f"-c{CONNS}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        f"http://127.0.0.1:{port}",
+        "--",
+        str(corpus_file),
+        "1",
+    ]
+    if quota:
+        args += [str(quota), str(marker)]
+    started = time.monotonic()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if quota:
+        done = marker.parent / (marker.name + ".0")
+        while p.poll() is None and not done.exists():
+            time.sleep(0.02)
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=duration + 30)
+    line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: {out}\n{err}")
+    result: dict[str, Any] = json.loads(line)
+    result["wall"] = time.monotonic() - started
+    return result
+
+
+def open_loop(port: int, corpus_file: Path, rate: float, duration: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            PY,
+            str(ROOT / "bench" / "openloop.py"),
+            "--port",
+            str(port),
+            "--corpus",
+            str(corpus_file),
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--conns",
+            str(CONNS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    args: argparse.Namespace
+    tmp: Path
+    sut_cpus: set[int] | None
+    pay_key: corpus.PayKey
+    seq: corpus.Sequencer = field(default_factory=corpus.Sequencer)
+    backend_port: int = 0
+    wxgate_env: dict[str, str] = field(default_factory=dict)
+    cert: Path | None = None
+
+    def corpus_file(self, sc: Scenario, phase: str, count: int) -> tuple[Path, list[bytes]]:
+        reqs = corpus.build(sc.traffic, count, self.seq, self.pay_key)
+        path = self.tmp / f"{sc.id}-{phase}.req"
+        corpus.write(path, reqs)
+        return path, reqs
+
+    def fixed_corpus(self, sc: Scenario, phase: str, count: int) -> Path:
+        """Traffic that may repeat (nothing verifies it): a fixed-size corpus, wrapped around by wrk."""
+        return self.corpus_file(sc, phase, min(count, 20_000))[0]
+
+
+def wxgate_config(env: Env, sc: Scenario, port: int, admin: int, redis_url: str | None) -> Path:
+    store = redis_url if sc.store == "redis" else f"sqlite:///{env.tmp}/{sc.id}-state.db"
+    cfg = {
+        "listen": f"127.0.0.1:{port}",
+        "admin": f"127.0.0.1:{admin}",
+        "upstream": f"http://127.0.0.1:{env.backend_port}",
+        "store": store,
+        "log_level": "info",
+        "routes": [
+            {"name": "mp", "path": corpus.MP_PATH, "protocol": "wechat-mp", "token": "${BENCH_TOKEN}"},
+            {
+                "name": "mp_safe",
+                "path": corpus.MP_SAFE_PATH,
+                "protocol": "wechat-mp",
+                "token": "${BENCH_TOKEN}",
+                "app_id": corpus.APP_ID,
+                "encoding_aes_key": "${BENCH_AES_KEY}",
+                "decrypt_for_backend": True,
+            },
+            {
+                "name": "pay",
+                "path": corpus.PAY_PATH,
+                "protocol": "wechat-pay-v3",
+                "apiv3_key": "${BENCH_APIV3_KEY}",
+                "mch_id": corpus.MCH_ID,
+                "app_id": corpus.APP_ID,
+                "platform_certificates": [str(env.cert)],
+                "decrypt_for_backend": True,
+            },
+        ],
+    }
+    path = env.tmp / f"{sc.id}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@contextlib.contextmanager
+def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path | None]]:
+    port = free_port()
+    redis: RedisServer | None = None
+    stats: Path | None = None
+    log = env.tmp / f"{sc.id}.log"
+    if sc.kind == "direct":
+        proc = Proc([PY, "bench/backend.py", "--port", str(port)], log, env.sut_cpus)
+        wait_until(lambda: tcp_open(port), 15, "direct backend")
+    elif sc.kind == "mitmdump":
+        args = [
+            str(VENV_BIN / "mitmdump"),
+            "-q",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--mode",
+            f"reverse:http://127.0.0.1:{env.backend_port}",
+        ]
+        proc = Proc(args, log, env.sut_cpus, {"HOME": str(env.tmp)})
+        wait_until(lambda: (proc.check(), tcp_open(port))[1], 30, "mitmdump")
+    else:
+        redis_url = None
+        if sc.store == "redis":
+            redis = RedisServer(data_dir=env.tmp / f"redis-{sc.id}").start()
+            redis_url = redis.url
+        admin = free_port()
+        cfg = wxgate_config(env, sc, port, admin, redis_url)
+        stats = env.tmp / f"{sc.id}-stats.json"
+        args = [PY, "bench/sidecar.py", "-c", str(cfg), "--stats", str(stats)] + (
+            ["--trace"] if sc.trace else []
+        )
+        if env.args.profile:
+            args += ["--profile", str(OUT / f"{sc.id}.prof")]
+        proc = Proc(args, log, env.sut_cpus, env.wxgate_env)
+        wait_until(
+            lambda: (proc.check(), http_get(f"http://127.0.0.1:{admin}/readyz") == 200)[1], 30, "wxgate"
+        )
+    try:
+        yield port, proc, stats
+    finally:
+        proc.stop()
+        if redis is not None:
+            redis.stop()
+
+
+def sut_stats(proc: Proc, stats: Path | None) -> dict[str, Any]:
+    if stats is None:
+        return {}
+    with contextlib.suppress(FileNotFoundError):
+        stats.unlink()
+    os.kill(proc.pid, signal.SIGUSR1)
+    wait_until(stats.exists, 30, "stats file")
+    data: dict[str, Any] = json.loads(stats.read_text())
+    return data
+
+
+def measure(env: Env, sc: Scenario) -> dict[str, Any]:
+    a = env.args
+    res: dict[str, Any] = {"id": sc.id, "label": sc.label}
+    with system_under_test(env, sc) as (port, proc, stats):
+        fresh = sc.verified
+
+        def phase_corpus(phase: str, count: int) -> Path:
+            if fresh:
+                return env.corpus_file(sc, phase, count)[0]
+            return env.fixed_corpus(sc, phase, count)
+
+        # 1. warm-up
+        t0 = time.monotonic()
+        warm = wrk(port, phase_corpus("warmup", a.warmup + 100), 60, quota=a.warmup)
+        rate_guess = max(200.0, warm["requests"] / max(time.monotonic() - t0 - 0.1, 0.1))
+        time.sleep(0.5)
+        res["rss_start_mib"] = rss_mib(proc.pid)
+        res["stats_start"] = sut_stats(proc, stats)
+        # 2. closed loop
+        closed_file = phase_corpus("closed", int(rate_guess * a.closed * 1.8) + 2000)
+        cpu0, busy0, w0 = cpu_seconds(proc.pid), busy_jiffies(), time.monotonic()
+        closed = wrk(port, closed_file, a.closed)
+        cpu1, busy1, w1 = cpu_seconds(proc.pid), busy_jiffies(), time.monotonic()
+        res["closed"] = closed
+        res["stats_closed"] = sut_stats(proc, stats)
+        res["rps"] = closed["requests"] / (closed["duration_us"] / 1e6)
+        res["cpu_per_1k"] = (cpu1 - cpu0) / max(closed["requests"], 1) * 1000
+        res["sut_cpu_util"] = (cpu1 - cpu0) / (w1 - w0)
+        res["machine_busy"] = (busy1 - busy0) / CLK_TCK / (w1 - w0)  # all processes, in cores
+        served = closed["requests"]
+        # 3. open loop
+        open_file = phase_corpus("open", int(a.rate * a.open) + 500)
+        res["open"] = open_loop(port, open_file, a.rate, a.open)
+        served += res["open"]["completed"]
+        # 4. duplicates vs first deliveries
+        if sc.traffic == "dup":
+            first_file, firsts = env.corpus_file(
+                Scenario(sc.id, sc.label, sc.kind, "mp"), "first", int(rate_guess * a.dedup * 1.2) + 2000
+            )
+            first = wrk(port, first_file, a.dedup)
+            sent = firsts[1 : max(2, first["requests"] - 2 * CONNS)]  # wrk's first request() is only a probe
+            dup_file = env.tmp / f"{sc.id}-dups.req"
+            corpus.write(dup_file, sent)
+            dups = wrk(port, dup_file, a.dedup)
+            res["first_deliveries"] = first
+            res["duplicates"] = dups
+            res["dup_ratio"] = (dups["requests"] / dups["duration_us"]) / (
+                first["requests"] / first["duration_us"]
+            )
+            served += first["requests"] + dups["requests"]
+        # 5. soak
+        remaining = a.soak - served
+        if remaining > 0:
+            soak_file = phase_corpus("soak", remaining + 200)
+            soak = wrk(port, soak_file, remaining / (res["rps"] * 0.5) + 10, quota=remaining)
+            res["soak"] = soak
+            served += soak["requests"]
+        time.sleep(1.0)
+        res["served_after_warmup"] = served
+        res["rss_end_mib"] = rss_mib(proc.pid)
+        res["stats_end"] = sut_stats(proc, stats)
+    return res
+
+
+# -- output ----------------------------------------------------------------------------------------------------
+
+
+def fmt_ms(us: float) -> str:
+    return f"{us / 1000:.1f}" if us >= 10_000 else f"{us / 1000:.2f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    base = next((r["rps"] for r in results if r["id"] == "mitmdump"), None)
+    head = (
+        "| configuration | req/s | × mitmdump | closed p50 / p99 / max (ms) | open 500/s p50 / p99 / max (ms) "
+        "| CPU s / 1k req | RSS start → end (MiB) | requests for RSS |\n"
+        "|---|---:|---:|---|---|---:|---|---:|"
+    )
+    rows = [head]
+    for r in results:
+        c, o = r["closed"], r["open"]
+        ratio = f"{r['rps'] / base:.2f}" if base else "–"
+        flags = []
+        if c["status_errors"] or c["connect_errors"] or c["read_errors"] or c["timeouts"]:
+            flags.append(f"{c['status_errors']} non-2xx, {c['timeouts']} timeouts")
+        if o["errors"] or set(o["status"]) - {"200", "204"}:
+            flags.append(f"open loop: {o['errors']} errors, status {o['status']}")
+        if r["id"] not in ("direct", "mitmdump", "passthrough") and c.get("wrapped"):
+            flags.append("corpus wrapped")
+        label = r["label"] + (f" ⚠ {'; '.join(flags)}" if flags else "")
+        rows.append(
+            f"| {label} | {r['rps']:,.0f} | {ratio} | {fmt_ms(c['p50_us'])} / {fmt_ms(c['p99_us'])} / "
+            f"{fmt_ms(c['max_us'])} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} / {o['max_ms']:.1f} | "
+            f"{r['cpu_per_1k']:.3f} | {r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} "
+            f"({r['rss_end_mib'] - r['rss_start_mib']:+.1f}) | {r['served_after_warmup']:,} |"
+        )
+    return "\n".join(rows)
+
+
+def details(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        s0, s1 = r.get("stats_start") or {}, r.get("stats_end") or {}
+        if s1:
+            spans = s1.get("spans_exported", 0) - s0.get("spans_exported", 0)
+            lines.append(
+                f"- {r['id']}: live flows {s0.get('flows')} → {s1.get('flows')}, exchanges "
+                f"{s0.get('exchanges')} → {s1.get('exchanges')}, asyncio tasks {s0.get('tasks')} → "
+                f"{s1.get('tasks')}, spans exported after warm-up {spans:,}; SUT CPU "
+                f"{r['sut_cpu_util']:.2f} cores, machine {r['machine_busy']:.2f} cores in the closed loop"
+            )
+        g0, g1 = (s0.get("gc") or {}), ((r.get("stats_closed") or {}).get("gc") or {})
+        if g1:
+            secs = [b - a for a, b in zip(g0["seconds"], g1["seconds"], strict=True)]
+            counts = [b - a for a, b in zip(g0["count"], g1["count"], strict=True)]
+            lines.append(
+                f"- {r['id']}: GC in the closed loop: {sum(secs):.2f} s "
+                f"({', '.join(f'gen{i} {n}× {t:.2f} s' for i, (n, t) in enumerate(zip(counts, secs, strict=True)))}), "
+                f"longest pause {g1['longest'] * 1000:.1f} ms"
+            )
+        if "dup_ratio" in r:
+            f, d = r["first_deliveries"], r["duplicates"]
+            lines.append(
+                f"- {r['id']}: first deliveries alone {f['requests'] / f['duration_us'] * 1e6:,.0f} req/s, "
+                f"duplicates alone (answered from the store) {d['requests'] / d['duration_us'] * 1e6:,.0f} "
+                f"req/s: **{r['dup_ratio']:.2f}×**"
+            )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    wrk_version = subprocess.run(["wrk", "-v"], check=False, capture_output=True, text=True).stdout.split(
+        "\n"
+    )[0]
+    from importlib.metadata import version
+
+    return {
+        "cpu": f"{os.cpu_count()} × {cpu}",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mitmproxy": version("mitmproxy"),
+        "wrk": wrk_version.strip(),
+        "loadavg_before": Path("/proc/loadavg").read_text().split(" ")[0],
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="wxgate benchmark (docs/benchmarks.md)")
+    p.add_argument("--only", help="comma-separated scenario ids: " + ",".join(s.id for s in SCENARIOS))
+    p.add_argument("--warmup", type=int, default=3000, help="warm-up requests (default 3000)")
+    p.add_argument("--closed", type=float, default=10.0, help="closed-loop seconds (default 10)")
+    p.add_argument("--rate", type=float, default=500.0, help="open-loop requests per second (default 500)")
+    p.add_argument("--open", type=float, default=10.0, help="open-loop seconds (default 10)")
+    p.add_argument("--dedup", type=float, default=5.0, help="seconds for firsts-only and duplicates-only")
+    p.add_argument("--soak", type=int, default=100_000, help="requests after warm-up before the last RSS")
+    p.add_argument("--json", type=Path, default=OUT / "results.json")
+    p.add_argument(
+        "--profile", action="store_true", help="cProfile each wxgate into bench/out/<id>.prof (slower)"
+    )
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: run .ci/install-system-deps (or apt-get install wrk)", file=sys.stderr)
+        return 2
+    chosen = [s for s in SCENARIOS if (s.id in args.only.split(",") if args.only else s.default)]
+    cpus = sorted(os.sched_getaffinity(0))
+    sut_cpus = None
+    if len(cpus) >= 2:
+        sut_cpus = {cpus[-1]}
+        os.sched_setaffinity(0, set(cpus[:-1]))  # this script and every helper it starts: the other CPU(s)
+    info = machine()
+    info["pinning"] = (
+        f"system under test on CPU {cpus[-1]}, load and helpers on {cpus[:-1]}" if sut_cpus else "none"
+    )
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="wxgate-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        key = corpus.PayKey.generate()
+        env = Env(args, tmp, sut_cpus, key)
+        env.cert = tmp / "platform-cert.pem"
+        env.cert.write_bytes(key.certificate(time.time()))
+        env.wxgate_env = {
+            "BENCH_TOKEN": corpus.TOKEN,
+            "BENCH_AES_KEY": corpus.AES_KEY,
+            "BENCH_APIV3_KEY": corpus.APIV3_KEY,
+        }
+        env.backend_port = free_port()
+        try:
+            Proc([PY, "bench/backend.py", "--port", str(env.backend_port)], tmp / "backend.log", None)
+            wait_until(lambda: tcp_open(env.backend_port), 15, "backend")
+            for sc in chosen:
+                t = time.monotonic()
+                print(
+                    f"[{time.monotonic() - started:5.0f}s] {sc.id}: {sc.label} …", file=sys.stderr, flush=True
+                )
+                results.append(measure(env, sc))
+                r = results[-1]
+                print(
+                    f"         {r['rps']:,.0f} req/s, open p99 {r['open']['p99_ms']:.2f} ms, "
+                    f"RSS {r['rss_start_mib']:.0f}→{r['rss_end_mib']:.0f} MiB ({time.monotonic() - t:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        finally:
+            stop_all()
+    info["loadavg_after"] = Path("/proc/loadavg").read_text().split(" ")[0]
+    info["wall_seconds"] = f"{time.monotonic() - started:.0f}"
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+            indent=2,
+        )
+    )
+    print("\n" + "\n".join(f"- {k}: {v}" for k, v in info.items()) + "\n")
+    print(table(results))
+    print()
+    print(details(results))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        stop_all()
