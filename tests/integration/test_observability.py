@@ -6,6 +6,7 @@ secret may appear in the logs, the metrics or the spans.
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import subprocess
 import threading
@@ -135,6 +136,19 @@ class Traffic:
         status, body, _ = http(req.method, self.run.sidecar.url + req.path_query, req.body, req.headers)
         return status, body
 
+    def keep_alive(self, *reqs: sender.Request) -> None:
+        """Several requests on one connection: each must still be a trace of its own."""
+        conn = http_client.HTTPConnection("127.0.0.1", self.run.sidecar.port, timeout=10)
+        try:
+            for req in reqs:
+                self.run.requests += 1
+                conn.request(req.method, req.path_query, req.body, req.headers)
+                resp = conn.getresponse()
+                assert resp.status == 200 and resp.getheader("connection", "").lower() != "close"
+                resp.read()
+        finally:
+            conn.close()
+
     def mode(self, mode: str) -> None:
         self.run.backend.set_mode(mode)
 
@@ -157,6 +171,7 @@ class Traffic:
         assert s(oversized)[0] == 413
         self.run.requests += 1
         assert http("POST", self.run.sidecar.url + "/not/a/route", b"hello")[0] == 200  # passthrough
+        self.keep_alive(self.build("mpsafe", content="first"), self.build("mpsafe", content="second"))
         self.mode("json")
         assert s(self.build("mp")) == (200, b"success")  # normalized
         self.mode("fail")
@@ -329,6 +344,17 @@ def test_a_forwarded_request_is_one_exported_trace(run: Run) -> None:
     assert {c.name for c in children} >= {"POST /wechat/callback", "store remember", "store claim"}
     assert all(c.trace_id == server.trace_id for c in children)
     assert any(h.get("x-tenant") == "wxgate-it" for h in run.otlp.headers)  # OTEL_EXPORTER_OTLP_HEADERS
+
+
+def test_requests_sharing_a_connection_are_separate_traces(run: Run) -> None:
+    safe = [
+        s
+        for s in run.otlp.snapshot()
+        if s.kind == OtlpReceiver.SERVER and s.attributes.get("wxgate.route") == "mpsafe"
+    ]
+    assert len(safe) == 3
+    assert all(s.parent_span_id == "" for s in safe)
+    assert len({s.trace_id for s in safe}) == 3
 
 
 def test_span_status_follows_semconv(run: Run) -> None:
