@@ -80,19 +80,19 @@ class Forward:
             result = await asyncio.wait_for(asyncio.shield(call), max(remaining, 0.0))
         except TimeoutError:
             ex.outcome.deadline = ex.route.policy
-            reply = await self._early_reply(ex)
+            reply = await self._early_reply(ex, in_flight=True)
             acked = reply.kind == "ack"
             self.tasks.spawn(self._settle_late(ex, call, acked), name=f"settle {ex.route.name}")
             return respond(flow, ex, reply)
         respond(flow, ex, await self._settle(ex, result))
         return None
 
-    async def _early_reply(self, ex: Exchange) -> Reply:
+    async def _early_reply(self, ex: Exchange, in_flight: bool) -> Reply:
         """The answer when the backend has not answered (or failed): acknowledge, or ask for a retry."""
         assert ex.route is not None
         if acknowledges(ex):
             try:
-                await self.settlement.before_ack(ex)
+                await self.settlement.before_ack(ex, in_flight)
             except Exception:
                 logger.exception(
                     "could not make route %s's notification durable; not acknowledging", ex.route.name
@@ -114,7 +114,7 @@ class Forward:
         self._record(ex, result)
         if is_failure(ex, result):
             ex.outcome.reason = ex.outcome.reason or f"upstream_{result.kind}"
-            reply = await self._early_reply(ex)
+            reply = await self._early_reply(ex, in_flight=False)
             await self.settlement.failed(ex, result, acked=reply.kind == "ack", late=False)
             return reply
         reply = success_reply(ex, result)

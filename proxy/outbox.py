@@ -75,21 +75,23 @@ class StoreSettlement(Settlement):
         self.store = store
         self.clock = clock
 
-    async def before_ack(self, ex: Exchange) -> None:
+    async def before_ack(self, ex: Exchange, in_flight: bool) -> None:
         assert ex.route is not None and ex.inbound is not None
         if ex.outbox_id is not None:
             return
-        url, headers, body = backend_request(ex, list(ex.inbound.query.items()))
-        path_query = url[len(ex.route.upstream) :]
-        item_id = uuid.uuid4().hex
-        now = self.clock()
-        cfg = ex.route.config.outbox
-        delivery = Delivery(ex.inbound.method, path_query, headers, body, ex.dedup_key_raw)
-        # Due only after the in-flight call had its chance: the worker must not race the first attempt.
-        due = now + ex.route.config.backend_timeout + backoff(0, cfg.backoff_base, cfg.backoff_max)
-        await self.store.outbox_put(OutboxItem(item_id, ex.route.name, delivery.encode(), 0, now, due))
-        ex.outbox_id = item_id
+        # While the first call is still running the worker must not race it: give it backend_timeout first.
+        ex.outbox_id = await self._enqueue(ex, ex.route.config.backend_timeout if in_flight else 0.0)
         ex.outcome.outbox = "queued"
+
+    async def _enqueue(self, ex: Exchange, head_start: float) -> str:
+        assert ex.route is not None and ex.inbound is not None
+        url, headers, body = backend_request(ex, list(ex.inbound.query.items()))
+        delivery = Delivery(ex.inbound.method, url[len(ex.route.upstream) :], headers, body, ex.dedup_key_raw)
+        cfg, now = ex.route.config.outbox, self.clock()
+        due = now + head_start + backoff(0, cfg.backoff_base, cfg.backoff_max)
+        item_id = uuid.uuid4().hex
+        await self.store.outbox_put(OutboxItem(item_id, ex.route.name, delivery.encode(), 0, now, due))
+        return item_id
 
     async def delivered(self, ex: Exchange, reply: Reply, late: bool) -> None:
         assert ex.route is not None
@@ -113,13 +115,13 @@ class StoreSettlement(Settlement):
                 logger.warning(
                     "could not release claim on route %s (its lease will expire): %s", ex.route.name, e
                 )
-        if acked and ex.outbox_id is not None:
-            # The call is over: redeliver soon rather than after the head start given in before_ack.
-            cfg = ex.route.config.outbox
+        if acked and late and ex.outbox_id is not None:
+            # The call that outlived the deadline is over: redeliver soon instead of after its head start.
+            # A fresh item (written before the old one goes) keeps the redelivery count honest; a crash in
+            # between leaves two items, and the second finds the dedup record DONE.
             try:
-                await self.store.outbox_retry(
-                    ex.outbox_id, self.clock() + backoff(0, cfg.backoff_base, cfg.backoff_max), result.kind
-                )
+                old, ex.outbox_id = ex.outbox_id, await self._enqueue(ex, 0.0)
+                await self._drop(old)
             except StoreUnavailable as e:
                 logger.warning("outbox item on route %s keeps its schedule: %s", ex.route.name, e)
 

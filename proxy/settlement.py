@@ -2,7 +2,8 @@
 
 The forward addon calls these in order; implementations add dedup completion/release and durable outbox writes.
 ``before_ack`` runs before wxgate acknowledges on the backend's behalf and must make the notification durable
-(raise to refuse the early acknowledgement: the sender then retries, so nothing is lost).
+(raise to refuse the early acknowledgement: the sender then retries, so nothing is lost); ``in_flight`` says
+whether the backend call is still running (the deadline came first) or already failed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from proxy.upstream import UpstreamResult
 class Settlement:
     """The default: no store. An acknowledged failure is only counted (``outcome.outbox = "unacked"``)."""
 
-    async def before_ack(self, ex: Exchange) -> None:
+    async def before_ack(self, ex: Exchange, in_flight: bool) -> None:
         ex.outcome.outbox = "unacked"
 
     async def delivered(self, ex: Exchange, reply: Reply, late: bool) -> None:

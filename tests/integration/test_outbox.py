@@ -137,7 +137,9 @@ def test_exhausted_item_becomes_a_dead_letter_and_replay_delivers_it(
         assert http("POST", s.url + req.path_query, req.body, req.headers)[:2] == (200, b"success")
         wait_until(lambda: "dead=1" in _cli(s, "list").stdout, 20, "dead letter")
         attempts = backend.stats()["count"]
-        assert attempts == 3  # the first delivery and two redeliveries
+        assert attempts == 4  # the first delivery and max_attempts (3) redeliveries
+        marks = [r["headers"].get("x-wxgate-redelivery") for r in backend.requests()]
+        assert marks == [None, "1", "2", "3"]
         dead = _cli(s, "list", "--dead").stdout.splitlines()[1].split()[0]
         shown = _cli(s, "show", dead).stdout
         assert '"route": "mp"' in shown and "keep me" not in shown  # no message content without --body
