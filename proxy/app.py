@@ -37,6 +37,7 @@ from addons.tracing import TracingAddon
 from addons.verify import Verify
 from proxy.admin import AdminServer
 from proxy.config import Config
+from proxy.hooks import embedded_master
 from proxy.instrumented_store import InstrumentedStore
 from proxy.metrics import Metrics
 from proxy.outbox import OutboxCounters, OutboxWorker, StoreSettlement
@@ -156,7 +157,7 @@ class Sidecar:
     def _make_master(self) -> mitm_master.Master:
         cfg = self.rt.config
         host, port = cfg.listen_addr
-        m = mitm_master.Master(options.Options(), with_termlog=False)
+        m = embedded_master(options.Options())
         m.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),

@@ -1,0 +1,119 @@
+"""HookDispatch calls exactly the handlers mitmproxy's AddonManager would, in the same order, with its error
+handling, and only looks them up once per event name."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, options
+from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
+from mitmproxy.test import tflow
+
+with warnings.catch_warnings():
+    # mitmproxy.master imports every default addon; proxyauth's ldap3 uses a deprecated pyasn1 name on import.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from proxy.hooks import HookDispatch, embedded_master
+
+
+class Recorder:
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name = name
+        self.calls = calls
+
+    def request(self, flow: Any) -> None:
+        self.calls.append(f"{self.name}.request")
+
+
+class AsyncRecorder(Recorder):
+    async def request(self, flow: Any) -> None:
+        self.calls.append(f"{self.name}.request(async)")
+
+    def response(self, flow: Any) -> None:
+        self.calls.append(f"{self.name}.response")
+
+
+class Parent(Recorder):
+    def __init__(self, name: str, calls: list[str]) -> None:
+        super().__init__(name, calls)
+        self.addons = [Recorder(f"{name}.child", calls)]
+
+
+class Failing:
+    def request(self, flow: Any) -> None:
+        raise RuntimeError("boom")
+
+
+class Halting:
+    def request(self, flow: Any) -> None:
+        raise exceptions.AddonHalt
+
+
+async def test_calls_only_implementers_in_chain_order_including_sub_addons() -> None:
+    calls: list[str] = []
+    master = embedded_master(options.Options())
+    assert isinstance(master.addons, HookDispatch)
+    master.addons.add(Recorder("a", calls), AsyncRecorder("b", calls), Parent("c", calls))
+    flow = tflow.tflow()
+
+    await master.addons.trigger_event(HttpRequestHook(flow))
+    await master.addons.trigger_event(HttpResponseHook(flow))
+
+    assert calls == ["a.request", "b.request(async)", "c.request", "c.child.request", "b.response"]
+
+
+async def test_an_addon_error_is_logged_and_the_next_handler_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+    master = embedded_master(options.Options())
+    master.addons.add(Failing(), Recorder("after", calls))
+
+    with caplog.at_level(logging.ERROR):
+        await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))
+
+    assert calls == ["after.request"]
+    assert "Addon error: boom" in caplog.text
+
+
+async def test_addon_halt_ends_the_event() -> None:
+    calls: list[str] = []
+    master = embedded_master(options.Options())
+    master.addons.add(Halting(), Recorder("after", calls))
+
+    await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))
+
+    assert calls == []
+
+
+async def test_the_cache_follows_changes_to_the_chain() -> None:
+    calls: list[str] = []
+    master = embedded_master(options.Options())
+    first = Recorder("first", calls)
+    master.addons.add(first)
+    flow = tflow.tflow()
+    await master.addons.trigger_event(HttpRequestHook(flow))
+
+    master.addons.add(Recorder("second", calls))
+    await master.addons.trigger_event(HttpRequestHook(flow))
+    master.addons.remove(first)
+    await master.addons.trigger_event(HttpRequestHook(flow))
+
+    assert calls == ["first.request", "first.request", "second.request", "second.request"]
+
+
+async def test_option_changes_reach_the_addons_once() -> None:
+    seen: list[set[str]] = []
+
+    class Watcher:
+        def configure(self, updated: set[str]) -> None:
+            seen.append(updated)
+
+    master = embedded_master(options.Options())
+    master.addons.add(Watcher())
+    seen.clear()
+    master.options.update(showhost=True)
+
+    assert seen == [{"showhost"}]
