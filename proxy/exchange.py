@@ -7,7 +7,7 @@ of truth that metrics, spans and the JSON log line all read, so no addon re-deri
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,11 +44,17 @@ class Outcome:
     duration_seconds: float = 0.0
 
     def as_log(self) -> dict[str, Any]:
-        return {
-            k: round(v, 6) if isinstance(v, float) else v
-            for k, v in asdict(self).items()
-            if v not in ("", 0, 0.0)
-        }
+        """The fields that are set, in declaration order (floats to the microsecond)."""
+        # Not dataclasses.asdict: it deep-copies every value and took a third of the access line's cost.
+        out: dict[str, Any] = {}
+        for name in _OUTCOME_FIELDS:
+            v = getattr(self, name)
+            if v not in ("", 0, 0.0):
+                out[name] = round(v, 6) if isinstance(v, float) else v
+        return out
+
+
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 
 
 @dataclass(slots=True)

@@ -40,6 +40,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "info") -> None:
+    # What the formatter never prints, logging need not collect for every record (the logging HOWTO's
+    # "Optimization" list): the caller's file and line walk the stack, the rest read thread/process state.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12; typeshed lags
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
