@@ -428,6 +428,8 @@ class Config(_Strict):
         schemes = ("sqlite://", "redis://", "rediss://", "redis+cluster://", "redis+sentinel://")
         if not v.startswith(schemes):
             raise ValueError(f"expected one of {', '.join(s + '…' for s in schemes)}, got {v!r}")
+        if v.startswith("sqlite://") and v != "sqlite://:memory:" and not v.startswith("sqlite:///"):
+            raise ValueError(f"expected sqlite:///absolute/path (three slashes) or sqlite://:memory:, got {v!r}")
         return v
 
     @model_validator(mode="after")

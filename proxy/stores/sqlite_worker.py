@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -99,6 +100,10 @@ class SqliteWorker:
         return exc
 
     def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            # A fresh machine or volume has no state directory yet; if it cannot be made, connect() says why.
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         try:
             conn.execute("PRAGMA journal_mode=WAL")

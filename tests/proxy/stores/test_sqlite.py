@@ -136,8 +136,9 @@ async def test_expired_rows_are_purged_so_the_file_stops_growing(tmp_path: Path)
 
 
 async def test_an_unwritable_path_fails_open_with_a_hint(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "missing-dir" / "state.db"))
-    with pytest.raises(StoreUnavailable, match=r"missing-dir/state\.db.*directory exists"):
+    (tmp_path / "not-a-dir").write_text("a file where the state directory should be")
+    store = SqliteStore(str(tmp_path / "not-a-dir" / "state.db"))
+    with pytest.raises(StoreUnavailable, match=r"not-a-dir/state\.db.*directory exists"):
         await store.open()
 
 
@@ -152,3 +153,13 @@ async def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
 def test_a_relative_path_is_rejected() -> None:
     with pytest.raises(ValueError, match="absolute"):
         SqliteStore("state.db")
+
+
+async def test_missing_state_directory_is_created(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "fresh" / "volume" / "state.db"))
+    await store.open()
+    try:
+        assert await store.remember("k", 60)
+    finally:
+        await store.close()
+    assert (tmp_path / "fresh" / "volume" / "state.db").exists()
