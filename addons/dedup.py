@@ -104,15 +104,20 @@ class Dedup:
         respond(flow, ex, reply)
 
     async def _still_in_flight(self, flow: http.HTTPFlow, ex: Exchange) -> None:
-        """The first attempt is still at the backend and this attempt's deadline has come."""
+        """The first attempt still holds the claim and this attempt's deadline has come."""
         assert ex.route is not None
         ex.outcome.deadline = ex.route.policy
-        reply: Reply
+        reply: Reply = ex.route.protocol.backend_failure_reply(ex.verified)
         if acknowledges(ex):
-            # The first attempt made the notification durable before acknowledging (or will answer itself).
-            reply = ex.route.protocol.success_reply(ex.verified)
-        else:
-            reply = ex.route.protocol.backend_failure_reply(ex.verified)
+            # The holder may have died (kill -9) or failed to write its outbox item (store down): nothing
+            # says it made the notification durable. This attempt queues its own redelivery before
+            # acknowledging; the redelivery goes through the claim, so the backend still gets it once.
+            try:
+                await self.settlement.before_ack(ex, in_flight=True)
+                reply = ex.route.protocol.success_reply(ex.verified)
+            except Exception:
+                logger.exception("could not make route %s's retry durable; not acknowledging", ex.route.name)
+                ex.outcome.outbox = "failed"
         respond(flow, ex, reply)
 
     def _store_down(self, flow: http.HTTPFlow, ex: Exchange, err: StoreUnavailable) -> None:

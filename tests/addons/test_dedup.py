@@ -10,11 +10,11 @@ import pytest
 from addons.dedup import Dedup, dedup_key
 from addons.verify import Verify
 from proxy.exchange import Exchange
-from proxy.outbox import StoreSettlement
+from proxy.outbox import Delivery, StoreSettlement
 from proxy.protocols.base import Reply
 from proxy.replies import encode_reply
 from proxy.stores import SqliteStore
-from proxy.stores.base import StoreUnavailable
+from proxy.stores.base import OutboxItem, StoreUnavailable
 from tests.addons.conftest import Nonces, mp_flow, routed, table
 
 
@@ -72,6 +72,36 @@ async def test_in_flight_duplicate_at_its_deadline_follows_the_policy(store: Sql
     f, ex = await arrive(store, deadline="0.2s", on_backend_failure="fail")
     assert f.response.status_code == 502  # type: ignore[attr-defined]
     assert ex.outcome.deadline == "fail"
+
+
+async def test_in_flight_duplicate_acknowledged_at_its_deadline_queues_itself_first(
+    store: SqliteStore,
+) -> None:
+    # The first attempt's holder never settles: killed with -9, or its own outbox write failed. Acknowledging
+    # the retry on its word alone lost the notification (seen in tests/reliability chaos runs).
+    await arrive(store, deadline="0.2s")
+    f, ex = await arrive(store, deadline="0.2s")
+    assert (f.response.status_code, f.response.content) == (200, b"success")  # type: ignore[attr-defined]
+    queued = await store.outbox_list(dead=False)
+    assert len(queued) == 1 and ex.outcome.outbox == "queued"
+    assert Delivery.decode(queued[0].payload).dedup_key == ex.dedup_key_raw
+
+
+class NoOutboxStore(SqliteStore):
+    async def outbox_put(self, item: OutboxItem) -> None:
+        raise StoreUnavailable("redis://127.0.0.1:1 refused the connection")
+
+
+async def test_in_flight_duplicate_that_cannot_be_queued_is_not_acknowledged() -> None:
+    store = NoOutboxStore(":memory:")
+    await store.open()
+    try:
+        await arrive(store, deadline="0.2s")
+        f, ex = await arrive(store, deadline="0.2s")
+        assert f.response.status_code == 502  # type: ignore[attr-defined]
+        assert ex.outcome.outbox == "failed"
+    finally:
+        await store.close()
 
 
 async def test_released_first_attempt_is_taken_over(store: SqliteStore) -> None:
