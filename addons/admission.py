@@ -1,8 +1,10 @@
 """Admission: what may reach verification at all.
 
-Strips client-sent ``X-Wxgate-*`` headers from every request (they are trusted by the backend), then checks the
-route's method (405), body size (413, early from Content-Length when present), source address allowlist (403,
-trusted-proxy aware), repeated query parameters (400) and content type/encoding (415). Owns ``methods``, ``max_body``, ``allow_cidrs``, ``trusted_proxies``.
+Strips client-sent ``X-Wxgate-*`` headers from every request (they are trusted by the backend; ``X_Wxgate_*``
+too, which CGI, WSGI and PHP read as the same header), then checks the route's request head (400 for a line
+break or NUL inside a header value, 431 above :data:`MAX_HEAD`), method (405), body size (413, early from
+Content-Length when present), source address allowlist (403, trusted-proxy aware), repeated query parameters
+(400) and content type/encoding (415). Owns ``methods``, ``max_body``, ``allow_cidrs``, ``trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,24 @@ from proxy.exchange import exchange
 from proxy.replies import reject
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A request head (names and values) this large is no callback: WeChat's are under 1 KiB; nginx allows 32 KiB.
+MAX_HEAD = 64 * 1024
+
+
+def spoofed(name: str) -> bool:
+    """A client's copy of a header only wxgate may set, however it spells it."""
+    return name.lower().replace("_", "-").startswith("x-wxgate-")
+
+
+def head_problem(fields: Sequence[tuple[bytes, bytes]]) -> tuple[str, int] | None:
+    """``(reason, status)`` for a head wxgate must not forward: mitmproxy keeps an obsolete line fold (CR LF
+    inside a value) and NULs, which a backend would read as a second header or cut short."""
+    size = 0
+    for name, value in fields:
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            return "malformed_header", 400
+        size += len(name) + len(value) + 4
+    return ("headers_too_large", 431) if size > MAX_HEAD else None
 
 
 def client_ip(peer: str, forwarded_for: str, trusted: Sequence[IpNetwork]) -> str:
@@ -47,13 +67,15 @@ class Admission:
         self.trusted = tuple(trusted_proxies)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        for name in [n for n in flow.request.headers if n.lower().startswith("x-wxgate-")]:
+        for name in [n for n in flow.request.headers if spoofed(n)]:
             del flow.request.headers[name]
         if flow.response or flow.error or not flow.live:
             return
         ex = exchange(flow)
         if ex is None or ex.route is None:
             return
+        if problem := head_problem(flow.request.headers.fields):
+            return reject(flow, ex, *problem)
         cfg = ex.route.config
         if flow.request.method not in ex.route.methods:
             return reject(flow, ex, "method_not_allowed", 405)
