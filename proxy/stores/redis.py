@@ -91,7 +91,10 @@ class RedisStore(Store):
         max_connections: int = 64,
     ) -> None:
         self._conn = RedisConnector(
-            parse_redis_url(url), connect_timeout=connect_timeout, timeout=timeout, max_connections=max_connections
+            parse_redis_url(url),
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            max_connections=max_connections,
         )
         self._client = self._conn.client()
         self._slots = asyncio.Semaphore(max_connections)
@@ -100,7 +103,10 @@ class RedisStore(Store):
         self._ns = namespace
         self._timeout = timeout
         self._settle_poll = settle_poll
-        self._outbox = [f"{namespace}:{{{namespace}-outbox}}:{part}" for part in ("due", "created", "dead", "meta", "payload")]
+        self._outbox = [
+            f"{namespace}:{{{namespace}-outbox}}:{part}"
+            for part in ("due", "created", "dead", "meta", "payload")
+        ]
         self._channel = f"{namespace}:settled"
         self._waiters = KeyWaiters()
         self._subscriber = SettleSubscriber(
@@ -209,7 +215,9 @@ class RedisStore(Store):
         await self._outbox_call(self._scripts.outbox_put, *args)
 
     async def outbox_lease(self, now: float, lease: float, limit: int) -> list[OutboxItem]:
-        return _items(await self._outbox_call(self._scripts.outbox_lease, repr(now), repr(now + lease), limit))
+        return _items(
+            await self._outbox_call(self._scripts.outbox_lease, repr(now), repr(now + lease), limit)
+        )
 
     async def outbox_ack(self, item_id: str) -> None:
         await self._outbox_call(self._scripts.outbox_ack, item_id)

@@ -78,7 +78,9 @@ def parse_redis_url(url: str) -> RedisTarget:
     """Parse a ``redis://``, ``rediss://``, ``redis+cluster://`` or ``redis+sentinel://`` URL."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("redis", "rediss", "redis+cluster", "redis+sentinel"):
-        raise ValueError(f"not a redis store URL: {scheme}://… (expected redis, rediss, redis+cluster or redis+sentinel)")
+        raise ValueError(
+            f"not a redis store URL: {scheme}://… (expected redis, rediss, redis+cluster or redis+sentinel)"
+        )
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
     userinfo, _, hosts = netloc.rpartition("@")
@@ -95,13 +97,17 @@ def parse_redis_url(url: str) -> RedisTarget:
     if scheme == "redis+cluster":
         nodes = tuple(_hostport(h, 6379) for h in hosts.split(",") if h)
         if not nodes:
-            raise ValueError("redis+cluster:// needs at least one seed node: redis+cluster://host:port[,host:port]")
+            raise ValueError(
+                "redis+cluster:// needs at least one seed node: redis+cluster://host:port[,host:port]"
+            )
         safe = f"{scheme}://{who}{','.join(_fmt(*n) for n in nodes)}"
         return RedisTarget("cluster", url, safe, nodes, username, secret, ssl)
     nodes = tuple(_hostport(h, 26379) for h in hosts.split(",") if h)
     service, _, db_text = path.partition("/")
     if not nodes or not service:
-        raise ValueError("redis+sentinel:// needs sentinels and a service: redis+sentinel://host:port[,host:port]/name")
+        raise ValueError(
+            "redis+sentinel:// needs sentinels and a service: redis+sentinel://host:port[,host:port]/name"
+        )
     db = int(db_text) if db_text.isdigit() else 0
     safe = f"{scheme}://{who}{','.join(_fmt(*n) for n in nodes)}/{service}"
     return RedisTarget("sentinel", url, safe, nodes, username, secret, ssl, service=unquote(service), db=db)
@@ -125,7 +131,9 @@ class RedisConnector:
     def _retry(self) -> Retry:
         # One quick retry on a fresh connection: a pooled socket to a restarted Redis fails once, then works.
         # Not on timeouts: retrying those would double what a hung Redis costs each request.
-        return Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1, supported_errors=(RedisConnectionError,))
+        return Retry(
+            ExponentialBackoff(cap=0.05, base=0.01), retries=1, supported_errors=(RedisConnectionError,)
+        )
 
     def _auth(self) -> dict[str, Any]:
         return {"username": self.target.username, "password": self.target.password}

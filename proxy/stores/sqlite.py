@@ -64,7 +64,9 @@ class SqliteStore(Store):
 
     async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
         now = self._clock()
-        owned = await self._worker.run(lambda c: ops.complete(c, key, token=token, reply=reply, ttl=ttl, now=now))
+        owned = await self._worker.run(
+            lambda c: ops.complete(c, key, token=token, reply=reply, ttl=ttl, now=now)
+        )
         self._waiters.wake(key)
         return owned
 
@@ -78,7 +80,9 @@ class SqliteStore(Store):
 
         async def check() -> tuple[Claim, float]:
             now = self._clock()
-            return await self._worker.run(lambda c: ops.settle_check(c, key, token=token, lease=lease, now=now))
+            return await self._worker.run(
+                lambda c: ops.settle_check(c, key, token=token, lease=lease, now=now)
+            )
 
         with self._waiters.watch(key) as wake:
             return await settle_loop(check, wake, timeout, self._settle_poll)

@@ -109,9 +109,7 @@ def claim(conn: sqlite3.Connection, key: str, *, token: str, lease: float, ttl: 
     return Claim(ClaimState.NEW, attempt, token=token)
 
 
-def complete(
-    conn: sqlite3.Connection, key: str, *, token: str, reply: bytes, ttl: float, now: float
-) -> bool:
+def complete(conn: sqlite3.Connection, key: str, *, token: str, reply: bytes, ttl: float, now: float) -> bool:
     rec = _live(conn, key, now)
     if rec is not None and rec[0] == "d":
         return False
@@ -168,8 +166,16 @@ def outbox_put(conn: sqlite3.Connection, item: OutboxItem) -> None:
         "INSERT OR REPLACE INTO outbox"
         " (id, route, payload, attempts, created_at, next_at, due_at, last_error, dead)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-        (item.id, item.route, item.payload, item.attempts, item.created_at, item.next_at, item.next_at,
-         item.last_error),
+        (
+            item.id,
+            item.route,
+            item.payload,
+            item.attempts,
+            item.created_at,
+            item.next_at,
+            item.next_at,
+            item.last_error,
+        ),
     )
 
 
