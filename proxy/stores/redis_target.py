@@ -15,8 +15,10 @@ one is picked up by the next call.
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -32,6 +34,9 @@ from proxy.stores.base import StoreUnavailable
 
 Kind = Literal["redis", "cluster", "sentinel"]
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError)  # OSError covers TimeoutError and socket errors
+# CPython's selector transport raises TypeError/AttributeError when written to right after its connection was
+# lost (python/cpython#136234, not fixed in 3.12); redis-py passes it on (redis/redis-py#3546).
+_TRANSPORT_BUGS = (TypeError, AttributeError)
 _HINTS: dict[Kind, str] = {
     "redis": "check that redis is running at that address, reachable from this host, and that the URL's "
     "password and TLS scheme (redis:// or rediss://) are right",
@@ -194,3 +199,12 @@ class RedisConnector:
             yield
         except REDIS_ERRORS as exc:
             raise self.unavailable(exc) from exc
+        except _TRANSPORT_BUGS as exc:
+            if not _raised_in_asyncio_transport(exc):
+                raise
+            raise self.unavailable(ConnectionError("the connection was lost while writing")) from exc
+
+
+def _raised_in_asyncio_transport(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).match("asyncio/*_events.py")

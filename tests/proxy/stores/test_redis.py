@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.stores import ClaimState, OutboxItem, RedisStore, StoreUnavailable
-from proxy.stores.redis_target import parse_redis_url
+from proxy.stores.redis_target import RedisConnector, parse_redis_url
 from tests.proxy.stores.conftest import namespace
 from tests.support.redis_servers import HOST, RedisCluster, RedisSentinel, RedisServer
 
@@ -84,7 +84,9 @@ async def test_a_hung_redis_costs_a_call_about_the_read_timeout_not_a_hang(hung_
 
 
 async def test_an_outbox_item_survives_kill_9_of_an_aof_redis(aof_redis: RedisServer) -> None:
-    item = OutboxItem("crash-1", "pay-v3", b'{"id":"EV-1"}\x00', 2, 1_700_000_000.5, 1_700_000_030.25, "HTTP 500")
+    item = OutboxItem(
+        "crash-1", "pay-v3", b'{"id":"EV-1"}\x00', 2, 1_700_000_000.5, 1_700_000_030.25, "HTTP 500"
+    )
     async with RedisStore(aof_redis.url, namespace="aof") as store:
         await store.outbox_put(item)
         done = await store.claim("msg", 10, 600)
@@ -97,7 +99,9 @@ async def test_an_outbox_item_survives_kill_9_of_an_aof_redis(aof_redis: RedisSe
         assert (await store.claim("msg", 10, 600)).reply == REPLY
 
 
-async def test_passwords_never_reach_messages_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_passwords_never_reach_messages_or_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with RedisServer(password="right-pw-7f3a", data_dir=tmp_path / "redis") as server:
         wrong = RedisStore(f"redis://:wrong-pw-91c2@{HOST}:{server.port}/0")
@@ -121,9 +125,10 @@ async def test_settle_is_woken_by_pub_sub_from_another_replica(
 ) -> None:
     server = request.getfixturevalue("redis_server" if topology == "redis" else "redis_cluster")
     ns = namespace()
-    async with RedisStore(server.url, namespace=ns, settle_poll=30.0) as waiter, RedisStore(
-        server.url, namespace=ns
-    ) as holder:
+    async with (
+        RedisStore(server.url, namespace=ns, settle_poll=30.0) as waiter,
+        RedisStore(server.url, namespace=ns) as holder,
+    ):
         for n in range(3):  # several keys, so on a cluster they land on different nodes
             first = await holder.claim(f"k{n}", 10, 60)
             started = time.monotonic()
@@ -149,9 +154,10 @@ async def test_settle_takes_over_the_moment_a_crashed_holders_lease_ends(redis_s
 
 async def test_pub_sub_wake_ups_resume_after_a_redis_restart(own_redis: RedisServer) -> None:
     ns = namespace()
-    async with RedisStore(own_redis.url, namespace=ns, settle_poll=30.0) as waiter, RedisStore(
-        own_redis.url, namespace=ns
-    ) as holder:
+    async with (
+        RedisStore(own_redis.url, namespace=ns, settle_poll=30.0) as waiter,
+        RedisStore(own_redis.url, namespace=ns) as holder,
+    ):
         own_redis.stop()
         own_redis.start()
         await eventually_ok(holder, within=3.0)
@@ -175,7 +181,10 @@ async def test_the_cluster_keeps_each_operation_on_one_slot(redis_cluster: Redis
 
 
 async def test_sentinel_urls_reach_the_master(tmp_path: Path) -> None:
-    with RedisServer(password="s3nt-pw", data_dir=tmp_path / "master") as master, RedisSentinel(master) as sentinel:
+    with (
+        RedisServer(password="s3nt-pw", data_dir=tmp_path / "master") as master,
+        RedisSentinel(master) as sentinel,
+    ):
         async with RedisStore(sentinel.url, namespace=namespace()) as store:
             first = await store.claim("k", 10, 60)
             assert await store.complete("k", first.token or "", REPLY, 60) is True
@@ -187,14 +196,24 @@ async def test_sentinel_urls_reach_the_master(tmp_path: Path) -> None:
     ("url", "kind", "safe", "nodes"),
     [
         ("redis://:pw@10.0.0.5:6380/2", "redis", "redis://10.0.0.5:6380/2", [("10.0.0.5", 6380)]),
-        ("rediss://user:pw@cache.internal/0?ssl_cert_reqs=none", "redis", "rediss://user@cache.internal:6379/0", None),
+        (
+            "rediss://user:pw@cache.internal/0?ssl_cert_reqs=none",
+            "redis",
+            "rediss://user@cache.internal:6379/0",
+            None,
+        ),
         (
             "redis+cluster://:pw@a:7000,b:7001,[::1]:7002",
             "cluster",
             "redis+cluster://a:7000,b:7001,[::1]:7002",
             [("a", 7000), ("b", 7001), ("::1", 7002)],
         ),
-        ("redis+sentinel://:pw@s1,s2:26380/mymaster", "sentinel", "redis+sentinel://s1:26379,s2:26380/mymaster", None),
+        (
+            "redis+sentinel://:pw@s1,s2:26380/mymaster",
+            "sentinel",
+            "redis+sentinel://s1:26379,s2:26380/mymaster",
+            None,
+        ),
     ],
 )
 def test_urls_parse_and_their_safe_form_has_no_password(
@@ -218,3 +237,29 @@ def test_urls_parse_and_their_safe_form_has_no_password(
 def test_bad_urls_say_what_is_expected(url: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         parse_redis_url(url)
+
+
+def _lost_transport_write() -> None:
+    """What CPython's selector transport raises when written to right after connection_lost (cpython#136234)."""
+    namespace: dict[str, object] = {}
+    exec(
+        compile(
+            "def writelines():\n    write_ready = None\n    write_ready()\n",
+            "/usr/lib/python3.12/asyncio/selector_events.py",
+            "exec",
+        ),
+        namespace,
+    )
+    namespace["writelines"]()  # type: ignore[operator]
+
+
+def test_a_connection_lost_mid_write_is_an_outage_not_a_crash() -> None:
+    # Seen with a Redis Cluster master SIGKILLed under load: the TypeError reached the addons, which answered
+    # 500 verify_error instead of applying the route's store_down policy.
+    connector = RedisConnector(
+        parse_redis_url("redis://:pw@127.0.0.1:1/0"), connect_timeout=0.1, timeout=0.1, max_connections=1
+    )
+    with pytest.raises(StoreUnavailable, match="connection was lost"), connector.translate():
+        _lost_transport_write()
+    with pytest.raises(TypeError), connector.translate():  # wxgate's own bugs are not disguised as outages
+        len(5)  # type: ignore[arg-type]
