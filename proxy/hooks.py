@@ -7,6 +7,8 @@ own, about a fifth of the CPU a verified request costs. :class:`HookDispatch` re
 handlers in chain order once (the chain only changes while the master is being built; any change clears the
 cache) and calls just those, with mitmproxy's error handling: an exception in a handler is logged as an
 "Addon error" and the next handler still runs; ``AddonHalt`` ends the event.
+
+:func:`embedded_master` builds the master with it, and without the deprecated ``add_log`` event.
 """
 
 from __future__ import annotations
@@ -70,8 +72,14 @@ class HookDispatch(addonmanager.AddonManager):
 
 
 def embedded_master(opts: options.Options) -> mitm_master.Master:
-    """A master without the terminal log whose addons are dispatched by :class:`HookDispatch`."""
+    """A master whose addons are dispatched by :class:`HookDispatch`, without the terminal log and without
+    mitmproxy's deprecated ``add_log`` event.
+
+    The latter is a root logging handler that, for every record (one access line per request), formats it
+    again, wakes the loop with ``call_soon_threadsafe`` and triggers ``add_log`` on every addon: no addon here
+    implements it (the stdlib ``logging`` setup in :mod:`proxy.logs` is how wxgate logs)."""
     master = mitm_master.Master(opts, with_termlog=False)
+    master._legacy_log_events.uninstall()
     master.options.changed.disconnect(master.addons._configure_all)
     master.addons = HookDispatch(master)
     return master

@@ -3,6 +3,7 @@ handling, and only looks them up once per event name."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from typing import Any
@@ -117,3 +118,18 @@ async def test_option_changes_reach_the_addons_once() -> None:
     master.options.update(showhost=True)
 
     assert seen == [{"showhost"}]
+
+
+async def test_log_records_do_not_become_add_log_events(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[object] = []
+
+    class OldStyle:
+        def add_log(self, entry: object) -> None:
+            seen.append(entry)
+
+    master = embedded_master(options.Options())
+    master.addons.add(OldStyle())
+    logging.getLogger("wxgate.access").warning("request")
+    await asyncio.sleep(0.01)  # add_log was scheduled on the loop with call_soon_threadsafe
+
+    assert seen == []
