@@ -1,8 +1,7 @@
 """``redis://``, ``rediss://``, ``redis+cluster://``, ``redis+sentinel://``: state shared by every replica.
 
-Every dedup and outbox operation is one round trip: a Lua script run by EVALSHA (:mod:`.redis_scripts`),
-all keys of an operation under one hash tag so it runs on Redis Cluster; ``remember`` is a single
-``SET NX PX``. Dedup leases are compared on Redis' clock; outbox due times use the ``now`` the caller passes,
+Every dedup, replay-cache and outbox operation is one round trip: a Lua script run by EVALSHA
+(:mod:`.redis_scripts`), all keys of an operation under one hash tag so it runs on Redis Cluster. Dedup leases are compared on Redis' clock; outbox due times use the ``now`` the caller passes,
 as the interface says. ``settle`` waits on pub/sub (:mod:`.redis_notify`), with a slow poll as a safety net.
 
 Failures (refused, timed out, cluster down, auth, OOM…) raise :class:`StoreUnavailable` naming the URL without
@@ -194,8 +193,10 @@ class RedisStore(Store):
 
     # -- nonce replay cache ----------------------------------------------------------------------------------
     async def remember(self, key: str, ttl: float) -> bool:
-        async with self._slot():
-            return bool(await self._client.set(self._key(key, "n"), b"1", nx=True, px=_ms(ttl)))
+        # Not a bare SET NX: if redis-py's retry re-sends it after the first one was applied, the token lets
+        # the retry recognise its own write instead of reporting a replay (redis_scripts).
+        token = secrets.token_hex(8)
+        return bool(await self._eval(self._scripts.remember, [self._key(key, "n")], [token, _ms(ttl)]))
 
     # -- outbox ----------------------------------------------------------------------------------------------
     async def _outbox_call(self, script: AsyncScript, *args: EncodableT) -> Any:

@@ -8,6 +8,11 @@ Leases are compared against Redis' own clock (``TIME``), not one passed in: repl
 a second would otherwise disagree on whether a lease expired, and the TTLs (``PEXPIRE``) run on that clock
 anyway. Scripts that read ``TIME`` and then write are fine since Redis 5 (effects replication).
 
+``claim`` and ``remember`` are idempotent for their caller's token: redis-py retries a command once when its
+connection is lost, and the first run may have been applied with only its reply lost. Without the token the
+retry would see its own write: ``claim`` would wait on itself as IN_FLIGHT, ``remember`` would call a genuine
+request a replay.
+
 ``complete``/``release`` publish the key on the store's channel only when ``w`` is set, so the common case
 (nobody waiting) costs no message.
 
@@ -33,11 +38,14 @@ CLAIM = (
     _NOW
     + """
 local k, token, lease, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local s, a, l, r = unpack(redis.call('HMGET', k, 's', 'a', 'l', 'r'))
+local s, a, l, r, o = unpack(redis.call('HMGET', k, 's', 'a', 'l', 'r', 'o'))
 if not s then
   redis.call('HSET', k, 's', 'f', 'a', 1, 'o', token, 'l', now + lease, 't', ttl)
   redis.call('PEXPIRE', k, math.max(lease, ttl))
   return {'new', 1}
+end
+if s == 'f' and o == token then
+  return {'new', tonumber(a)}
 end
 a = tonumber(a) + 1
 if s == 'd' then
@@ -56,6 +64,16 @@ redis.call('PEXPIRE', k, math.max(lease, ttl))
 return {'new', a}
 """
 )
+
+REMEMBER = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then return 1 end
+return 0
+"""
 
 COMPLETE = """
 local k = KEYS[1]
@@ -228,6 +246,7 @@ class Scripts:
     """The scripts registered on one client (SHA computed once; loaded on first NOSCRIPT)."""
 
     claim: AsyncScript
+    remember: AsyncScript
     complete: AsyncScript
     release: AsyncScript
     settle: AsyncScript

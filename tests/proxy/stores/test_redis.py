@@ -263,3 +263,26 @@ def test_a_connection_lost_mid_write_is_an_outage_not_a_crash() -> None:
         _lost_transport_write()
     with pytest.raises(TypeError), connector.translate():  # wxgate's own bugs are not disguised as outages
         len(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("topology", ["redis", "cluster"])
+async def test_a_retried_call_whose_first_run_was_applied_is_not_a_repeat(
+    request: pytest.FixtureRequest, topology: str
+) -> None:
+    # redis-py re-sends a command once when its connection is lost, and the first run may have been applied
+    # with only its reply lost. With a Redis Cluster master SIGKILLed under load, genuine deliveries were
+    # refused as replayed_nonce that way. Running a script twice with the same arguments is that retry.
+    server = request.getfixturevalue("redis_server" if topology == "redis" else "redis_cluster")
+    async with RedisStore(server.url, namespace=namespace()) as store:
+        scripts = store._scripts
+        nonce = [store._key("signed-request", "n")]
+        assert await scripts.remember(keys=nonce, args=["tok-1", 60_000]) == 1
+        assert await scripts.remember(keys=nonce, args=["tok-1", 60_000]) == 1  # the retry
+        assert await scripts.remember(keys=nonce, args=["tok-2", 60_000]) == 0  # a real repeat
+        assert not await store.remember("signed-request", 60)
+        record = [store._key("notification", "d")]
+        first = await scripts.claim(keys=record, args=["tok-1", 10_000, 60_000])
+        retried = await scripts.claim(keys=record, args=["tok-1", 10_000, 60_000])
+        assert [bytes(first[0]), first[1]] == [bytes(retried[0]), retried[1]] == [b"new", 1]
+        other = await store.claim("notification", 10, 60)
+        assert (other.state, other.attempt) == (ClaimState.IN_FLIGHT, 2)
