@@ -4,7 +4,8 @@ URL-verification GETs are answered here and never forwarded. A rejection answers
 form with a reason code in the outcome; nothing unverified ever reaches the backend. The replay cache remembers
 each signed request for its window (``remember`` is the store's, so replicas share it); when the store is down
 the route's ``dedup.store_down`` decides: ``fail_open`` accepts (the outcome says so), ``fail_closed`` asks the
-sender to retry.
+sender to retry. With dedup on, the two lookups a request needs (its signed values with its body, then alone)
+are one ``remember_signed`` call: one round trip on Redis.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from mitmproxy import http
 from proxy.exchange import Exchange, exchange
 from proxy.protocols.base import Inbound, Rejected
 from proxy.replies import reject, respond
-from proxy.stores.base import StoreUnavailable
+from proxy.stores.base import Sighting, StoreUnavailable, remember_signed_with
 
 logger = logging.getLogger("wxgate")
 
 Remember = Callable[[str, float], Awaitable[bool]]
+RememberSigned = Callable[[str, str, float], Awaitable[Sighting]]
 
 
 def inbound_of(request: http.Request) -> Inbound:
@@ -35,9 +37,17 @@ def inbound_of(request: http.Request) -> Inbound:
 
 
 class Verify:
-    def __init__(self, remember: Remember, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        remember: Remember,
+        clock: Callable[[], float] = time.time,
+        remember_signed: RememberSigned | None = None,
+    ) -> None:
         self.remember = remember
         self.clock = clock
+        self.remember_signed: RememberSigned = remember_signed or (
+            lambda signed, body, ttl: remember_signed_with(remember, signed, body, ttl)
+        )
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -94,7 +104,7 @@ class Verify:
         if not ex.route.config.dedup.enabled:
             return await self.remember(f"nonce:{name}:{signed}", ttl)
         body = hashlib.sha256(ex.inbound.body).hexdigest()[:16]
-        if not await self.remember(f"nonce:{name}:{signed}:{body}", ttl):
+        sighting = await self.remember_signed(f"nonce:{name}:{signed}", body, ttl)
+        if sighting is Sighting.REPEAT:
             ex.repeat = True  # dedup must answer it, or refuse it when the message has no key
-            return True
-        return await self.remember(f"nonce:{name}:{signed}", ttl)
+        return sighting is not Sighting.FORGED

@@ -20,7 +20,7 @@ from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.trace import Status, StatusCode
 
 from proxy.metrics import Metrics
-from proxy.stores.base import Claim, OutboxItem, OutboxStats, Store
+from proxy.stores.base import Claim, OutboxItem, OutboxStats, Sighting, Store
 from proxy.tracing import Tracing
 
 
@@ -84,6 +84,9 @@ class InstrumentedStore(Store):
 
     async def remember(self, key: str, ttl: float) -> bool:
         return await self._call("remember", self.inner.remember(key, ttl))
+
+    async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
+        return await self._call("remember_signed", self.inner.remember_signed(signed, body, ttl))
 
     # -- outbox ----------------------------------------------------------------------------------------------
     async def outbox_put(self, item: OutboxItem) -> None:

@@ -79,6 +79,7 @@ STORE_OPERATIONS = (
     "release",
     "settle",
     "remember",
+    "remember_signed",
     "outbox_put",
     "outbox_lease",
     "outbox_ack",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -37,6 +38,25 @@ class ClaimState(enum.Enum):
     NEW = "new"
     IN_FLIGHT = "in_flight"
     DONE = "done"
+
+
+class Sighting(enum.Enum):
+    """What the replay cache knew of a signed request (:meth:`Store.remember_signed`)."""
+
+    NEW = "new"  # first sighting of these signed values: remembered, with this body
+    REPEAT = "repeat"  # the same signed values with the same body: what a sender retry looks like
+    FORGED = "forged"  # the same signed values with another body: a replay built from a captured request
+
+
+async def remember_signed_with(
+    remember: Callable[[str, float], Awaitable[bool]], signed: str, body: str, ttl: float
+) -> Sighting:
+    """:meth:`Store.remember_signed` made of two ``remember`` calls."""
+    if not await remember(f"{signed}:{body}", ttl):
+        return Sighting.REPEAT
+    if not await remember(signed, ttl):
+        return Sighting.FORGED
+    return Sighting.NEW
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +130,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def remember(self, key: str, ttl: float) -> bool:
         """True the first time ``key`` is seen within ``ttl`` seconds, False on a repeat."""
+
+    async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
+        """The replay cache for one signed request: ``remember(f"{signed}:{body}")``, and only if that was new,
+        ``remember(signed)``. A store that can do both in one round trip overrides this (the keys and results
+        must stay those of the two calls, so replicas of either kind agree)."""
+        return await remember_signed_with(self.remember, signed, body, ttl)
 
     # -- outbox ----------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -27,7 +27,7 @@ from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
-from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Store, StoreUnavailable
+from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Sighting, Store, StoreUnavailable
 from proxy.stores.redis_notify import SettleSubscriber
 from proxy.stores.redis_scripts import Scripts
 from proxy.stores.redis_target import REDIS_ERRORS, RedisConnector, parse_redis_url
@@ -197,6 +197,14 @@ class RedisStore(Store):
         # the retry recognise its own write instead of reporting a replay (redis_scripts).
         token = secrets.token_hex(8)
         return bool(await self._eval(self._scripts.remember, [self._key(key, "n")], [token, _ms(ttl)]))
+
+    async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
+        if isinstance(self._client, RedisCluster):
+            return await super().remember_signed(signed, body, ttl)  # two slots: one script each
+        token = secrets.token_hex(8)
+        keys = [self._key(f"{signed}:{body}", "n"), self._key(signed, "n")]
+        raw = await self._eval(self._scripts.remember_signed, keys, [token, _ms(ttl)])
+        return Sighting(bytes(raw).decode())
 
     # -- outbox ----------------------------------------------------------------------------------------------
     async def _outbox_call(self, script: AsyncScript, *args: EncodableT) -> Any:

@@ -75,6 +75,19 @@ if v == ARGV[1] then return 1 end
 return 0
 """
 
+# The replay cache for one signed request in one round trip (single server and Sentinel only: on a cluster the
+# two keys live in different slots). KEYS: the signed values with the body, the signed values alone; ARGV:
+# token, ttl (ms). The token plays the part it plays in REMEMBER: a retried script recognises its own writes.
+REMEMBER_SIGNED = """
+local v = redis.call('GET', KEYS[1])
+if v and v ~= ARGV[1] then return 'repeat' end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+local w = redis.call('GET', KEYS[2])
+if w and w ~= ARGV[1] then return 'forged' end
+if not w then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+return 'new'
+"""
+
 COMPLETE = """
 local k = KEYS[1]
 local s, o, a, w = unpack(redis.call('HMGET', k, 's', 'o', 'a', 'w'))
@@ -247,6 +260,7 @@ class Scripts:
 
     claim: AsyncScript
     remember: AsyncScript
+    remember_signed: AsyncScript
     complete: AsyncScript
     release: AsyncScript
     settle: AsyncScript

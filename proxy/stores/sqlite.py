@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from proxy.stores import sqlite_ops as ops
-from proxy.stores.base import Claim, OutboxItem, OutboxStats, Store
+from proxy.stores.base import Claim, OutboxItem, OutboxStats, Sighting, Store
 from proxy.stores.sqlite_worker import SqliteWorker
 from proxy.stores.waiters import KeyWaiters, settle_loop
 
@@ -91,6 +91,10 @@ class SqliteStore(Store):
     async def remember(self, key: str, ttl: float) -> bool:
         now = self._clock()
         return await self._worker.run(lambda c: ops.remember(c, key, ttl, now))
+
+    async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
+        now = self._clock()
+        return await self._worker.run(lambda c: ops.remember_signed(c, signed, body, ttl, now))
 
     # -- outbox ----------------------------------------------------------------------------------------------
     async def outbox_put(self, item: OutboxItem) -> None:

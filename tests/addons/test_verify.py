@@ -6,7 +6,8 @@ import pytest
 
 from addons.verify import Verify
 from proxy.sender import mp_verify_url
-from proxy.stores.base import StoreUnavailable
+from proxy.stores import SqliteStore
+from proxy.stores.base import Sighting, StoreUnavailable
 from tests.addons.conftest import TOKEN, Nonces, flow_of, mp_flow, routed, table
 
 
@@ -50,6 +51,34 @@ async def test_exact_repeat_proceeds_to_dedup_marked_as_repeat() -> None:
     await Verify(nonces.remember).request(again)
     assert again.response is None
     assert ex.repeat and ex.outcome.verdict == "verified"
+
+
+async def test_with_the_stores_remember_signed_each_request_is_one_store_call() -> None:
+    store = SqliteStore(":memory:")
+    await store.open()
+    calls: list[str] = []
+
+    async def remember_signed(signed: str, body: str, ttl: float) -> Sighting:
+        calls.append(signed)
+        return await store.remember_signed(signed, body, ttl)
+
+    async def remember(key: str, ttl: float) -> bool:
+        raise AssertionError("remember_signed covers both lookups")
+
+    verify = Verify(remember, remember_signed=remember_signed)
+    try:
+        first, again, forged = mp_flow(content="real"), mp_flow(content="real"), mp_flow(content="forged")
+        again.request = first.request.copy()
+        forged.request.query = first.request.query
+        exs = [routed(f, table()) for f in (first, again, forged)]
+        for f in (first, again, forged):
+            await verify.request(f)
+    finally:
+        await store.close()
+    assert len(calls) == 3
+    assert (first.response, again.response) == (None, None) and exs[1].repeat
+    assert forged.response is not None and forged.response.status_code == 403
+    assert exs[2].outcome.reason == "replayed_nonce"
 
 
 async def test_exact_repeat_is_refused_when_dedup_is_off() -> None:

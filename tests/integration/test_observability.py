@@ -341,7 +341,7 @@ def test_a_forwarded_request_is_one_exported_trace(run: Run) -> None:
         and server.attributes["wxgate.dedup.result"] == "new"
     )
     children = [s for s in run.otlp.snapshot() if s.parent_span_id == server.span_id]
-    assert {c.name for c in children} >= {"POST /wechat/callback", "store remember", "store claim"}
+    assert {c.name for c in children} >= {"POST /wechat/callback", "store remember_signed", "store claim"}
     assert all(c.trace_id == server.trace_id for c in children)
     assert any(h.get("x-tenant") == "wxgate-it" for h in run.otlp.headers)  # OTEL_EXPORTER_OTLP_HEADERS
 

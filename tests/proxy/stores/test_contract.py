@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 from proxy.stores import ClaimState, OutboxItem, OutboxStats
+from proxy.stores.base import Sighting
 from tests.proxy.stores.conftest import Subject
 
 NEW, IN_FLIGHT, DONE = ClaimState.NEW, ClaimState.IN_FLIGHT, ClaimState.DONE
@@ -134,7 +135,9 @@ async def test_settle_takes_over_after_release_with_the_same_attempt(subject: Su
     first = await s.claim("k", LEASE, TTL)
     await s.claim("k", LEASE, TTL)
     started = time.monotonic()
-    settled, _ = await asyncio.gather(s.settle("k", LEASE, 5.0), later(0.05, s.release("k", first.token or "")))
+    settled, _ = await asyncio.gather(
+        s.settle("k", LEASE, 5.0), later(0.05, s.release("k", first.token or ""))
+    )
     assert time.monotonic() - started < 1.0
     assert (settled.state, settled.attempt) == (NEW, 2)
     assert settled.token not in (None, first.token)
@@ -191,6 +194,31 @@ async def test_concurrent_remember_of_one_nonce_is_true_exactly_once(subject: Su
     assert seen.count(True) == 1
 
 
+async def test_remember_signed_tells_a_first_sighting_a_repeat_and_a_forgery(subject: Subject) -> None:
+    s = subject.store
+    assert await s.remember_signed("nonce:mp:sig", "body-a", SHORT) is Sighting.NEW
+    assert await s.remember_signed("nonce:mp:sig", "body-a", SHORT) is Sighting.REPEAT
+    assert await s.remember_signed("nonce:mp:sig", "body-b", SHORT) is Sighting.FORGED
+    assert await s.remember_signed("nonce:mp:other", "body-a", SHORT) is Sighting.NEW
+    await subject.advance(PAST_SHORT)
+    assert await s.remember_signed("nonce:mp:sig", "body-b", SHORT) is Sighting.NEW
+
+
+async def test_remember_signed_uses_the_keys_of_two_remember_calls(subject: Subject) -> None:
+    """Replicas running the one-call and the two-call form against one store must agree."""
+    s = subject.store
+    assert await s.remember("nonce:mp:sig:body-a", TTL) is True
+    assert await s.remember_signed("nonce:mp:sig", "body-a", TTL) is Sighting.REPEAT
+    assert await s.remember_signed("nonce:mp:new", "body-a", TTL) is Sighting.NEW
+    assert await s.remember("nonce:mp:new", TTL) is False
+    assert await s.remember("nonce:mp:new:body-a", TTL) is False
+
+
+async def test_concurrent_remember_signed_of_one_request_is_new_exactly_once(subject: Subject) -> None:
+    seen = await asyncio.gather(*(subject.store.remember_signed("nonce:mp:sig", "b", TTL) for _ in range(20)))
+    assert Counter(seen) == {Sighting.NEW: 1, Sighting.REPEAT: 19}
+
+
 # -- outbox --------------------------------------------------------------------------------------------------
 def item(item_id: str, *, created: float = NOW, due: float = NOW, attempts: int = 0) -> OutboxItem:
     payload = b"POST /wechat\r\n\r\n<xml>" + item_id.encode() + b"\x00\xff</xml>"
@@ -203,7 +231,9 @@ async def ids(items: object) -> set[str]:
 
 async def test_outbox_put_then_get_returns_the_item_exactly(subject: Subject) -> None:
     s = subject.store
-    original = OutboxItem("a", "pay-v3", b"\x00\x01binary\xff", 2, NOW - 5.5, NOW + 1.25, "HTTP 502 from backend")
+    original = OutboxItem(
+        "a", "pay-v3", b"\x00\x01binary\xff", 2, NOW - 5.5, NOW + 1.25, "HTTP 502 from backend"
+    )
     await s.outbox_put(original)
     assert await s.outbox_get("a") == original
     assert await s.outbox_get("missing") is None
