@@ -140,6 +140,17 @@ class RedisStore(Store):
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         """A share of the connection pool for one command, with errors translated to StoreUnavailable."""
+        await self._acquire()
+        try:
+            with self._conn.translate():
+                yield
+        finally:
+            self._slots.release()
+
+    async def _acquire(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once, no timer needed
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 await self._slots.acquire()
@@ -148,15 +159,16 @@ class RedisStore(Store):
                 f"redis store {self._conn.target.safe_url}: all {self._max_connections} connections stayed busy "
                 f"for {self._timeout} s; check redis latency, or raise max_connections"
             ) from None
-        try:
-            with self._conn.translate():
-                yield
-        finally:
-            self._slots.release()
 
     async def _eval(self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
-        async with self._slot():
-            return await script(keys=keys, args=args)
+        # _slot spelled out: this runs on every dedup and replay-cache call, and a generator-based context
+        # manager plus a timer for a free slot cost a fifth of what the call itself does in Python.
+        await self._acquire()
+        try:
+            with self._conn.translate():
+                return await script(keys=keys, args=args)
+        finally:
+            self._slots.release()
 
     # -- dedup -----------------------------------------------------------------------------------------------
     async def claim(self, key: str, lease: float, ttl: float) -> Claim:
