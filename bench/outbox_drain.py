@@ -131,8 +131,11 @@ def main() -> int:
         "# Outbox drain benchmark\n\n"
         f"`bench/outbox_drain.py --items {args.items}` on {time.strftime('%Y-%m-%d')}: wxgate in front of a backend "
         "that is down; every message is acknowledged at once and queued; then the backend comes back.\n"
-        "Backoff for the run: base 0.5 s, cap 2 s (full jitter), so the worst case after recovery is bounded by one "
-        "backoff step plus the drain itself.\n\n" + table + "\n"
+        "Backoff for the run: base 0.5 s, cap 2 s (full jitter). In general the worst case from recovery to an "
+        "empty outbox is one backoff step — at most the route's `outbox.backoff_max` (default 10 min) after a long "
+        "outage — plus the drain time at the rate below; `wxgate outbox replay ID` makes a queued item due at once.\n\n"
+        + table
+        + "\n"
     )
     print(table)
     return 0
