@@ -4,7 +4,8 @@ Modes (``--mode`` or ``POST /_demo/mode`` with the mode as body):
 ``passive`` (default: a text passive reply echoing the message), ``success``, ``empty``, ``json``, ``html500``,
 ``status201``, ``ok`` (the bare word), ``slow:N`` (sleep N seconds, then passive), ``down`` (drop the connection),
 ``fail`` (500 plain), ``payfail`` (Pay v2 FAIL XML), ``paysuccess`` (Pay v2 SUCCESS XML), ``v3fail`` (FAIL JSON).
-``GET /_demo/stats`` returns ``{"count": N, "requests": [...]}``; ``POST /_demo/reset`` clears them.
+``GET /_demo/stats`` returns ``{"count": N, "requests": [...]}`` (each with the ``mode`` that answered it);
+``POST /_demo/reset`` clears them.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class DemoBackend:
                 },
                 "body": body.decode("utf-8", "replace"),
                 "at": time.time(),
+                "mode": self.mode,  # what answered it: tests tell taken requests from refused ones
             }
         )
         mode = self.mode
