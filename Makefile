@@ -44,8 +44,9 @@ test: $(STAMP) deps lint typecheck
 bench: $(STAMP) deps
 	$(BIN)/python bench/run.py
 
+## soak: the reliability suite, then chaos, fuzzing and rejections for SOAK_SECONDS (default 300); writes docs/reliability.md
 soak: $(STAMP) deps
-	$(BIN)/python -m tests.reliability.soak
+	$(BIN)/python -m tests.reliability.soak $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
