@@ -1,0 +1,34 @@
+"""The composition root's own addon: what happens to a request's state once it is answered."""
+
+from __future__ import annotations
+
+import warnings
+
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+from proxy.exchange import ensure_exchange, exchange
+
+with warnings.catch_warnings():
+    # proxy.app imports mitmproxy.master, which imports every default addon; proxyauth's ldap3 uses a
+    # deprecated pyasn1 name on import.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from proxy.app import Lifecycle
+
+
+def test_an_answered_flow_lets_go_of_its_exchange() -> None:
+    f = tflow.tflow()
+    ex = ensure_exchange(f)
+    f.response = http.Response.make(200, b"success")
+    Lifecycle().response(f)
+    assert exchange(f) is None
+    assert (
+        ex.outcome.route == "unmatched"
+    )  # whoever still holds it (a late backend call) keeps a whole record
+
+
+def test_a_failed_flow_lets_go_of_its_exchange() -> None:
+    f = tflow.tflow()
+    ensure_exchange(f)
+    Lifecycle().error(f)
+    assert exchange(f) is None
