@@ -6,7 +6,9 @@ mid-flight and started again, the demo backend's process stopped and started (co
 slow past the deadline, and the backend flapping between dropping connections, HTML 500s, slow answers and good
 ones. Every fault is recorded with its wall-clock span:
 a duplicate the backend took inside such a span (store down with ``fail_open``, a replica killed between the
-backend's answer and the dedup record) is explained by it; any other duplicate fails the run.
+backend's answer and the dedup record) is explained by it; any other duplicate fails the run. A store outage
+lasts, for wxgate, until its clients have reconnected, which can be seconds after the server is back: its
+span is taken from the replicas' own logs (:func:`store_trouble`).
 """
 
 from __future__ import annotations
@@ -177,3 +179,29 @@ async def drain(
         "outbox_depth": stats.depth if stats else -1,
         "dead_letters": stats.dead if stats else -1,
     }
+
+
+def _store_failed(line: dict[str, object]) -> bool:
+    if line.get("logger") == "wxgate.access":
+        failed = {line.get("dedup"), line.get("outbox"), line.get("reason")}
+        return bool(failed & {"store_error", "failed", "store_unavailable"})
+    msg = str(line.get("msg", ""))
+    return line.get("level") in ("warning", "error") and ("store" in msg or "could not" in msg)
+
+
+def store_trouble(fleet: Fleet, gap: float = 2.0) -> list[Window]:
+    """The spans in which a replica saw the store fail, from the replicas' logs (requests that met a store error,
+    outbox writes and settlements that failed), merged when less than ``gap`` seconds apart."""
+    spans = []
+    for replica in fleet.replicas:  # a restarted replica appends to the log of the one it replaced
+        for line in replica.log_lines():
+            if _store_failed(line):
+                end = float(line.get("ts", 0.0))  # type: ignore[arg-type]
+                spans.append((end - float(line.get("duration_seconds", 0.0)), end))  # type: ignore[arg-type]
+    merged: list[Window] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1].end + gap:
+            merged[-1].end = max(merged[-1].end, end)
+        else:
+            merged.append(Window("store (seen by wxgate)", start, end))
+    return merged

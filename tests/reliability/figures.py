@@ -165,9 +165,10 @@ the corpus a genuine delivery went through: the backend received that one and no
 - mitmproxy reads a request head of any size before any addon sees it (`FIXME: protect against header size DoS`
   in its HTTP/1 layer): wxgate refuses heads over 64 KiB with 431, but the bytes were already buffered. Put a
   proxy or load balancer with header limits in front of a public listener (nginx: 32 KiB by default).
-- mitmproxy has no idle or header-read timeout: a slowloris client holds a file descriptor until it goes away.
-  Verified traffic is unaffected until the descriptor limit (`ulimit -n`); front the listener with a load
-  balancer that enforces client timeouts.
+- mitmproxy closes a connection only after `tcp_timeout` (600 s) without any byte; it has no deadline for a
+  complete request head, so a slowloris client that trickles a byte now and then holds its file descriptor
+  for as long as it likes. Verified traffic is unaffected until the descriptor limit (`ulimit -n`); front a
+  public listener with a load balancer that enforces client timeouts.
 - An outbox item leased by a replica that is then SIGKILLed waits for the worker lease (60 s) before another
   replica redelivers it.
 """

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.reliability.chaos import Chaos, drain
+from tests.reliability.chaos import Chaos, drain, store_trouble
 from tests.reliability.figures import Row
 from tests.reliability.fleet import ROUTES, Catalog, Fleet, Timing
 from tests.reliability.storm import Notification, Storm, account, plan
@@ -108,10 +108,12 @@ async def _chaos(
         "replica": lambda d: chaos.kill_replica(0, d),
     }
     try:
-        await asyncio.gather(
-            s.run(notifications, rate=rate),
-            *(chaos.at(at, actions[kind](duration)) for at, kind, duration in faults),
-        )
+        async with (
+            asyncio.TaskGroup() as tg
+        ):  # a fault that fails stops the storm instead of leaving it running
+            tg.create_task(s.run(notifications, rate=rate))
+            for at, kind, duration in faults:
+                tg.create_task(chaos.at(at, actions[kind](duration)))
         drained = await drain(fleet, notifications, fleet.store, drain_timeout)
     finally:
         await s.close()
@@ -146,7 +148,8 @@ def chaos(
         ch, s, drained = asyncio.run(
             _chaos(fleet, catalog, redis, notifications, rate, faults, seed, drain_timeout)
         )
-        fig = account(notifications, fleet.log.taken(fleet.backend_requests()), ch.windows)
+        windows = ch.windows + store_trouble(fleet)
+        fig = account(notifications, fleet.log.taken(fleet.backend_requests()), windows)
     finally:
         fleet.stop()
         if isinstance(redis, RedisCluster):

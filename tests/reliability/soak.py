@@ -5,8 +5,8 @@
 
 1. The bounded suite (``tests/reliability``) runs first, its figures kept (``--no-suite`` skips it).
 2. For ``N`` seconds: chaos cycles with random timelines (every third on a Redis Cluster) — the storm while a
-   store fault (Redis SIGKILL and/or SIGSTOP, or a cluster master SIGKILL), a replica SIGKILL and backend
-   flapping and/or slowness overlap at random — then hypothesis with a larger budget and sustained rejections (about 70/15/15 % of
+   store fault (Redis SIGKILL or SIGSTOP, or a cluster master SIGKILL), a replica SIGKILL and backend
+   flapping or slowness overlap at random — then hypothesis with a larger budget and sustained rejections (about 70/15/15 % of
    the time). Each cycle asserts what the design promises: nothing acknowledged lost, no duplicate outside a
    fault that allows one, every answer in the protocol's form, before the sender's timeout unless the store
    hung, the outbox drained, no dead letter.
@@ -37,9 +37,9 @@ RATE = 40.0
 
 
 def timeline(rng: random.Random, cluster: bool) -> list[Fault]:
-    """A store fault and a replica kill, with backend flapping and/or slowness, at random overlapping times."""
+    """A store fault, a replica kill and backend flapping or slowness, at random overlapping times."""
     store = ["cluster" if cluster else rng.choice(["redis", "hang"])]
-    backend = rng.sample(["flap", "slow"], rng.randint(1, 2))
+    backend = [rng.choice(["flap", "slow"])]  # both set the backend's mode: never at the same time
     spans = {
         "flap": (6, 14),
         "slow": (2, 4),
@@ -86,14 +86,19 @@ def chaos_cycles(budget: float, rng: random.Random, tmp: Path) -> tuple[Row, lis
         cycle_dir = tmp / f"cycle-{n}"
         cycle_dir.mkdir()
         print(f"soak: chaos cycle {n} ({'cluster' if cluster else 'redis'}): {faults}", flush=True)
-        out = scenarios.chaos(
-            cycle_dir,
-            faults,
-            count=int(STORM_SECONDS * RATE),
-            rate=RATE,
-            seed=rng.randrange(10**9),
-            cluster=cluster,
-        )
+        try:
+            out = scenarios.chaos(
+                cycle_dir,
+                faults,
+                count=int(STORM_SECONDS * RATE),
+                rate=RATE,
+                seed=rng.randrange(10**9),
+                cluster=cluster,
+            )
+        except Exception as e:  # the harness itself failed: say so, keep soaking
+            failures.append(f"cycle {n}: {type(e).__name__}: {e}")
+            print(f"soak: cycle {n} raised {e!r}", flush=True)
+            continue
         fig = out.figures
         for key in (
             "notifications",
@@ -125,7 +130,7 @@ def chaos_cycles(budget: float, rng: random.Random, tmp: Path) -> tuple[Row, lis
         f"{n} cycles with random overlapping timelines; {totals['failure']:,} retry-me answers, {totals['cut']:,} "
         f"deliveries cut by kill -9, {totals['unacknowledged']:,} `ack`-route notifications never acknowledged "
         f"(all deliveries while the store refused the outbox write), {totals['late']:,} answers after the sender's "
-        f"timeout (all with the store hung or a cluster master gone); slowest drain {max(drains)} s."
+        f"timeout (all with the store hung or a cluster master gone); slowest drain {max(drains, default=0.0)} s."
     )
     row = Row(
         scenario="chaos, random timelines",
