@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
+from proxy.forwarding import query_items
 from proxy.protocols.base import Inbound, Rejected
 from proxy.replies import reject, respond
 from proxy.stores.base import Sighting, StoreUnavailable, remember_signed_with
@@ -29,11 +30,18 @@ RememberSigned = Callable[[str, str, float], Awaitable[Sighting]]
 
 
 def inbound_of(request: http.Request) -> Inbound:
+    """The request as protocols see it: first value of each query name; header names lower-cased, a repeated
+    header's values joined with ", " (as mitmproxy's ``Headers`` reads them), read from the raw fields."""
+    path = request.path
     query: dict[str, str] = {}
-    for k, v in request.query.items(multi=True):
+    for k, v in query_items(path):
         query.setdefault(k, v)
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    return Inbound(request.method, request.path.split("?", 1)[0], query, headers, request.raw_content or b"")
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in request.headers.fields:
+        name = raw_name.decode("utf-8", "surrogateescape").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return Inbound(request.method, path.split("?", 1)[0], query, headers, request.raw_content or b"")
 
 
 class Verify:

@@ -6,7 +6,7 @@ query parameters when ``decrypt_for_backend`` is on), plus trusted ``X-Wxgate-*`
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from proxy.exchange import Exchange
 from proxy.protocols.base import Reply
@@ -27,6 +27,14 @@ _DROP = frozenset(
         "expect",
     }
 )
+
+
+def query_items(path: str) -> list[tuple[str, str]]:
+    """Every ``(name, value)`` of a request target's query, in order, decoded as mitmproxy's ``Request.query``
+    decodes them; from the target itself, since ``Request.query`` rebuilds and re-parses the whole URL on
+    every access."""
+    query = path.partition("#")[0].partition("?")[2]
+    return parse_qsl(query, keep_blank_values=True, errors="surrogateescape") if query else []
 
 
 def backend_request(ex: Exchange, query: list[tuple[str, str]]) -> tuple[str, dict[str, str], bytes]:

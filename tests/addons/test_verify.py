@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from addons.verify import Verify
+from addons.verify import Verify, inbound_of
+from proxy.forwarding import query_items
 from proxy.sender import mp_verify_url
 from proxy.stores import SqliteStore
 from proxy.stores.base import Sighting, StoreUnavailable
@@ -140,3 +141,34 @@ async def test_unexpected_errors_fail_closed() -> None:
     await Verify(broken).request(f)
     assert f.response is not None and f.response.status_code == 500
     assert ex.outcome.reason == "verify_error"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/wx?signature=abc&timestamp=1&nonce=n&openid=o",
+        "/wx?a=1&a=2&b=&c=%E4%BD%A0%20x+y&d",
+        "/wx?bad=%ff%fe&x=1#frag",
+        "/wx",
+    ],
+)
+def test_inbound_reads_query_and_headers_as_mitmproxy_does(target: str) -> None:
+    f = flow_of(mp_verify_url("/wx", TOKEN))
+    f.request.path = target
+    f.request.headers.clear()
+    f.request.headers.add("Content-Type", "text/xml")
+    f.request.headers.add("X-Dup", "1")
+    f.request.headers.add("x-dup", "2")
+    f.request.headers.fields += ((b"X-Raw", b"\xe4\xbd\xa0\xff"),)
+
+    inbound = inbound_of(f.request)
+
+    assert query_items(f.request.path) == list(f.request.query.items(multi=True))  # what forward sends on
+
+    expected_query: dict[str, str] = {}
+    for k, v in f.request.query.items(multi=True):
+        expected_query.setdefault(k, v)
+    assert dict(inbound.query) == expected_query
+    assert dict(inbound.headers) == {k.lower(): v for k, v in f.request.headers.items()}
+    assert inbound.headers["x-dup"] == "1, 2"
+    assert inbound.path == "/wx"
