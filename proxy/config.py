@@ -429,7 +429,9 @@ class Config(_Strict):
         if not v.startswith(schemes):
             raise ValueError(f"expected one of {', '.join(s + '…' for s in schemes)}, got {v!r}")
         if v.startswith("sqlite://") and v != "sqlite://:memory:" and not v.startswith("sqlite:///"):
-            raise ValueError(f"expected sqlite:///absolute/path (three slashes) or sqlite://:memory:, got {v!r}")
+            raise ValueError(
+                f"expected sqlite:///absolute/path (three slashes) or sqlite://:memory:, got {v!r}"
+            )
         return v
 
     @model_validator(mode="after")
