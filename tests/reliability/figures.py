@@ -62,13 +62,21 @@ def _dups(r: Row) -> str:
     return f"{r.duplicates:,}"
 
 
+ORDER = ["storm", "chaos", "chaos (Redis Cluster)", "chaos, random timelines", "hostile input", "fuzzing"]
+ORDER += ["constant time", "slow and idle clients", "memory under rejections"]
+
+
+def _order(r: Row) -> tuple[int, int]:
+    return (r.run != "suite", ORDER.index(r.scenario) if r.scenario in ORDER else len(ORDER))
+
+
 def table(rows: list[Row]) -> str:
     head = (
         "| scenario | run | time | load held | faults injected | inputs tried | acknowledged | delivered "
         "| duplicates | lost | worst reply |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
-    for r in rows:
+    for r in sorted(rows, key=_order):
         faults = "; ".join(r.faults) or "none"
         lines.append(
             f"| {r.scenario} | {r.run} | {r.seconds:.0f} s | {r.load} | {faults} | {_n(r.inputs or None)} "
@@ -88,7 +96,7 @@ def corpus_table(rows: list[Row]) -> str:
 
 
 def render(rows: list[Row], meta: dict[str, Any]) -> str:
-    notes = "\n".join(f"- **{r.scenario}** ({r.run}): {r.notes}" for r in rows if r.notes)
+    notes = "\n".join(f"- **{r.scenario}** ({r.run}): {r.notes}" for r in sorted(rows, key=_order) if r.notes)
     return TEMPLATE.format(
         date=meta.get("date", ""),
         host=meta.get("host", ""),
