@@ -3,7 +3,8 @@
 Every scenario of the suite and the soak adds one :class:`Row`. The suite keeps its rows in pytest's cache
 (``wxgate/reliability``) or, with ``WXGATE_RELIABILITY_FIGURES=path``, in that JSON file; ``make soak`` runs the
 suite that way, adds its own rows and renders the document (:func:`render`), so the table always comes from
-one run on one machine. ``python -m tests.reliability.figures FILE.json`` renders a saved run.
+one run on one machine. ``python -m tests.reliability.figures .pytest_cache/wxgate-soak/figures.json`` renders
+the last soak's figures again (after a change to this template).
 """
 
 from __future__ import annotations
@@ -133,9 +134,10 @@ What wxgate promises under load, faults and hostile input, and the figures from 
 - *acknowledged*: notifications whose sender got the protocol's success reply at least once; *delivered*:
   notifications the backend took (answered in a taking mode); *duplicates*: extra times the backend took one;
   *lost*: acknowledged but never taken after faults cleared and the outbox drained — **0 in every row**.
-- *by design*: duplicates the backend took while Redis was down on a `store_down: fail_open` route (forwarded
-  without a dedup record, as configured), or around a replica killed with -9 between the backend's answer and
-  the dedup record. Every other duplicate fails the run.
+- *by design*: duplicates of a notification the backend took while wxgate saw its store failing (on a
+  `store_down: fail_open` route a delivery is forwarded without a dedup record, as configured; a delivery whose
+  dedup record could not be written is taken again once its lease ends), or around a replica killed with -9
+  between the backend's answer and the dedup record. Every other duplicate fails the run.
 - *worst reply*: the slowest answer any delivery got, against a route deadline of 1.5 s and a sender timeout of
   2.0 s (production: 4.5 s and WeChat's 5 s). A delivery cut by a replica's kill -9 is no reply; it is retried.
 
@@ -144,7 +146,7 @@ What wxgate promises under load, faults and hostile input, and the figures from 
 | area | scenario | promise asserted |
 |---|---|---|
 | storm | two replicas sharing Redis (AOF), 1,000 notifications over Official Account (plaintext and safe mode), WeCom, Pay v2, Pay v3, HMAC and Standard Webhooks, each delivered 4× with fresh timestamps and nonces, some together in flight, some after the first answer | the backend takes each exactly once; every delivery gets a valid reply (the same passive reply to every retry); none after the deadline |
-| chaos | the storm while `redis-server` is SIGKILLed and restarted, the backend flaps (dropped connections, HTML 500s, slow answers, process stopped), one replica is SIGKILLed mid-flight and restarted; a Redis Cluster master SIGKILLed and restarted | nothing acknowledged is lost (`ack` routes: the outbox; `fail` routes, WeChat Pay: the sender retries on a fast schedule until acknowledged); no duplicate except by design; every answer in the protocol's form before the sender's timeout |
+| chaos | the storm while `redis-server` is SIGKILLed and restarted, the backend flaps (dropped connections, HTML 500s, slow answers, process stopped), one replica is SIGKILLed mid-flight and restarted; a Redis Cluster master SIGKILLed and restarted; the soak adds random overlapping timelines and `redis-server` hung with SIGSTOP | nothing acknowledged is lost (`ack` routes: the outbox; `fail` routes, WeChat Pay: the sender retries on a fast schedule until acknowledged); no duplicate except by design; every answer in the protocol's form; the outbox drained, no dead letter; answers before the sender's timeout while the store fails fast (late answers with a hung store are counted: see Limits) |
 | hostile input | XXE, billion laughs, quadratic blowup, deep nesting, huge attributes, invalid UTF-8, truncated base64, wrong padding, oversized headers and bodies, duplicate Content-Length, CL+TE, obsolete line folds, spoofed `X-Wxgate-*`, over raw sockets | a clear 4xx (mitmproxy's own 400/413 for framing, wxgate's reason otherwise; WeChat Pay v2 answers its documented FAIL XML), the backend receives nothing, the proxy keeps serving |
 | fuzzing | hypothesis over every parser (XML, JSON, form), verifier (six protocols), envelope (AES-CBC, AES-GCM, ECB refunds) and the whole addon chain | only documented outcomes: a `Rejected` with a reason listed in [operations.md](operations.md#troubleshooting-signature-failures) and a 4xx status (or the protocol's failure form); no exception escapes; nothing unverified is forwarded |
 | constant time | AST scan of `proxy/protocols/` and a spy on `hmac.compare_digest` | no `==`/`!=` on signature-like values; every protocol's signature check goes through `hmac.compare_digest` |
@@ -162,6 +164,20 @@ documented 200 + FAIL XML (PROTOCOLS.md §7). After every case an unsigned reque
 the corpus a genuine delivery went through: the backend received that one and nothing else.
 
 {corpus}
+## Found and fixed by this suite
+
+- A retry that found its notification in flight was acknowledged at its deadline on the holder's word; a holder
+  killed with -9, or one whose outbox write failed while Redis was down, left nothing queued: **lost**. The
+  retry now queues its own redelivery first (a WeCom notification was lost this way in an early chaos run).
+- Header values with a line break (obsolete line fold) or NUL were forwarded, failing the backend call after the
+  claim was taken; request heads of any size reached the backend; `X_Wxgate_*` (read as `X-Wxgate-*` by CGI,
+  WSGI and PHP) was not stripped. Now 400 `malformed_header`, 431 `headers_too_large`, stripped.
+- With a Redis Cluster master SIGKILLed, genuine deliveries were refused as `replayed_nonce` (redis-py re-sent
+  a `SET NX` whose first run had been applied) and claims waited on themselves; CPython's transport
+  `TypeError` after a lost connection (python/cpython#136234) surfaced as 500 `verify_error`. `claim` and
+  `remember` are idempotent per caller token; the `TypeError` is a store outage.
+- Twenty reason codes wxgate answers with were missing from operations.md's troubleshooting table.
+
 ## Limits (known, not fixed here)
 
 - Store calls are bounded by the store's own timeout (1 s per call), not by the request's deadline. With Redis
@@ -171,20 +187,29 @@ the corpus a genuine delivery went through: the backend received that one and no
   production deadline of 4.5 s that passes WeChat's 5 s. Bounding store calls by what is left of the deadline,
   and answering retry-me when the outbox write cannot make it, is a design change not made here.
 - mitmproxy reads a request head of any size before any addon sees it (`FIXME: protect against header size DoS`
-  in its HTTP/1 layer): wxgate refuses heads over 64 KiB with 431, but the bytes were already buffered. Put a
-  proxy or load balancer with header limits in front of a public listener (nginx: 32 KiB by default).
+  in its HTTP/1 layer): wxgate refuses heads over 64 KiB with 431, but the bytes were already buffered (one
+  16 MB head added ~140 MB to the sidecar's RSS). Put a proxy or load balancer with header limits in front of
+  a public listener (nginx: 32 KiB by default).
 - mitmproxy closes a connection only after `tcp_timeout` (600 s) without any byte; it has no deadline for a
   complete request head, so a slowloris client that trickles a byte now and then holds its file descriptor
   for as long as it likes. Verified traffic is unaffected until the descriptor limit (`ulimit -n`); front a
   public listener with a load balancer that enforces client timeouts.
 - An outbox item leased by a replica that is then SIGKILLed waits for the worker lease (60 s) before another
-  replica redelivers it.
+  replica redelivers it (the slowest drains above).
+- When the store refuses the outbox write and the backend fails too, an `ack` route answers retry-me (nothing
+  is acknowledged that is not durable); an Official Account or WeCom sender gives up after its fourth
+  delivery, so such a notification never arrives (the *never acknowledged* counts in the notes).
+- wxgate exits at start while its store is unreachable, even on `store_down: fail_open` routes: a replica
+  restarted during a Redis outage crash-loops until Redis is back (the soak restarts it like a supervisor).
 """
 
 
 def main(argv: list[str]) -> int:
-    rows = load(Path(argv[1]))
-    DOC.write_text(render(rows, run_meta("python -m tests.reliability.figures " + argv[1])))
+    """Render docs/reliability.md again from a saved run (the soak keeps its own beside pytest's cache)."""
+    path = Path(argv[1])
+    meta_file = path.with_suffix(".meta.json")
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else run_meta(f"rendered from {path}")
+    DOC.write_text(render(load(path), meta))
     print(f"wrote {DOC}")
     return 0
 

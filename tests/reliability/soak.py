@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import subprocess
@@ -28,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.reliability import scenarios
-from tests.reliability.figures import DOC, Row, load, render, run_meta
+from tests.reliability.figures import DOC, Row, load, render, run_meta, save
 from tests.reliability.scenarios import Fault
 
 ROOT = Path(__file__).resolve().parents[2]
+SAVED = ROOT / ".pytest_cache" / "wxgate-soak" / "figures.json"
 STORM_SECONDS = 30.0
 RATE = 40.0
 
@@ -191,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         failures += [f"soak fuzzing/rejections failed (pytest exit {rc})"] if rc else []
     command = f"SOAK_SECONDS={args.seconds:g} make soak (seed {args.seed})"
     meta: dict[str, Any] = run_meta(command)
+    # kept beside pytest's cache, so the document can be rendered again from this run
+    SAVED.parent.mkdir(parents=True, exist_ok=True)
+    save(rows, SAVED)
+    SAVED.with_suffix(".meta.json").write_text(json.dumps(meta))
     args.doc.write_text(render(rows, meta))
     print(f"soak: wrote {args.doc}", flush=True)
     for f in failures:
