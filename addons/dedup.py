@@ -16,7 +16,7 @@ import time
 from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
-from proxy.policy import acknowledges
+from proxy.policy import ACK_GRACE, acknowledges, before_deadline
 from proxy.protocols.base import Reply
 from proxy.replies import decode_reply, reject, respond
 from proxy.settlement import Settlement
@@ -72,7 +72,7 @@ class Dedup:
         ex.outcome.dedup_key = key.rsplit(":", 1)[1][:16]
         cfg = ex.route.config.dedup
         try:
-            claim = await self.store.claim(key, cfg.lease, ex.route.dedup_ttl)
+            claim = await before_deadline(ex, self.store.claim(key, cfg.lease, ex.route.dedup_ttl))
         except StoreUnavailable as e:
             return self._store_down(flow, ex, e)
         ex.outcome.attempt = claim.attempt
@@ -80,7 +80,9 @@ class Dedup:
             ex.outcome.dedup = "duplicate_inflight"
             remaining = ex.route.config.deadline - (time.perf_counter() - ex.started)
             try:
-                claim = await self.store.settle(key, cfg.lease, max(remaining, 0.0))
+                # settle returns IN_FLIGHT by itself at the deadline; the outer bound only catches a hung store.
+                settling = self.store.settle(key, cfg.lease, max(remaining, 0.0))
+                claim = await before_deadline(ex, settling, grace=ACK_GRACE)
             except StoreUnavailable as e:
                 return self._store_down(flow, ex, e)
             if claim.state is ClaimState.IN_FLIGHT:
@@ -113,7 +115,7 @@ class Dedup:
             # says it made the notification durable. This attempt queues its own redelivery before
             # acknowledging; the redelivery goes through the claim, so the backend still gets it once.
             try:
-                await self.settlement.before_ack(ex, in_flight=True)
+                await before_deadline(ex, self.settlement.before_ack(ex, in_flight=True), grace=ACK_GRACE)
                 reply = ex.route.protocol.success_reply(ex.verified)
             except Exception:
                 logger.exception("could not make route %s's retry durable; not acknowledging", ex.route.name)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
 from proxy.forwarding import backend_request, is_failure, query_items, success_reply
-from proxy.policy import acknowledges
+from proxy.policy import ACK_GRACE, acknowledges, before_deadline, time_left
 from proxy.protocols.base import Reply
 from proxy.replies import reject, respond
 from proxy.settlement import Settlement
@@ -92,7 +93,7 @@ class Forward:
         assert ex.route is not None
         if acknowledges(ex):
             try:
-                await self.settlement.before_ack(ex, in_flight)
+                await before_deadline(ex, self.settlement.before_ack(ex, in_flight), grace=ACK_GRACE)
             except Exception:
                 logger.exception(
                     "could not make route %s's notification durable; not acknowledging", ex.route.name
@@ -115,11 +116,19 @@ class Forward:
         if is_failure(ex, result):
             ex.outcome.reason = ex.outcome.reason or f"upstream_{result.kind}"
             reply = await self._early_reply(ex, in_flight=False)
-            await self.settlement.failed(ex, result, acked=reply.kind == "ack", late=False)
+            await self._settle_within_deadline(
+                ex, self.settlement.failed(ex, result, reply.kind == "ack", False)
+            )
             return reply
         reply = success_reply(ex, result)
-        await self.settlement.delivered(ex, reply, late=False)
+        await self._settle_within_deadline(ex, self.settlement.delivered(ex, reply, late=False))
         return reply
+
+    async def _settle_within_deadline(self, ex: Exchange, settling: Coroutine[Any, Any, None]) -> None:
+        """Record the result in the store, but answer the sender by the deadline even if the store hangs:
+        the recording goes on in the background (a retry meanwhile waits on the in-flight record)."""
+        task = self.tasks.spawn(settling, name="settle")
+        await asyncio.wait({task}, timeout=max(time_left(ex), 0.0))
 
     async def _settle_late(self, ex: Exchange, call: asyncio.Task[UpstreamResult], acked: bool) -> None:
         """The backend answered after the sender got its reply."""

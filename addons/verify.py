@@ -19,6 +19,7 @@ from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
 from proxy.forwarding import query_items
+from proxy.policy import before_deadline
 from proxy.protocols.base import Inbound, Rejected
 from proxy.replies import reject, respond
 from proxy.stores.base import Sighting, StoreUnavailable, remember_signed_with
@@ -85,7 +86,7 @@ class Verify:
             return respond(flow, ex, verified.direct_reply)
         if verified.replay_key is not None:
             try:
-                fresh = await self._fresh(ex, verified.replay_key, verified.replay_ttl)
+                fresh = await before_deadline(ex, self._fresh(ex, verified.replay_key, verified.replay_ttl))
             except StoreUnavailable:
                 ex.outcome.dedup = "store_error"
                 if route.config.dedup.store_down == "fail_closed":

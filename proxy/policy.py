@@ -8,7 +8,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable
+
 from proxy.exchange import Exchange
+from proxy.stores.base import StoreUnavailable
 
 # WeChat MP/WeCom deliver a message four times at most (the first delivery and "重试三次").
 LAST_ATTEMPT = {"wechat-mp": 4, "wecom": 4}
@@ -24,3 +29,26 @@ def acknowledges(ex: Exchange) -> bool:
     assert ex.route is not None
     policy = ex.route.policy
     return policy == "ack" or (policy == "relay" and is_last_attempt(ex))
+
+
+def time_left(ex: Exchange) -> float:
+    """Seconds until the route's deadline for this request."""
+    assert ex.route is not None
+    return ex.route.config.deadline - (time.perf_counter() - ex.started)
+
+
+# The outbox write made at the deadline itself may use part of the margin between the deadline (4.5 s) and the
+# sender's timeout (5 s): without it, an acknowledgement at the deadline could never be made durable.
+ACK_GRACE = 0.3
+
+
+async def before_deadline[T](ex: Exchange, aw: Awaitable[T], grace: float = 0.0) -> T:
+    """Await a store call no longer than the deadline allows: a hung store must not hold the sender's answer.
+
+    A store that does not answer in time is treated like one that is down (the route's ``store_down`` policy).
+    """
+    try:
+        async with asyncio.timeout(max(time_left(ex) + grace, 0.0)):
+            return await aw
+    except TimeoutError:
+        raise StoreUnavailable("the store did not answer before the route's deadline") from None

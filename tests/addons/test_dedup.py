@@ -134,3 +134,23 @@ async def test_store_down(policy: str, answered: bool) -> None:
         assert ex.outcome.dedup == "store_error"
     finally:
         await store.close()
+
+
+class HungStore(SqliteStore):
+    async def claim(self, key: str, lease: float, ttl: float):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(30)  # a store that accepted the connection and never answers
+        raise AssertionError("unreachable")
+
+
+async def test_a_hung_store_is_treated_as_down_before_the_deadline() -> None:
+    store = HungStore(":memory:")
+    await store.open()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        f, ex = await arrive(store, deadline="0.3s", dedup={"store_down": "fail_closed"})  # type: ignore[arg-type]
+        assert loop.time() - started < 0.5
+        assert f.response.status_code == 502  # type: ignore[attr-defined]
+        assert (ex.outcome.dedup, ex.outcome.reason) == ("store_error", "store_unavailable")
+    finally:
+        await store.close()
