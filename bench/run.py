@@ -7,16 +7,17 @@ backend, redis-server, this script) on CPU 0:
 1. warm-up: ``--warmup`` requests (wrk, 32 keep-alive connections); RSS (and live flows) after it;
 2. closed loop: wrk, 32 keep-alive connections, ``--closed`` seconds: req/s, latency p50/p99/max, CPU seconds
    of the system under test per 1,000 requests;
-3. open loop: ``--rate`` req/s for ``--open`` seconds (``bench/openloop.py``), latency from the scheduled
-   send time: p50/p99/max;
-4. (duplicate-heavy mix only) first deliveries alone, then exact repeats of them alone, ``--dedup`` s each;
-5. soak: more requests until ``--soak`` have been served since the warm-up; RSS and live flows again.
+3. (duplicate-heavy mix only) first deliveries alone, then exact repeats of them alone, ``--dedup`` s each;
+4. soak: more requests until ``--soak`` (the MP full-chain configurations; ``--soak-short`` for the others)
+   have been served since the warm-up; RSS and live flows again;
+5. open loop: ``--rate`` req/s for ``--open`` seconds (``bench/openloop.py``), latency from the scheduled
+   send time: p50/p99/max.
 
 Every request to a verified route is distinct and freshly signed (``bench/corpus.py``), built right before
 its phase. Results go to stdout (a Markdown table) and ``bench/out/results.json``.
 
     python bench/run.py                       # everything (about 8 minutes on 2 vCPUs)
-    python bench/run.py --only mp-redis,mitmdump --soak 0
+    python bench/run.py --only mp-redis,mitmdump --soak 0 --soak-short 0
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class Scenario:
     kind: str  # direct | mitmdump | wxgate
     traffic: str  # a corpus.build scenario
     store: str = "sqlite"  # sqlite | redis
-    trace: bool = True
+    trace: float = 1.0  # share of requests traced (parent-based ratio sampler); 0: tracing off
     verified: bool = True  # requests must be fresh (a reused one is a replay or a duplicate)
+    soak: bool = False  # run to --soak requests for the last RSS (else --soak-short)
     default: bool = True  # part of a plain `make bench`; the others only with --only
 
 
@@ -75,30 +77,31 @@ SCENARIOS = (
         "wxgate, unmatched path (passthrough)",
         "wxgate",
         "passthrough",
-        trace=False,
+        trace=0.0,
         verified=False,
     ),
-    Scenario("mp-sqlite", "wxgate MP plaintext full chain, sqlite", "wxgate", "mp"),
-    Scenario("mp-redis", "wxgate MP plaintext full chain, Redis", "wxgate", "mp", store="redis"),
+    Scenario("mp-sqlite", "wxgate MP plaintext full chain, sqlite", "wxgate", "mp", soak=True),
+    Scenario("mp-redis", "wxgate MP plaintext full chain, Redis", "wxgate", "mp", "redis", soak=True),
+    Scenario("mp-redis-10pct", "wxgate MP full chain, Redis, 10% of traces", "wxgate", "mp", "redis", 0.1),
     Scenario("mp-safe", "wxgate MP safe mode, decrypt for backend", "wxgate", "mp_safe"),
     Scenario("pay-v3", "wxgate Pay v3 (RSA verify + GCM decrypt)", "wxgate", "pay_v3"),
     Scenario("dup-mix", "wxgate duplicate-heavy mix (every message 4x)", "wxgate", "dup"),
     # For explaining the cost: the same chain without tracing.
     Scenario(
         "mp-sqlite-notrace",
-        "wxgate MP plaintext full chain, sqlite, tracing off",
+        "wxgate MP full chain, sqlite, tracing off",
         "wxgate",
         "mp",
-        trace=False,
+        trace=0.0,
         default=False,
     ),
     Scenario(
         "mp-redis-notrace",
-        "wxgate MP plaintext full chain, Redis, tracing off",
+        "wxgate MP full chain, Redis, tracing off",
         "wxgate",
         "mp",
-        store="redis",
-        trace=False,
+        "redis",
+        0.0,
         default=False,
     ),
 )
@@ -352,7 +355,7 @@ def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path 
         cfg = wxgate_config(env, sc, port, admin, redis_url)
         stats = env.tmp / f"{sc.id}-stats.json"
         args = [PY, "bench/sidecar.py", "-c", str(cfg), "--stats", str(stats)] + (
-            ["--trace"] if sc.trace else []
+            ["--trace", str(sc.trace)] if sc.trace else []
         )
         if env.args.profile:
             args += ["--profile", str(OUT / f"{sc.id}.prof")]
@@ -409,11 +412,7 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
         res["sut_cpu_util"] = (cpu1 - cpu0) / (w1 - w0)
         res["machine_busy"] = (busy1 - busy0) / CLK_TCK / (w1 - w0)  # all processes, in cores
         served = closed["requests"]
-        # 3. open loop
-        open_file = phase_corpus("open", int(a.rate * a.open) + 500)
-        res["open"] = open_loop(port, open_file, a.rate, a.open)
-        served += res["open"]["completed"]
-        # 4. duplicates vs first deliveries
+        # 3. duplicates vs first deliveries
         if sc.traffic == "dup":
             first_file, firsts = env.corpus_file(
                 Scenario(sc.id, sc.label, sc.kind, "mp"), "first", int(rate_guess * a.dedup * 1.2) + 2000
@@ -429,8 +428,9 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
                 first["requests"] / first["duration_us"]
             )
             served += first["requests"] + dups["requests"]
-        # 5. soak
-        remaining = a.soak - served
+        # 4. soak, then the second RSS reading: steady load only (an open loop above capacity queues thousands
+        # of requests, and the allocator keeps that high-water mark; it says nothing about growth)
+        remaining = (a.soak if sc.soak else a.soak_short) - served
         if remaining > 0:
             soak_file = phase_corpus("soak", remaining + 200)
             soak = wrk(port, soak_file, remaining / (res["rps"] * 0.5) + 10, quota=remaining)
@@ -440,6 +440,11 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
         res["served_after_warmup"] = served
         res["rss_end_mib"] = rss_mib(proc.pid)
         res["stats_end"] = sut_stats(proc, stats)
+        # 5. open loop
+        open_file = phase_corpus("open", int(a.rate * a.open) + 500)
+        res["open"] = open_loop(port, open_file, a.rate, a.open)
+        res["rss_after_open_mib"] = rss_mib(proc.pid)
+        res["stats_open"] = sut_stats(proc, stats)
     return res
 
 
@@ -490,15 +495,21 @@ def details(results: list[dict[str, Any]]) -> str:
                 f"{s1.get('tasks')}, spans exported after warm-up {spans:,}; SUT CPU "
                 f"{r['sut_cpu_util']:.2f} cores, machine {r['machine_busy']:.2f} cores in the closed loop"
             )
-        g0, g1 = (s0.get("gc") or {}), ((r.get("stats_closed") or {}).get("gc") or {})
-        if g1:
-            secs = [b - a for a, b in zip(g0["seconds"], g1["seconds"], strict=True)]
-            counts = [b - a for a, b in zip(g0["count"], g1["count"], strict=True)]
+        t0, t1 = (s0.get("threads") or {}), ((r.get("stats_closed") or {}).get("threads") or {})
+        if t1:
+            n = max(r["closed"]["requests"], 1)
+            per = {k: (v - t0.get(k, 0.0)) / n * 1e6 for k, v in t1.items() if v - t0.get(k, 0.0) > 0}
             lines.append(
-                f"- {r['id']}: GC in the closed loop: {sum(secs):.2f} s "
-                f"({', '.join(f'gen{i} {n}× {t:.2f} s' for i, (n, t) in enumerate(zip(counts, secs, strict=True)))}), "
-                f"longest pause {g1['longest'] * 1000:.1f} ms"
+                f"- {r['id']}: CPU per request by thread in the closed loop: "
+                + ", ".join(f"{k} {v:.0f} µs" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
             )
+        for phase, before, after in (
+            ("closed loop", s0, r.get("stats_closed")),
+            ("open loop", s1, r.get("stats_open")),
+        ):
+            g0, g1 = (before or {}).get("gc"), (after or {}).get("gc")
+            if g0 and g1:
+                lines.append(f"- {r['id']}: GC in the {phase}: {gc_summary(g0, g1)}")
         if "dup_ratio" in r:
             f, d = r["first_deliveries"], r["duplicates"]
             lines.append(
@@ -507,6 +518,20 @@ def details(results: list[dict[str, Any]]) -> str:
                 f"req/s: **{r['dup_ratio']:.2f}×**"
             )
     return "\n".join(lines)
+
+
+def other_load(seconds: float = 2.0) -> float:
+    """Cores busy on this machine over ``seconds`` before the run starts (nothing of ours is running yet)."""
+    before = busy_jiffies()
+    time.sleep(seconds)
+    return (busy_jiffies() - before) / CLK_TCK / seconds
+
+
+def gc_summary(g0: dict[str, Any], g1: dict[str, Any]) -> str:
+    secs = [b - a for a, b in zip(g0["seconds"], g1["seconds"], strict=True)]
+    counts = [b - a for a, b in zip(g0["count"], g1["count"], strict=True)]
+    per_gen = ", ".join(f"gen{i} {n}× {t:.2f} s" for i, (n, t) in enumerate(zip(counts, secs, strict=True)))
+    return f"{sum(secs):.2f} s ({per_gen}), longest pause {g1['longest'] * 1000:.1f} ms"
 
 
 def machine() -> dict[str, str]:
@@ -537,11 +562,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description="wxgate benchmark (docs/benchmarks.md)")
     p.add_argument("--only", help="comma-separated scenario ids: " + ",".join(s.id for s in SCENARIOS))
     p.add_argument("--warmup", type=int, default=3000, help="warm-up requests (default 3000)")
-    p.add_argument("--closed", type=float, default=10.0, help="closed-loop seconds (default 10)")
+    p.add_argument("--closed", type=float, default=8.0, help="closed-loop seconds (default 8)")
     p.add_argument("--rate", type=float, default=500.0, help="open-loop requests per second (default 500)")
-    p.add_argument("--open", type=float, default=10.0, help="open-loop seconds (default 10)")
+    p.add_argument("--open", type=float, default=8.0, help="open-loop seconds (default 8)")
     p.add_argument("--dedup", type=float, default=5.0, help="seconds for firsts-only and duplicates-only")
     p.add_argument("--soak", type=int, default=100_000, help="requests after warm-up before the last RSS")
+    p.add_argument(
+        "--soak-short", type=int, default=0, help="the same for the other configurations (default 0)"
+    )
     p.add_argument("--json", type=Path, default=OUT / "results.json")
     p.add_argument(
         "--profile", action="store_true", help="cProfile each wxgate into bench/out/<id>.prof (slower)"
@@ -557,6 +585,13 @@ def main() -> int:
         sut_cpus = {cpus[-1]}
         os.sched_setaffinity(0, set(cpus[:-1]))  # this script and every helper it starts: the other CPU(s)
     info = machine()
+    info["other_load_before"] = f"{other_load():.2f} cores"
+    if float(info["other_load_before"].split()[0]) > 0.25:
+        print(
+            f"warning: other processes use {info['other_load_before']} of this machine; the numbers will be "
+            "lower and noisier than on a quiet one (see 'machine' in the details)",
+            file=sys.stderr,
+        )
     info["pinning"] = (
         f"system under test on CPU {cpus[-1]}, load and helpers on {cpus[:-1]}" if sut_cpus else "none"
     )

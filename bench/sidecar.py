@@ -1,16 +1,17 @@
 """``wxgate run`` for the benchmark: the same composition root, plus two things only a benchmark wants.
 
-- ``--trace``: tracing on with an in-process exporter. The production provider setup is used (sampler, resource,
-  ``BatchSpanProcessor`` with its default queue and batch sizes); only the exporter differs: it counts the spans
-  and drops them, so the cost measured is making, ending and batching spans, not protobuf encoding or the
-  network. The provider reaches the composition root the way the ``OTEL_*`` variables would.
+- ``--trace RATIO``: tracing on with an in-process exporter. The production provider setup is used (sampler,
+  resource, ``BatchSpanProcessor`` with its default queue and batch sizes); only the exporter differs: it counts
+  the spans and drops them, so the cost measured is making, ending and batching spans, not protobuf encoding or
+  the network. ``RATIO`` < 1 samples that share of traces (``parentbased_traceidratio``). The provider reaches
+  the composition root the way the ``OTEL_*`` variables would.
 - ``SIGUSR1`` writes ``--stats`` (JSON): live ``HTTPFlow`` and ``Exchange`` objects (after a full collection),
   asyncio tasks, RSS, spans exported so far, and time spent in garbage collection per generation. The harness reads it after warm-up and after the soak ("no growth in live
   flows").
 
 - ``--profile FILE``: cProfile over the whole run, written at exit (for finding hot spots, not for timing).
 
-    python bench/sidecar.py -c wxgate.yaml --stats stats.json [--trace] [--profile out.prof]
+    python bench/sidecar.py -c wxgate.yaml --stats stats.json [--trace 1.0] [--profile out.prof]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,8 +52,10 @@ class CountingExporter(SpanExporter):
         return None
 
 
-def in_process_provider(exporter: CountingExporter) -> TracerProvider:
+def in_process_provider(exporter: CountingExporter, ratio: float = 1.0) -> TracerProvider:
     environ: Mapping[str, str] = {}
+    if ratio < 1.0:
+        environ = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio)}
     provider = TracerProvider(
         sampler=tracing.sampler_from_env(environ),
         resource=tracing.resource_from_env(environ),
@@ -91,6 +95,21 @@ class GcClock:
 GC_CLOCK = GcClock()
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name (``/proc/self/task``): the loop, the SQLite worker, the span processor."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(task.name), "other")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def rss_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -121,6 +140,9 @@ def write_stats(path: Path, exporter: CountingExporter | None) -> None:
         "rss_kib": rss_kib(),
         "spans_exported": exporter.spans if exporter else 0,
         "gc": collections,
+        "gc_objects": [len(gc.get_objects(g)) for g in range(3)],  # tracked, per generation, not frozen
+        "gc_frozen": gc.get_freeze_count(),
+        "threads": thread_cpu(),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(stats))
@@ -131,16 +153,18 @@ async def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, os.environ)
     logs.setup(config.log_level)
     exporter: CountingExporter | None = None
-    if args.trace:
+    if args.trace:  # None or 0: off
         exporter = CountingExporter()
-        provider = in_process_provider(exporter)
+        provider = in_process_provider(exporter, args.trace)
         # The composition root asks provider_from_env for the provider; hand it ours.
         app.provider_from_env = lambda environ: provider  # type: ignore[assignment]
     gc.callbacks.append(GC_CLOCK)
     loop = asyncio.get_running_loop()
     if args.stats:
         loop.add_signal_handler(signal.SIGUSR1, write_stats, Path(args.stats), exporter)
-    logging.getLogger("wxgate").info("benchmark launcher: tracing %s", "in-process" if args.trace else "off")
+    logging.getLogger("wxgate").info(
+        "benchmark launcher: tracing %s", f"{args.trace:.0%}" if args.trace else "off"
+    )
     return await app.serve(config)
 
 
@@ -148,7 +172,12 @@ def run() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--stats", help="file written on SIGUSR1")
-    p.add_argument("--trace", action="store_true", help="tracing on, in-process exporter")
+    p.add_argument(
+        "--trace",
+        type=float,
+        metavar="RATIO",
+        help="tracing on, in-process exporter; share of traces sampled",
+    )
     p.add_argument("--profile", help="write cProfile stats here at exit")
     args = p.parse_args()
     if not args.profile:
