@@ -167,8 +167,7 @@ def chaos(
     if late:
         notes += (
             f" {late} deliveries got no answer within the sender's timeout (worst answered: "
-            f"{fig['worst_latency']} s): store calls made while the store hangs are not bounded by the deadline "
-            "(see Limits)."
+            f"{fig['worst_latency']} s)."
         )
     if unacked:
         notes += (

@@ -14,33 +14,36 @@ from tests.reliability.fleet import PAY
 pytestmark = pytest.mark.integration
 
 
-def check(out: scenarios.Outcome, deadline_kept: bool = True) -> None:
+def check(out: scenarios.Outcome) -> None:
     fig = out.figures
     assert fig["lost"] == 0, f"acknowledged, never delivered: {fig['lost_ids']}"
     assert fig["duplicates_unexplained"] == 0, fig["duplicates_by_route"]
     assert (fig["outbox_depth"], fig["dead_letters"]) == (0, 0)
     # every answer was a valid one of the protocol: its success reply or its retry-me form
     assert "invalid" not in fig["replies"], fig["replies"]
-    if deadline_kept:  # ... and came before the sender's timeout: all but a handful that met an overloaded
-        # 2-core host (store calls are not bounded by the deadline; see docs/reliability.md, Limits)
-        assert fig["replies"].get("late", 0) <= fig["deliveries"] // 200, fig["replies"]
+    # ... and came before the sender's timeout, also while the store hung (store calls are bounded by the
+    # deadline): all but a handful, which an overloaded 2-core host can delay past the 0.5 s margin
+    assert fig["replies"].get("late", 0) <= fig["deliveries"] // 200, fig["replies"]
     assert out.cut_on_live == 0  # connections were cut only by the replica we killed
     # a WeChat Pay sender retries until it is acknowledged, and then the backend has it
     pay = [n for n in out.notifications if n.route in PAY]
     assert all(n.acked for n in pay)
 
 
-def test_redis_killed_backend_flapping_and_a_replica_killed_mid_flight(
+def test_redis_killed_and_hung_backend_flapping_and_a_replica_killed_mid_flight(
     tmp_path: Path, figures: Figures
 ) -> None:
     # The replica dies first, with backend calls in flight (the backend is slow then) but before the flapping
     # backend fills the outbox: an item leased by a killed worker waits out the 60 s worker lease, which the
     # soak's random timelines cover.
-    faults = [(1.0, "slow", 2.5), (2.0, "replica", 2.0), (6.0, "flap", 10.0), (9.0, "redis", 4.0)]
+    # Redis hangs while the outbox holds nothing due: a lease command that times out is still applied when
+    # Redis resumes, and those items would wait out the worker lease too.
+    faults = [(1.0, "slow", 2.5), (2.0, "replica", 2.0), (4.5, "hang", 2.0)]
+    faults += [(7.0, "flap", 10.0), (10.0, "redis", 4.0)]
     out = scenarios.chaos(tmp_path, faults, count=800, rate=40.0)
     figures.add(out.row)
     check(out)
-    assert len(out.row.faults) == 4
+    assert len(out.row.faults) == 5
     assert out.figures["replies"].get("cut", 0) > 0  # the kill hit requests in flight
     assert out.figures["replies"].get("failure", 0) > 0  # the faults were felt
 
@@ -48,8 +51,7 @@ def test_redis_killed_backend_flapping_and_a_replica_killed_mid_flight(
 def test_redis_cluster_master_killed(tmp_path: Path, figures: Figures) -> None:
     out = scenarios.chaos(tmp_path, [(3.0, "cluster", 6.0)], count=300, rate=30.0, cluster=True)
     figures.add(out.row)
-    # A master that is gone makes redis-py's cluster client retry and rediscover slots: store calls take up
-    # to about a second each, and they are not bounded by the request's deadline (docs/reliability.md,
-    # Limits). Late answers are counted in the figures; nothing may be lost or duplicated beyond design.
-    check(out, deadline_kept=False)
+    # A master that is gone makes redis-py's cluster client retry and rediscover slots, up to about a second
+    # per store call: the deadline still holds.
+    check(out)
     assert out.figures["replies"].get("failure", 0) > 0
