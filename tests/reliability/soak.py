@@ -154,7 +154,7 @@ def chaos_cycles(budget: float, rng: random.Random, tmp: Path) -> tuple[Row, lis
 def pytest_rows(args: list[str], env: dict[str, str], tmp: Path, name: str) -> tuple[list[Row], int]:
     figures = tmp / f"{name}.json"
     run_env = {**os.environ, **env, "WXGATE_RELIABILITY_FIGURES": str(figures)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *args]
     print(f"soak: {' '.join(cmd[2:])} {env}", flush=True)
     rc = subprocess.run(cmd, cwd=ROOT, env=run_env, check=False).returncode
     return (load(figures) if figures.exists() else []), rc
