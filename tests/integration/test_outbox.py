@@ -44,7 +44,16 @@ def _cli(s: Sidecar, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _cli_depth(s: Sidecar) -> int:
-    first = _cli(s, "list").stdout.splitlines()[0]  # queued=N dead=N oldest_age=…
+    # The CLI opens the store beside the running sidecar; under heavy load one call can fail to get the
+    # database in time, so a few tries are allowed before the failure (with its stderr) is reported.
+    out = _cli(s, "list")
+    for _ in range(3):
+        if out.returncode == 0 and out.stdout.strip():
+            break
+        time.sleep(0.2)
+        out = _cli(s, "list")
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    first = out.stdout.splitlines()[0]  # queued=N dead=N oldest_age=…
     return int(first.split()[0].split("=")[1])
 
 
