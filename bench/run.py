@@ -456,16 +456,18 @@ def fmt_ms(us: float) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    base = next((r["rps"] for r in results if r["id"] == "mitmdump"), None)
+    base = next((r for r in results if r["id"] == "mitmdump"), None)
     head = (
         "| configuration | req/s | × mitmdump | closed p50 / p99 / max (ms) | open 500/s p50 / p99 / max (ms) "
-        "| CPU s / 1k req | RSS start → end (MiB) | requests for RSS |\n"
-        "|---|---:|---:|---|---|---:|---|---:|"
+        "| CPU s / 1k req | × mitmdump by CPU | RSS start → end (MiB) | requests for RSS |\n"
+        "|---|---:|---:|---|---|---:|---:|---|---:|"
     )
     rows = [head]
     for r in results:
         c, o = r["closed"], r["open"]
-        ratio = f"{r['rps'] / base:.2f}" if base else "–"
+        ratio = f"{r['rps'] / base['rps']:.2f}" if base else "–"
+        # The same ratio from CPU per request: on a shared machine, time-sharing moves req/s; this much less.
+        cpu_ratio = f"{base['cpu_per_1k'] / r['cpu_per_1k']:.2f}" if base and r["cpu_per_1k"] else "–"
         flags = []
         if c["status_errors"] or c["connect_errors"] or c["read_errors"] or c["timeouts"]:
             flags.append(f"{c['status_errors']} non-2xx, {c['timeouts']} timeouts")
@@ -477,7 +479,7 @@ def table(results: list[dict[str, Any]]) -> str:
         rows.append(
             f"| {label} | {r['rps']:,.0f} | {ratio} | {fmt_ms(c['p50_us'])} / {fmt_ms(c['p99_us'])} / "
             f"{fmt_ms(c['max_us'])} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} / {o['max_ms']:.1f} | "
-            f"{r['cpu_per_1k']:.3f} | {r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} "
+            f"{r['cpu_per_1k']:.3f} | {cpu_ratio} | {r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} "
             f"({r['rss_end_mib'] - r['rss_start_mib']:+.1f}) | {r['served_after_warmup']:,} |"
         )
     return "\n".join(rows)
@@ -548,7 +550,18 @@ def machine() -> dict[str, str]:
     )[0]
     from importlib.metadata import version
 
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False, capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "proxy", "addons"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     return {
+        "commit": head.stdout.strip() + (" (proxy/ or addons/ modified)" if dirty.stdout.strip() else ""),
         "cpu": f"{os.cpu_count()} × {cpu}",
         "kernel": platform.release(),
         "python": platform.python_version(),
