@@ -1,6 +1,7 @@
 """Dedup: each notification reaches the backend once; every retry gets the backend's real reply.
 
-Two-phase claim in the shared store (DESIGN.md "Deduplication"): ``NEW`` forwards; ``DONE`` replays the cached
+Two-phase claim in the shared store (DESIGN.md "Deduplication"), made in the same store call as the replay
+check verify left to it (``ex.replay``; a forgery is refused and claims nothing): ``NEW`` forwards; ``DONE`` replays the cached
 reply without touching the backend (the envelope addon re-seals it freshly); ``IN_FLIGHT`` waits for the first
 attempt up to this attempt's own deadline and replays its reply, or takes the claim over if the first attempt
 released it. Keys come from the protocol's recipe (or the route's ``dedup.fields``) and are hashed before they
@@ -20,7 +21,7 @@ from proxy.policy import ACK_GRACE, acknowledges, before_deadline
 from proxy.protocols.base import Reply
 from proxy.replies import decode_reply, reject, respond
 from proxy.settlement import Settlement
-from proxy.stores.base import Claim, ClaimState, Store, StoreUnavailable
+from proxy.stores.base import Claim, ClaimState, Sighting, Store, StoreUnavailable
 
 logger = logging.getLogger("wxgate")
 
@@ -63,16 +64,34 @@ class Dedup:
     async def _claim(self, flow: http.HTTPFlow, ex: Exchange) -> None:
         assert ex.route is not None
         raw = dedup_key(ex)
+        replay, ex.replay = ex.replay, None
         if raw is None:
             ex.outcome.dedup = "no_key"
-            if ex.repeat:  # nothing can tell a retry from a replay: refuse it
+            if replay is None:
+                return None
+            try:
+                sighting = await before_deadline(
+                    ex, self.store.remember_signed(replay.signed, replay.body, replay.ttl)
+                )
+            except StoreUnavailable as e:
+                return self._store_down(flow, ex, e)
+            if sighting is not Sighting.NEW:  # a repeat too: nothing can tell a retry from a replay
                 reject(flow, ex, "replayed_nonce", 403)
-            return
+            return None
         key = ex.dedup_key_raw = hashed(ex.route.name, raw)
         ex.outcome.dedup_key = key.rsplit(":", 1)[1][:16]
         cfg = ex.route.config.dedup
         try:
-            claim = await before_deadline(ex, self.store.claim(key, cfg.lease, ex.route.dedup_ttl))
+            if replay is None:
+                claim = await before_deadline(ex, self.store.claim(key, cfg.lease, ex.route.dedup_ttl))
+            else:
+                claiming = self.store.claim_signed(
+                    replay.signed, replay.body, replay.ttl, key, cfg.lease, ex.route.dedup_ttl
+                )
+                sighting, found = await before_deadline(ex, claiming)
+                if found is None:  # the signed values came with another body: a forgery, claimed nothing
+                    return reject(flow, ex, "replayed_nonce", 403)
+                claim, ex.repeat = found, sighting is Sighting.REPEAT
         except StoreUnavailable as e:
             return self._store_down(flow, ex, e)
         ex.outcome.attempt = claim.attempt

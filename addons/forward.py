@@ -55,8 +55,9 @@ class Forward:
         ex = exchange(flow)
         if ex is None or ex.route is None:
             return
-        if ex.outcome.verdict != "verified":
-            return reject(flow, ex, "not_verified", 403)  # never forward what was not verified
+        if ex.outcome.verdict != "verified" or ex.replay is not None:
+            # Never forward what was not verified, nor a request whose replay check (left to dedup) never ran.
+            return reject(flow, ex, "not_verified", 403)
         try:
             await self._forward(flow, ex)
         except Exception:

@@ -4,8 +4,9 @@ URL-verification GETs are answered here and never forwarded. A rejection answers
 form with a reason code in the outcome; nothing unverified ever reaches the backend. The replay cache remembers
 each signed request for its window (``remember`` is the store's, so replicas share it); when the store is down
 the route's ``dedup.store_down`` decides: ``fail_open`` accepts (the outcome says so), ``fail_closed`` asks the
-sender to retry. With dedup on, the two lookups a request needs (its signed values with its body, then alone)
-are one ``remember_signed`` call: one round trip on Redis.
+sender to retry. With dedup on, the check is left to the dedup addon (``ex.replay``), which makes it and its
+claim one store call (:meth:`~proxy.stores.base.Store.claim_signed`: one round trip on Redis, one
+transaction on SQLite): a request refused as a replay is still never forwarded, and never claimed.
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
 
-from proxy.exchange import Exchange, exchange
+from proxy.exchange import Exchange, Replay, exchange
 from proxy.forwarding import query_items
 from proxy.policy import before_deadline
 from proxy.protocols.base import Inbound, Rejected
 from proxy.replies import reject, respond
-from proxy.stores.base import Sighting, StoreUnavailable, remember_signed_with
+from proxy.stores.base import StoreUnavailable
 
 logger = logging.getLogger("wxgate")
 
 Remember = Callable[[str, float], Awaitable[bool]]
-RememberSigned = Callable[[str, str, float], Awaitable[Sighting]]
 
 
 def inbound_of(request: http.Request) -> Inbound:
@@ -46,17 +46,9 @@ def inbound_of(request: http.Request) -> Inbound:
 
 
 class Verify:
-    def __init__(
-        self,
-        remember: Remember,
-        clock: Callable[[], float] = time.time,
-        remember_signed: RememberSigned | None = None,
-    ) -> None:
+    def __init__(self, remember: Remember, clock: Callable[[], float] = time.time) -> None:
         self.remember = remember
         self.clock = clock
-        self.remember_signed: RememberSigned = remember_signed or (
-            lambda signed, body, ttl: remember_signed_with(remember, signed, body, ttl)
-        )
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -85,35 +77,25 @@ class Verify:
             ex.outcome.verdict = "direct"
             return respond(flow, ex, verified.direct_reply)
         if verified.replay_key is not None:
-            try:
-                fresh = await before_deadline(ex, self._fresh(ex, verified.replay_key, verified.replay_ttl))
-            except StoreUnavailable:
-                ex.outcome.dedup = "store_error"
-                if route.config.dedup.store_down == "fail_closed":
-                    ex.outcome.reason = "store_unavailable"
-                    ex.outcome.verdict = "rejected"
-                    return respond(flow, ex, route.protocol.backend_failure_reply(ex.verified))
-                fresh = True
-            if not fresh:
-                return reject(flow, ex, "replayed_nonce", 403)
+            signed = f"nonce:{route.name}:{hashlib.sha256(verified.replay_key.encode()).hexdigest()[:32]}"
+            if route.config.dedup.enabled:
+                # A signature reused with a *different* body is a forgery built from a captured request (MP's
+                # plain ``signature`` does not cover the body) and is refused. An exact repeat — same signed
+                # values, same body — is what a sender retry can look like: it is answered from the dedup
+                # record, without reaching the backend (or refused when the message has no dedup key).
+                body = hashlib.sha256(ex.inbound.body).hexdigest()[:16]
+                ex.replay = Replay(signed, body, verified.replay_ttl)
+            else:  # any repeat is refused
+                try:
+                    fresh = await before_deadline(ex, self.remember(signed, verified.replay_ttl))
+                except StoreUnavailable:
+                    ex.outcome.dedup = "store_error"
+                    if route.config.dedup.store_down == "fail_closed":
+                        ex.outcome.reason = "store_unavailable"
+                        ex.outcome.verdict = "rejected"
+                        return respond(flow, ex, route.protocol.backend_failure_reply(ex.verified))
+                    fresh = True
+                if not fresh:
+                    return reject(flow, ex, "replayed_nonce", 403)
         ex.outcome.verdict = "verified"
         return None
-
-    async def _fresh(self, ex: Exchange, replay_key: str, ttl: float) -> bool:
-        """Whether this signed request may proceed.
-
-        A signature reused with a *different* body is a forgery built from a captured request (MP's plain
-        ``signature`` does not cover the body) and is refused. An exact repeat — same signed values, same body —
-        is what a sender retry can look like; with dedup on it proceeds and is answered from the dedup record,
-        without reaching the backend. With dedup off, any repeat is refused.
-        """
-        assert ex.route is not None and ex.inbound is not None
-        name = ex.route.name
-        signed = hashlib.sha256(replay_key.encode()).hexdigest()[:32]
-        if not ex.route.config.dedup.enabled:
-            return await self.remember(f"nonce:{name}:{signed}", ttl)
-        body = hashlib.sha256(ex.inbound.body).hexdigest()[:16]
-        sighting = await self.remember_signed(f"nonce:{name}:{signed}", body, ttl)
-        if sighting is Sighting.REPEAT:
-            ex.repeat = True  # dedup must answer it, or refuse it when the message has no key
-        return sighting is not Sighting.FORGED

@@ -113,7 +113,7 @@ def build_chain(rt: Runtime) -> list[Any]:
         metrics_addon,
         Routing(rt.table, rt.config.unmatched),
         Admission(rt.config.trusted_proxies),
-        Verify(rt.store.remember, remember_signed=rt.store.remember_signed),
+        Verify(rt.store.remember),
         Envelope(),
         Dedup(rt.store, rt.settlement),
         Forward(rt.client, rt.settlement, rt.tasks, observe=rt.metrics.observe_upstream, tracing=rt.tracing),

@@ -71,9 +71,19 @@ class Exchange:
     dedup_key_raw: str | None = None  # the hashed key as stored
     outbox_id: str | None = None
     repeat: bool = False  # an exact repeat of a signed request seen before (a retry or a replay)
+    replay: Replay | None = None  # the replay-cache check verify left to the dedup claim (one store call)
     traceparent: str | None = None
     span: Any = None
     finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A verified request's replay-cache entry: its signed values (hashed, with the route) and body hash."""
+
+    signed: str
+    body: str
+    ttl: float
 
 
 def exchange(flow: http.HTTPFlow) -> Exchange | None:

@@ -88,6 +88,12 @@ class InstrumentedStore(Store):
     async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
         return await self._call("remember_signed", self.inner.remember_signed(signed, body, ttl))
 
+    async def claim_signed(
+        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+    ) -> tuple[Sighting, Claim | None]:
+        call = self.inner.claim_signed(signed, body, replay_ttl, key, lease, ttl)
+        return await self._call("claim_signed", call)
+
     # -- outbox ----------------------------------------------------------------------------------------------
     async def outbox_put(self, item: OutboxItem) -> None:
         await self._call("outbox_put", self.inner.outbox_put(item))

@@ -80,6 +80,7 @@ STORE_OPERATIONS = (
     "settle",
     "remember",
     "remember_signed",
+    "claim_signed",
     "outbox_put",
     "outbox_lease",
     "outbox_ack",

@@ -24,10 +24,21 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Awaitable, Callable
+import itertools
+import secrets
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+
+_TOKEN_PREFIX = secrets.token_hex(8)
+_token_serial = itertools.count(1)
+
+
+def new_token() -> str:
+    """An owner token for a claim or a replay-cache write: unique across replicas (a random prefix per
+    process) and calls (a counter), without a system call each. Tokens tell a store who holds a key; they
+    are never shown to senders or backends, so they need to be unique, not unguessable."""
+    return f"{_TOKEN_PREFIX}{next(_token_serial):x}"
 
 
 class StoreUnavailable(Exception):
@@ -46,17 +57,6 @@ class Sighting(enum.Enum):
     NEW = "new"  # first sighting of these signed values: remembered, with this body
     REPEAT = "repeat"  # the same signed values with the same body: what a sender retry looks like
     FORGED = "forged"  # the same signed values with another body: a replay built from a captured request
-
-
-async def remember_signed_with(
-    remember: Callable[[str, float], Awaitable[bool]], signed: str, body: str, ttl: float
-) -> Sighting:
-    """:meth:`Store.remember_signed` made of two ``remember`` calls."""
-    if not await remember(f"{signed}:{body}", ttl):
-        return Sighting.REPEAT
-    if not await remember(signed, ttl):
-        return Sighting.FORGED
-    return Sighting.NEW
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +131,23 @@ class Store(abc.ABC):
     async def remember(self, key: str, ttl: float) -> bool:
         """True the first time ``key`` is seen within ``ttl`` seconds, False on a repeat."""
 
+    @abc.abstractmethod
     async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
-        """The replay cache for one signed request: ``remember(f"{signed}:{body}")``, and only if that was new,
-        ``remember(signed)``. A store that can do both in one round trip overrides this (the keys and results
-        must stay those of the two calls, so replicas of either kind agree)."""
-        return await remember_signed_with(self.remember, signed, body, ttl)
+        """The replay cache for one signed request, atomically: REPEAT if ``signed`` was accepted with this
+        ``body`` within ``ttl``; else FORGED if ``signed`` was seen (with another body), remembering nothing;
+        else NEW, remembering ``signed`` (under the key :meth:`remember` uses for it) and ``signed`` with
+        ``body``. A forgery sent twice is FORGED twice: its body is never remembered as accepted."""
+
+    async def claim_signed(
+        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+    ) -> tuple[Sighting, Claim | None]:
+        """The replay cache and the dedup claim of one verified request: ``remember_signed(signed, body,
+        replay_ttl)``, then, unless that says FORGED (no claim is made: ``None``), ``claim(key, lease, ttl)``.
+        A store that can do both in one round trip overrides this, with the keys and results of the two calls."""
+        sighting = await self.remember_signed(signed, body, replay_ttl)
+        if sighting is Sighting.FORGED:
+            return sighting, None
+        return sighting, await self.claim(key, lease, ttl)
 
     # -- outbox ----------------------------------------------------------------------------------------------
     @abc.abstractmethod

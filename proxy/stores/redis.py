@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -27,7 +26,16 @@ from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
-from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Sighting, Store, StoreUnavailable
+from proxy.stores.base import (
+    Claim,
+    ClaimState,
+    OutboxItem,
+    OutboxStats,
+    Sighting,
+    Store,
+    StoreUnavailable,
+    new_token,
+)
 from proxy.stores.redis_notify import SettleSubscriber
 from proxy.stores.redis_scripts import Scripts
 from proxy.stores.redis_target import REDIS_ERRORS, RedisConnector, parse_redis_url
@@ -172,7 +180,7 @@ class RedisStore(Store):
 
     # -- dedup -----------------------------------------------------------------------------------------------
     async def claim(self, key: str, lease: float, ttl: float) -> Claim:
-        token = secrets.token_hex(16)
+        token = new_token()
         raw = await self._eval(self._scripts.claim, [self._key(key, "d")], [token, _ms(lease), _ms(ttl)])
         return _claim(raw, token)[0]
 
@@ -187,7 +195,7 @@ class RedisStore(Store):
         self._waiters.wake(key)
 
     async def settle(self, key: str, lease: float, timeout: float) -> Claim:
-        token, loop = secrets.token_hex(16), asyncio.get_running_loop()
+        token, loop = new_token(), asyncio.get_running_loop()
         deadline = loop.time() + timeout
 
         async def check() -> tuple[Claim, float]:
@@ -207,16 +215,31 @@ class RedisStore(Store):
     async def remember(self, key: str, ttl: float) -> bool:
         # Not a bare SET NX: if redis-py's retry re-sends it after the first one was applied, the token lets
         # the retry recognise its own write instead of reporting a replay (redis_scripts).
-        token = secrets.token_hex(8)
+        token = new_token()
         return bool(await self._eval(self._scripts.remember, [self._key(key, "n")], [token, _ms(ttl)]))
 
+    def _signed_keys(self, signed: str, body: str) -> list[str]:
+        # One hash tag (the signed values) for both: remember_signed is one script on a cluster too.
+        return [f"{self._key(signed, 'n')}:{body}", self._key(signed, "n")]
+
     async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
-        if isinstance(self._client, RedisCluster):
-            return await super().remember_signed(signed, body, ttl)  # two slots: one script each
-        token = secrets.token_hex(8)
-        keys = [self._key(f"{signed}:{body}", "n"), self._key(signed, "n")]
+        token = new_token()
+        keys = self._signed_keys(signed, body)
         raw = await self._eval(self._scripts.remember_signed, keys, [token, _ms(ttl)])
         return Sighting(bytes(raw).decode())
+
+    async def claim_signed(
+        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+    ) -> tuple[Sighting, Claim | None]:
+        if isinstance(self._client, RedisCluster):
+            return await super().claim_signed(signed, body, replay_ttl, key, lease, ttl)  # two slots
+        token = new_token()
+        keys = [*self._signed_keys(signed, body), self._key(key, "d")]
+        raw = await self._eval(
+            self._scripts.claim_signed, keys, [token, _ms(lease), _ms(ttl), _ms(replay_ttl)]
+        )
+        sighting = Sighting(bytes(raw[0]).decode())
+        return sighting, (_claim(raw[1:], token)[0] if sighting is not Sighting.FORGED else None)
 
     # -- outbox ----------------------------------------------------------------------------------------------
     async def _outbox_call(self, script: AsyncScript, *args: EncodableT) -> Any:

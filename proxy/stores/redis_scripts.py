@@ -34,36 +34,37 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-CLAIM = (
-    _NOW
-    + """
-local k, token, lease, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local s, a, l, r, o = unpack(redis.call('HMGET', k, 's', 'a', 'l', 'r', 'o'))
-if not s then
-  redis.call('HSET', k, 's', 'f', 'a', 1, 'o', token, 'l', now + lease, 't', ttl)
+# claim(k, token, lease, ttl) -> {state, attempt[, reply | ms left]}; needs ``now`` (_NOW) in scope.
+_CLAIM_FN = """
+local function claim(k, token, lease, ttl)
+  local s, a, l, r, o = unpack(redis.call('HMGET', k, 's', 'a', 'l', 'r', 'o'))
+  if not s then
+    redis.call('HSET', k, 's', 'f', 'a', 1, 'o', token, 'l', now + lease, 't', ttl)
+    redis.call('PEXPIRE', k, math.max(lease, ttl))
+    return {'new', 1}
+  end
+  if s == 'f' and o == token then
+    return {'new', tonumber(a)}
+  end
+  a = tonumber(a) + 1
+  if s == 'd' then
+    redis.call('HSET', k, 'a', a, 't', ttl)
+    redis.call('PEXPIRE', k, ttl)
+    return {'done', a, r}
+  end
+  if s == 'f' and tonumber(l) > now then
+    local left = tonumber(l) - now
+    redis.call('HSET', k, 'a', a, 't', ttl)
+    redis.call('PEXPIRE', k, math.max(ttl, left))
+    return {'in_flight', a, left}
+  end
+  redis.call('HSET', k, 's', 'f', 'a', a, 'o', token, 'l', now + lease, 't', ttl)
   redis.call('PEXPIRE', k, math.max(lease, ttl))
-  return {'new', 1}
+  return {'new', a}
 end
-if s == 'f' and o == token then
-  return {'new', tonumber(a)}
-end
-a = tonumber(a) + 1
-if s == 'd' then
-  redis.call('HSET', k, 'a', a, 't', ttl)
-  redis.call('PEXPIRE', k, ttl)
-  return {'done', a, r}
-end
-if s == 'f' and tonumber(l) > now then
-  local left = tonumber(l) - now
-  redis.call('HSET', k, 'a', a, 't', ttl)
-  redis.call('PEXPIRE', k, math.max(ttl, left))
-  return {'in_flight', a, left}
-end
-redis.call('HSET', k, 's', 'f', 'a', a, 'o', token, 'l', now + lease, 't', ttl)
-redis.call('PEXPIRE', k, math.max(lease, ttl))
-return {'new', a}
 """
-)
+
+CLAIM = _NOW + _CLAIM_FN + "return claim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))"
 
 REMEMBER = """
 local v = redis.call('GET', KEYS[1])
@@ -75,18 +76,39 @@ if v == ARGV[1] then return 1 end
 return 0
 """
 
-# The replay cache for one signed request in one round trip (single server and Sentinel only: on a cluster the
-# two keys live in different slots). KEYS: the signed values with the body, the signed values alone; ARGV:
-# token, ttl (ms). The token plays the part it plays in REMEMBER: a retried script recognises its own writes.
-REMEMBER_SIGNED = """
-local v = redis.call('GET', KEYS[1])
-if v and v ~= ARGV[1] then return 'repeat' end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
-local w = redis.call('GET', KEYS[2])
-if w and w ~= ARGV[1] then return 'forged' end
-if not w then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
-return 'new'
+# The replay cache for one signed request in one round trip; both keys share the signed values' hash tag, so
+# it runs on a cluster too. remember_signed(with body, alone, token, ttl ms) -> new | repeat | forged; a
+# forgery writes nothing (sent again, it is refused again). The token plays the part it plays in REMEMBER: a
+# retried script recognises its own writes.
+_REMEMBER_SIGNED_FN = """
+local function remember_signed(kb, ks, token, ttl)
+  local v = redis.call('GET', kb)
+  if v and v ~= token then return 'repeat' end
+  local w = redis.call('GET', ks)
+  if w and w ~= token then return 'forged' end
+  if not v then redis.call('SET', kb, token, 'PX', ttl) end
+  if not w then redis.call('SET', ks, token, 'PX', ttl) end
+  return 'new'
+end
 """
+
+REMEMBER_SIGNED = _REMEMBER_SIGNED_FN + "return remember_signed(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
+
+# Both for one verified request: the replay cache, then (unless forged) the dedup claim, with one token.
+# KEYS: signed values with the body, signed values alone, the dedup record; ARGV: token, lease, ttl, replay ttl.
+# Returns {sighting} when forged (no claim), else {sighting, state, attempt[, reply | ms left]}.
+CLAIM_SIGNED = (
+    _NOW
+    + _CLAIM_FN
+    + _REMEMBER_SIGNED_FN
+    + """
+local seen = remember_signed(KEYS[1], KEYS[2], ARGV[1], ARGV[4])
+if seen == 'forged' then return {seen} end
+local c = claim(KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+table.insert(c, 1, seen)
+return c
+"""
+)
 
 COMPLETE = """
 local k = KEYS[1]
@@ -261,6 +283,7 @@ class Scripts:
     claim: AsyncScript
     remember: AsyncScript
     remember_signed: AsyncScript
+    claim_signed: AsyncScript
     complete: AsyncScript
     release: AsyncScript
     settle: AsyncScript

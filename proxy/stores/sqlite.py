@@ -13,12 +13,11 @@ Outbox methods take ``now`` from the caller, as the interface says.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Callable
 
 from proxy.stores import sqlite_ops as ops
-from proxy.stores.base import Claim, OutboxItem, OutboxStats, Sighting, Store
+from proxy.stores.base import Claim, OutboxItem, OutboxStats, Sighting, Store, new_token
 from proxy.stores.sqlite_worker import SqliteWorker
 from proxy.stores.waiters import KeyWaiters, settle_loop
 
@@ -59,7 +58,7 @@ class SqliteStore(Store):
 
     # -- dedup -----------------------------------------------------------------------------------------------
     async def claim(self, key: str, lease: float, ttl: float) -> Claim:
-        now, token = self._clock(), secrets.token_hex(16)
+        now, token = self._clock(), new_token()
         return await self._worker.run(lambda c: ops.claim(c, key, token=token, lease=lease, ttl=ttl, now=now))
 
     async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
@@ -76,7 +75,7 @@ class SqliteStore(Store):
             self._waiters.wake(key)
 
     async def settle(self, key: str, lease: float, timeout: float) -> Claim:
-        token = secrets.token_hex(16)
+        token = new_token()
 
         async def check() -> tuple[Claim, float]:
             now = self._clock()
@@ -95,6 +94,16 @@ class SqliteStore(Store):
     async def remember_signed(self, signed: str, body: str, ttl: float) -> Sighting:
         now = self._clock()
         return await self._worker.run(lambda c: ops.remember_signed(c, signed, body, ttl, now))
+
+    async def claim_signed(
+        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+    ) -> tuple[Sighting, Claim | None]:
+        now, token = self._clock(), new_token()
+        return await self._worker.run(
+            lambda c: ops.claim_signed(
+                c, signed, body, replay_ttl, key, token=token, lease=lease, ttl=ttl, now=now
+            )
+        )
 
     # -- outbox ----------------------------------------------------------------------------------------------
     async def outbox_put(self, item: OutboxItem) -> None:

@@ -156,13 +156,42 @@ def remember(conn: sqlite3.Connection, key: str, ttl: float, now: float) -> bool
     return cur.rowcount > 0
 
 
+def _seen(conn: sqlite3.Connection, key: str, now: float) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM nonce WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+        is not None
+    )
+
+
 def remember_signed(conn: sqlite3.Connection, signed: str, body: str, ttl: float, now: float) -> Sighting:
-    """:meth:`Store.remember_signed` in one transaction: one trip to the worker thread instead of two."""
-    if not remember(conn, f"{signed}:{body}", ttl, now):
+    """:meth:`Store.remember_signed` in one transaction (the worker thread runs one at a time)."""
+    with_body = f"{signed}:{body}"
+    if _seen(conn, with_body, now):
         return Sighting.REPEAT
-    if not remember(conn, signed, ttl, now):
-        return Sighting.FORGED
+    if _seen(conn, signed, now):
+        return Sighting.FORGED  # nothing remembered: the same forgery again is refused again
+    remember(conn, with_body, ttl, now)
+    remember(conn, signed, ttl, now)
     return Sighting.NEW
+
+
+def claim_signed(
+    conn: sqlite3.Connection,
+    signed: str,
+    body: str,
+    replay_ttl: float,
+    key: str,
+    *,
+    token: str,
+    lease: float,
+    ttl: float,
+    now: float,
+) -> tuple[Sighting, Claim | None]:
+    """:meth:`Store.claim_signed` in one transaction: one trip to the worker thread instead of two."""
+    sighting = remember_signed(conn, signed, body, replay_ttl, now)
+    if sighting is Sighting.FORGED:
+        return sighting, None
+    return sighting, claim(conn, key, token=token, lease=lease, ttl=ttl, now=now)
 
 
 # -- outbox --------------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from mitmproxy import http
 
 from addons.dedup import Dedup, dedup_key
 from addons.verify import Verify
@@ -14,7 +16,7 @@ from proxy.outbox import Delivery, StoreSettlement
 from proxy.protocols.base import Reply
 from proxy.replies import encode_reply
 from proxy.stores import SqliteStore
-from proxy.stores.base import OutboxItem, StoreUnavailable
+from proxy.stores.base import OutboxItem, Store, StoreUnavailable
 from tests.addons.conftest import Nonces, mp_flow, routed, table
 
 
@@ -123,6 +125,9 @@ class DownStore(SqliteStore):
     async def claim(self, key: str, lease: float, ttl: float):  # type: ignore[no-untyped-def]
         raise StoreUnavailable("redis://127.0.0.1:1 refused the connection")
 
+    async def claim_signed(self, *args: object):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("redis://127.0.0.1:1 refused the connection")
+
 
 @pytest.mark.parametrize(("policy", "answered"), [("fail_open", False), ("fail_closed", True)])
 async def test_store_down(policy: str, answered: bool) -> None:
@@ -141,6 +146,10 @@ class HungStore(SqliteStore):
         await asyncio.sleep(30)  # a store that accepted the connection and never answers
         raise AssertionError("unreachable")
 
+    async def claim_signed(self, *args: object):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
 
 async def test_a_hung_store_is_treated_as_down_before_the_deadline() -> None:
     store = HungStore(":memory:")
@@ -154,3 +163,85 @@ async def test_a_hung_store_is_treated_as_down_before_the_deadline() -> None:
         assert (ex.outcome.dedup, ex.outcome.reason) == ("store_error", "store_unavailable")
     finally:
         await store.close()
+
+
+class CountingStore(SqliteStore):
+    """Counts store calls by name (the real in-memory store answers them)."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.calls: list[str] = []
+
+    async def claim(self, key: str, lease: float, ttl: float):  # type: ignore[no-untyped-def]
+        self.calls.append("claim")
+        return await super().claim(key, lease, ttl)
+
+    async def remember(self, key: str, ttl: float) -> bool:
+        self.calls.append("remember")
+        return await super().remember(key, ttl)
+
+    async def remember_signed(self, signed: str, body: str, ttl: float):  # type: ignore[no-untyped-def]
+        self.calls.append("remember_signed")
+        return await super().remember_signed(signed, body, ttl)
+
+    async def claim_signed(self, *args: Any):  # type: ignore[no-untyped-def]
+        self.calls.append("claim_signed")
+        return await super().claim_signed(*args)
+
+
+@pytest.fixture
+async def counting() -> AsyncIterator[CountingStore]:
+    s = CountingStore()
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def chain(store: Store, *flows: http.HTTPFlow, **route: object) -> list[Exchange]:
+    exs = [routed(f, table(**route)) for f in flows]
+    for f in flows:
+        await Verify(store.remember).request(f)
+        await Dedup(store, StoreSettlement(store)).request(f)
+    return exs
+
+
+async def test_the_replay_check_and_the_claim_are_one_store_call(counting: CountingStore) -> None:
+    first, again = mp_flow(content="real"), mp_flow(content="real")
+    again.request = first.request.copy()
+    exs = await chain(counting, first, again, deadline="0.3s")
+    assert counting.calls[:2] == ["claim_signed", "claim_signed"]  # then the retry's wait (settle) at most
+    assert first.response is None and exs[0].outcome.dedup == "new"
+    assert not exs[0].repeat and exs[1].repeat  # an exact repeat: a retry, answered from the dedup record
+    assert exs[1].outcome.dedup == "duplicate_inflight"  # the first is still being forwarded
+
+
+async def test_a_signature_reused_with_another_body_is_refused_and_claims_nothing(store: SqliteStore) -> None:
+    first, forged, again = mp_flow(content="real"), mp_flow(content="forged"), mp_flow(content="real")
+    forged.request.query = first.request.query  # the captured signed values, a new body
+    again.request = first.request.copy()
+    reply = Reply(200, b"success", "text/plain", "ack")
+    (ex,) = await chain(store, first)
+    assert ex.dedup_key_raw and ex.dedup_token
+    await store.complete(ex.dedup_key_raw, ex.dedup_token, encode_reply(reply), 600)
+    forged_again = mp_flow(content="forged")
+    forged_again.request = forged.request.copy()
+    for f in (forged, forged_again):  # sent twice, the forgery is no "exact repeat" of anything accepted
+        (bad,) = await chain(store, f)
+        assert f.response is not None and f.response.status_code == 403
+        assert (bad.outcome.verdict, bad.outcome.reason) == ("rejected", "replayed_nonce")
+    (retry,) = await chain(store, again)
+    # The forgery took no attempt: the genuine retry is the second delivery of this message.
+    assert (retry.outcome.dedup, retry.outcome.attempt) == ("duplicate_done", 2)
+    assert again.response is not None and again.response.content == b"success"
+
+
+async def test_without_a_dedup_key_a_first_sighting_proceeds_and_a_repeat_is_refused(
+    counting: CountingStore,
+) -> None:
+    first, again = mp_flow(), mp_flow()
+    again.request = first.request.copy()
+    exs = await chain(counting, first, again, dedup={"fields": ["NoSuchField"]})
+    assert counting.calls == ["remember_signed", "remember_signed"]
+    assert first.response is None and exs[0].outcome.dedup == "no_key"
+    assert again.response is not None and again.response.status_code == 403  # a retry or a replay: unknown
+    assert exs[1].outcome.reason == "replayed_nonce"

@@ -38,7 +38,7 @@ async def run(
     result: UpstreamResult, delay: float = 0.0, **route: object
 ) -> tuple[object, object, FakeUpstream]:
     f = mp_flow()
-    ex = routed(f, table(**route))
+    ex = routed(f, table(**{"dedup": {"enabled": False}, **route}))  # these tests are about forwarding alone
     await Verify(Nonces().remember).request(f)
     up = FakeUpstream(result, delay)
     tasks = BackgroundTasks()
@@ -103,6 +103,19 @@ async def test_deadline_answers_before_a_slow_backend() -> None:
 async def test_unverified_flows_are_never_forwarded() -> None:
     f = mp_flow()
     ex = routed(f, table())
+    up = FakeUpstream(UpstreamResult("2xx", 200))
+    await Forward(up, Settlement(), BackgroundTasks()).request(f)
+    assert up.calls == []
+    assert f.response is not None and f.response.status_code == 403
+    assert ex.outcome.reason == "not_verified"
+
+
+async def test_a_request_whose_replay_check_never_ran_is_never_forwarded() -> None:
+    """With dedup on, verify leaves the replay check to the dedup claim: a chain without it forwards nothing."""
+    f = mp_flow()
+    ex = routed(f, table())
+    await Verify(Nonces().remember).request(f)
+    assert ex.outcome.verdict == "verified" and ex.replay is not None
     up = FakeUpstream(UpstreamResult("2xx", 200))
     await Forward(up, Settlement(), BackgroundTasks()).request(f)
     assert up.calls == []

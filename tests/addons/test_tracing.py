@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
+from addons.dedup import Dedup
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
 from addons.routing import Routing
@@ -47,6 +48,7 @@ class Chain:
             MetricsAddon(self.metrics),
             Routing(self.table),
             Verify(self.store.remember),
+            Dedup(self.store, Settlement()),
             Forward(self.upstream, Settlement(), self.tasks, self.metrics.observe_upstream, tracing),
         ]
 
@@ -100,7 +102,8 @@ async def test_a_forwarded_request_makes_one_trace_whose_client_span_reaches_the
         ex = await chain.send(mp_flow(msg_id=7))
     (server,) = by_kind(spans, SpanKind.SERVER)
     client_spans = by_kind(spans, SpanKind.CLIENT)
-    assert {s.name for s in client_spans} == {"POST /wx", "store remember"}  # remember: the replay cache
+    # claim_signed: the replay cache and the dedup claim, one store call
+    assert {s.name for s in client_spans} == {"POST /wx", "store claim_signed"}
     assert server.name == "POST /wx" and server.status.status_code is StatusCode.UNSET
     assert server.context is not None
     for child in client_spans:

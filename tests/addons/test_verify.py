@@ -7,8 +7,7 @@ import pytest
 from addons.verify import Verify, inbound_of
 from proxy.forwarding import query_items
 from proxy.sender import mp_verify_url
-from proxy.stores import SqliteStore
-from proxy.stores.base import Sighting, StoreUnavailable
+from proxy.stores.base import StoreUnavailable
 from tests.addons.conftest import TOKEN, Nonces, flow_of, mp_flow, routed, table
 
 
@@ -29,57 +28,24 @@ async def test_url_verification_is_answered_directly() -> None:
     assert ex.outcome.verdict == "direct"
 
 
-async def test_signature_reused_with_another_body_is_refused() -> None:
-    nonces = Nonces()
-    first, forged = mp_flow(content="real"), mp_flow(content="forged")
-    forged.request.query = first.request.query  # the captured signed values, a new body
-    routed(first, table())
-    ex = routed(forged, table())
-    await Verify(nonces.remember).request(first)
-    await Verify(nonces.remember).request(forged)
-    assert first.response is None
-    assert forged.response is not None and forged.response.status_code == 403
-    assert ex.outcome.reason == "replayed_nonce"
+async def _no_store_call(key: str, ttl: float) -> bool:
+    raise AssertionError("with dedup on, the replay check is made with the dedup claim")
 
 
-async def test_exact_repeat_proceeds_to_dedup_marked_as_repeat() -> None:
-    nonces = Nonces()
-    first, again = mp_flow(), mp_flow()
+async def test_with_dedup_on_the_replay_check_is_left_to_the_claim() -> None:
+    first, again, forged = mp_flow(content="real"), mp_flow(content="real"), mp_flow(content="forged")
     again.request = first.request.copy()
-    routed(first, table())
-    ex = routed(again, table())
-    await Verify(nonces.remember).request(first)
-    await Verify(nonces.remember).request(again)
-    assert again.response is None
-    assert ex.repeat and ex.outcome.verdict == "verified"
-
-
-async def test_with_the_stores_remember_signed_each_request_is_one_store_call() -> None:
-    store = SqliteStore(":memory:")
-    await store.open()
-    calls: list[str] = []
-
-    async def remember_signed(signed: str, body: str, ttl: float) -> Sighting:
-        calls.append(signed)
-        return await store.remember_signed(signed, body, ttl)
-
-    async def remember(key: str, ttl: float) -> bool:
-        raise AssertionError("remember_signed covers both lookups")
-
-    verify = Verify(remember, remember_signed=remember_signed)
-    try:
-        first, again, forged = mp_flow(content="real"), mp_flow(content="real"), mp_flow(content="forged")
-        again.request = first.request.copy()
-        forged.request.query = first.request.query
-        exs = [routed(f, table()) for f in (first, again, forged)]
-        for f in (first, again, forged):
-            await verify.request(f)
-    finally:
-        await store.close()
-    assert len(calls) == 3
-    assert (first.response, again.response) == (None, None) and exs[1].repeat
-    assert forged.response is not None and forged.response.status_code == 403
-    assert exs[2].outcome.reason == "replayed_nonce"
+    forged.request.query = first.request.query  # the captured signed values, a new body
+    exs = [routed(f, table()) for f in (first, again, forged)]
+    for f in (first, again, forged):
+        await Verify(_no_store_call).request(f)
+    assert [f.response for f in (first, again, forged)] == [None, None, None]
+    replays = [ex.replay for ex in exs]
+    assert all(r is not None for r in replays) and all(ex.outcome.verdict == "verified" for ex in exs)
+    a, b, c = replays
+    assert a == b  # an exact repeat: the same entry
+    assert a is not None and c is not None and (a.signed, a.ttl) == (c.signed, c.ttl) and a.body != c.body
+    assert a.signed.startswith("nonce:mp:") and "real" not in a.body  # hashes, never the values
 
 
 async def test_exact_repeat_is_refused_when_dedup_is_off() -> None:
@@ -118,7 +84,7 @@ async def _down(key: str, ttl: float) -> bool:
 
 async def test_store_down_fail_open_accepts_and_says_so() -> None:
     f = mp_flow()
-    ex = routed(f, table())
+    ex = routed(f, table(dedup={"enabled": False}))
     await Verify(_down).request(f)
     assert f.response is None
     assert (ex.outcome.verdict, ex.outcome.dedup) == ("verified", "store_error")
@@ -126,7 +92,7 @@ async def test_store_down_fail_open_accepts_and_says_so() -> None:
 
 async def test_store_down_fail_closed_asks_for_a_retry() -> None:
     f = mp_flow()
-    ex = routed(f, table(dedup={"store_down": "fail_closed"}))
+    ex = routed(f, table(dedup={"enabled": False, "store_down": "fail_closed"}))
     await Verify(_down).request(f)
     assert f.response is not None and f.response.status_code == 502
     assert ex.outcome.reason == "store_unavailable"
@@ -137,7 +103,7 @@ async def test_unexpected_errors_fail_closed() -> None:
         raise RuntimeError("bug")
 
     f = mp_flow()
-    ex = routed(f, table())
+    ex = routed(f, table(dedup={"enabled": False}))
     await Verify(broken).request(f)
     assert f.response is not None and f.response.status_code == 500
     assert ex.outcome.reason == "verify_error"

@@ -270,7 +270,7 @@ def test_every_outcome_was_counted(run: Run) -> None:
     assert sample(run, f'wxgate_outbox_enqueued_total{{{j}, route="mpdown"}}') == 1
     assert sample(run, f'wxgate_outbox_dead_lettered_total{{{j}, route="mpdown"}}') == 1
     assert sample(run, f"wxgate_outbox_dead_letters{{{j}}}") == 1
-    assert sample(run, f'wxgate_store_operation_duration_seconds_count{{{j}, operation="claim"}}') >= 5
+    assert sample(run, f'wxgate_store_operation_duration_seconds_count{{{j}, operation="claim_signed"}}') >= 5
     assert sample(run, f"process_resident_memory_bytes{{{j}}}") > 10e6
     assert run.prometheus.query(f'wxgate_build_info{{{j}, version!=""}}')
 
@@ -341,7 +341,7 @@ def test_a_forwarded_request_is_one_exported_trace(run: Run) -> None:
         and server.attributes["wxgate.dedup.result"] == "new"
     )
     children = [s for s in run.otlp.snapshot() if s.parent_span_id == server.span_id]
-    assert {c.name for c in children} >= {"POST /wechat/callback", "store remember_signed", "store claim"}
+    assert {c.name for c in children} >= {"POST /wechat/callback", "store claim_signed"}
     assert all(c.trace_id == server.trace_id for c in children)
     assert any(h.get("x-tenant") == "wxgate-it" for h in run.otlp.headers)  # OTEL_EXPORTER_OTLP_HEADERS
 

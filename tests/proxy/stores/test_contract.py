@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 from proxy.stores import ClaimState, OutboxItem, OutboxStats
-from proxy.stores.base import Sighting
+from proxy.stores.base import Claim, Sighting
 from tests.proxy.stores.conftest import Subject
 
 NEW, IN_FLIGHT, DONE = ClaimState.NEW, ClaimState.IN_FLIGHT, ClaimState.DONE
@@ -204,19 +204,91 @@ async def test_remember_signed_tells_a_first_sighting_a_repeat_and_a_forgery(sub
     assert await s.remember_signed("nonce:mp:sig", "body-b", SHORT) is Sighting.NEW
 
 
-async def test_remember_signed_uses_the_keys_of_two_remember_calls(subject: Subject) -> None:
-    """Replicas running the one-call and the two-call form against one store must agree."""
+async def test_remember_signed_shares_remembers_key_for_the_signed_values(subject: Subject) -> None:
+    """A route with dedup off (``remember``) and one with it on see the same signed values the same way."""
     s = subject.store
-    assert await s.remember("nonce:mp:sig:body-a", TTL) is True
-    assert await s.remember_signed("nonce:mp:sig", "body-a", TTL) is Sighting.REPEAT
+    assert await s.remember("nonce:mp:sig", TTL) is True
+    assert await s.remember_signed("nonce:mp:sig", "body-a", TTL) is Sighting.FORGED
     assert await s.remember_signed("nonce:mp:new", "body-a", TTL) is Sighting.NEW
     assert await s.remember("nonce:mp:new", TTL) is False
-    assert await s.remember("nonce:mp:new:body-a", TTL) is False
+
+
+async def test_a_forgery_sent_again_is_refused_again(subject: Subject) -> None:
+    """A captured signature with a new body never becomes a 'repeat' that dedup would let through."""
+    s = subject.store
+    assert await s.remember_signed("nonce:mp:sig", "real", TTL) is Sighting.NEW
+    for _ in range(3):
+        assert await s.remember_signed("nonce:mp:sig", "forged", TTL) is Sighting.FORGED
+        assert await s.claim_signed("nonce:mp:sig", "forged", TTL, "mp:forged", LEASE, TTL) == (
+            Sighting.FORGED,
+            None,
+        )
+    assert await s.remember_signed("nonce:mp:sig", "real", TTL) is Sighting.REPEAT
 
 
 async def test_concurrent_remember_signed_of_one_request_is_new_exactly_once(subject: Subject) -> None:
     seen = await asyncio.gather(*(subject.store.remember_signed("nonce:mp:sig", "b", TTL) for _ in range(20)))
     assert Counter(seen) == {Sighting.NEW: 1, Sighting.REPEAT: 19}
+
+
+async def test_claim_signed_checks_the_replay_cache_then_claims(subject: Subject) -> None:
+    s = subject.store
+    seen, claim = await s.claim_signed("nonce:mp:sig", "body-a", TTL, "mp:k1", LEASE, TTL)
+    assert seen is Sighting.NEW and claim is not None
+    assert (claim.state, claim.attempt) == (ClaimState.NEW, 1) and claim.token
+    seen, again = await s.claim_signed("nonce:mp:sig", "body-a", TTL, "mp:k1", LEASE, TTL)
+    assert (
+        seen is Sighting.REPEAT
+        and again is not None
+        and (again.state, again.attempt) == (ClaimState.IN_FLIGHT, 2)
+    )
+    # The same signed values with another body: a forgery; nothing is claimed, no attempt is counted.
+    assert await s.claim_signed("nonce:mp:sig", "body-b", TTL, "mp:k1", LEASE, TTL) == (Sighting.FORGED, None)
+    assert await s.claim_signed("nonce:mp:sig", "body-b", TTL, "mp:k2", LEASE, TTL) == (
+        Sighting.FORGED,
+        None,
+    )  # again
+    assert await s.complete("mp:k1", claim.token, b"reply", TTL) is True
+    seen, done = await s.claim_signed("nonce:mp:new", "body-c", TTL, "mp:k1", LEASE, TTL)
+    assert seen is Sighting.NEW and done == Claim(ClaimState.DONE, 3, reply=b"reply")
+    fresh = await s.claim("mp:k2", LEASE, TTL)  # the forgeries never touched the key they named
+    assert (fresh.state, fresh.attempt) == (ClaimState.NEW, 1)
+
+
+async def test_claim_signed_uses_the_keys_of_remember_signed_and_claim(subject: Subject) -> None:
+    """Replicas running the one-call and the two-call form against one store must agree."""
+    s = subject.store
+    assert await s.remember_signed("nonce:mp:sig", "body-a", TTL) is Sighting.NEW
+    first = await s.claim("mp:k", LEASE, TTL)
+    seen, claim = await s.claim_signed("nonce:mp:sig", "body-a", TTL, "mp:k", LEASE, TTL)
+    assert (
+        seen is Sighting.REPEAT
+        and claim is not None
+        and (claim.state, claim.attempt) == (ClaimState.IN_FLIGHT, 2)
+    )
+    _, other = await s.claim_signed("nonce:mp:2", "body-a", TTL, "mp:k2", LEASE, TTL)
+    assert await s.remember_signed("nonce:mp:2", "body-a", TTL) is Sighting.REPEAT
+    assert await s.remember_signed("nonce:mp:2", "body-x", TTL) is Sighting.FORGED
+    assert other is not None and (await s.claim("mp:k2", LEASE, TTL)).state is ClaimState.IN_FLIGHT
+    assert first.token and await s.complete("mp:k", first.token, b"r", TTL) is True
+
+
+async def test_claim_signed_expires_like_its_parts(subject: Subject) -> None:
+    s = subject.store
+    seen, claim = await s.claim_signed("nonce:mp:sig", "body-a", SHORT, "mp:k", SHORT, SHORT)
+    assert seen is Sighting.NEW and claim is not None and claim.state is ClaimState.NEW
+    await subject.advance(PAST_SHORT)
+    seen, claim = await s.claim_signed("nonce:mp:sig", "body-b", SHORT, "mp:k", SHORT, SHORT)
+    assert seen is Sighting.NEW and claim is not None and (claim.state, claim.attempt) == (ClaimState.NEW, 1)
+
+
+async def test_concurrent_claim_signed_of_one_request_claims_exactly_once(subject: Subject) -> None:
+    got = await asyncio.gather(
+        *(subject.store.claim_signed("nonce:mp:sig", "b", TTL, "mp:k", LEASE, TTL) for _ in range(20))
+    )
+    assert Counter(seen for seen, _ in got) == {Sighting.NEW: 1, Sighting.REPEAT: 19}
+    states = Counter(claim.state for _, claim in got if claim is not None)
+    assert states == {ClaimState.NEW: 1, ClaimState.IN_FLIGHT: 19}
 
 
 # -- outbox --------------------------------------------------------------------------------------------------
