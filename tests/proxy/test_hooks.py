@@ -9,7 +9,7 @@ import warnings
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions, options
+from mitmproxy import exceptions, http, options
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
 
@@ -133,3 +133,39 @@ async def test_log_records_do_not_become_add_log_events(caplog: pytest.LogCaptur
     await asyncio.sleep(0.01)  # add_log was scheduled on the loop with call_soon_threadsafe
 
     assert seen == []
+
+
+async def test_a_flow_event_is_followed_by_update_only_for_addons_that_handle_it() -> None:
+    calls: list[str] = []
+
+    class Updater(Recorder):
+        def update(self, flows: list[Any]) -> None:
+            calls.append(f"update({len(flows)})")
+
+    flow = tflow.tflow()
+    quiet = embedded_master(options.Options())
+    quiet.addons.add(Recorder("a", calls))
+    await quiet.addons.handle_lifecycle(HttpRequestHook(flow))
+    assert calls == ["a.request"]
+
+    calls.clear()
+    watching = embedded_master(options.Options())
+    watching.addons.add(Updater("u", calls))
+    await watching.addons.handle_lifecycle(HttpRequestHook(flow))
+    assert calls == ["u.request", "update(1)"]
+
+
+async def test_messages_are_built_without_mitmproxys_debug_type_check() -> None:
+    def build() -> http.Response:
+        # mitmproxy's debug-only check refuses a float timestamp_end given as a str; nothing else reads it here.
+        return http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(), b"x", None, 0.0, "late")  # type: ignore[arg-type]
+
+    saved = http.MessageData.__post_init__  # type: ignore[attr-defined]
+    try:
+        if saved.__name__ == "__post_init__":  # not switched off yet in this process
+            with pytest.raises(TypeError):
+                build()
+        embedded_master(options.Options())
+        assert build().status_code == 200  # the check (~50 µs per request) no longer runs
+    finally:
+        http.MessageData.__post_init__ = saved  # type: ignore[attr-defined]
