@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from mitmproxy import http
 
 from proxy.exchange import exchange
+from proxy.forwarding import request_query
 from proxy.replies import reject
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,7 +98,7 @@ class Admission:
             return
         if len(flow.request.raw_content or b"") > ex.route.config.max_body:
             return reject(flow, ex, "body_too_large", 413)
-        names = [k for k, _ in flow.request.query.items(multi=True)]
+        names = [k for k, _ in request_query(flow, ex)]
         if len(names) != len(set(names)):
             # Verification reads the first value; a backend reading the last could be fed an unsigned one.
             return reject(flow, ex, "duplicate_param", 400)

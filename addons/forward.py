@@ -22,7 +22,7 @@ from typing import Any
 from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
-from proxy.forwarding import backend_request, is_failure, query_items, success_reply
+from proxy.forwarding import backend_request, is_failure, request_query, success_reply
 from proxy.policy import ACK_GRACE, acknowledges, before_deadline, time_left
 from proxy.protocols.base import Reply
 from proxy.replies import reject, respond
@@ -72,7 +72,7 @@ class Forward:
         cfg = ex.route.config
         # The CLIENT span starts first: backend_request() sends its traceparent (ex.traceparent) to the backend.
         client_span = self.tracing.backend_call(ex, flow.request.method) if self.tracing else None
-        url, headers, body = backend_request(ex, query_items(flow.request.path))
+        url, headers, body = backend_request(ex, request_query(flow, ex))
         send = self.client.send(flow.request.method, url, headers, body, cfg.backend_timeout)
         call = self.tasks.spawn(
             client_span.wrap(send) if client_span else send, name=f"upstream {ex.route.name}"

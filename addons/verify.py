@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from mitmproxy import http
 
 from proxy.exchange import Exchange, Replay, exchange
-from proxy.forwarding import query_items
+from proxy.forwarding import query_items as parse_query
+from proxy.forwarding import request_query
 from proxy.policy import before_deadline
 from proxy.protocols.base import Inbound, Rejected
 from proxy.replies import reject, respond
@@ -30,12 +31,12 @@ logger = logging.getLogger("wxgate")
 Remember = Callable[[str, float], Awaitable[bool]]
 
 
-def inbound_of(request: http.Request) -> Inbound:
+def inbound_of(request: http.Request, query_items: list[tuple[str, str]] | None = None) -> Inbound:
     """The request as protocols see it: first value of each query name; header names lower-cased, a repeated
     header's values joined with ", " (as mitmproxy's ``Headers`` reads them), read from the raw fields."""
     path = request.path
     query: dict[str, str] = {}
-    for k, v in query_items(path):
+    for k, v in query_items if query_items is not None else parse_query(path):
         query.setdefault(k, v)
     headers: dict[str, str] = {}
     for raw_name, raw_value in request.headers.fields:
@@ -66,7 +67,7 @@ class Verify:
     async def _verify(self, flow: http.HTTPFlow, ex: Exchange) -> None:
         assert ex.route is not None
         route = ex.route
-        ex.inbound = inbound_of(flow.request)
+        ex.inbound = inbound_of(flow.request, request_query(flow, ex))
         try:
             verified = route.protocol.verify(ex.inbound, self.clock())
         except Rejected as r:

@@ -71,6 +71,7 @@ class Exchange:
     dedup_key_raw: str | None = None  # the hashed key as stored
     outbox_id: str | None = None
     repeat: bool = False  # an exact repeat of a signed request seen before (a retry or a replay)
+    query: list[tuple[str, str]] | None = None  # the target's query items, parsed once (request_query)
     replay: Replay | None = None  # the replay-cache check verify left to the dedup claim (one store call)
     traceparent: str | None = None
     span: Any = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode
 
+from mitmproxy import http
+
 from proxy.exchange import Exchange
 from proxy.protocols.base import Reply
 from proxy.upstream import UpstreamResult
@@ -35,6 +37,13 @@ def query_items(path: str) -> list[tuple[str, str]]:
     every access."""
     query = path.partition("#")[0].partition("?")[2]
     return parse_qsl(query, keep_blank_values=True, errors="surrogateescape") if query else []
+
+
+def request_query(flow: http.HTTPFlow, ex: Exchange) -> list[tuple[str, str]]:
+    """:func:`query_items` of the flow's target, parsed once per request (admission, verify and forward read it)."""
+    if ex.query is None:
+        ex.query = query_items(flow.request.path)
+    return ex.query
 
 
 def backend_request(ex: Exchange, query: list[tuple[str, str]]) -> tuple[str, dict[str, str], bytes]:
