@@ -31,9 +31,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.stores.base import StoreUnavailable
+from proxy.stores.resp import RespError
 
 Kind = Literal["redis", "cluster", "sentinel"]
-REDIS_ERRORS = (RedisError, RedisClusterException, OSError)  # OSError covers TimeoutError and socket errors
+# OSError covers TimeoutError, socket errors and RespConnectionError; RespError is a server error reply.
+REDIS_ERRORS = (RedisError, RedisClusterException, RespError, OSError)
 # CPython's selector transport raises TypeError/AttributeError when written to right after its connection was
 # lost (python/cpython#136234, not fixed in 3.12); redis-py passes it on (redis/redis-py#3546).
 _TRANSPORT_BUGS = (TypeError, AttributeError)

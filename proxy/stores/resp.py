@@ -38,8 +38,6 @@ from typing import Any, cast
 
 import hiredis
 
-from proxy.stores.redis_target import parse_redis_url
-
 Arg = str | bytes | bytearray | memoryview | int | float  # redis-py's EncodableT
 """A command argument: ``str`` goes as UTF-8, numbers as their ``repr`` (``bool`` and ``None`` are refused)."""
 
@@ -198,6 +196,8 @@ class RespClient:
 
         Query options (``ssl_cert_reqs``, ``ssl_ca_certs``…) are not read: pass ``ssl_context`` instead.
         """
+        from proxy.stores.redis_target import parse_redis_url  # it imports this module's errors
+
         t = parse_redis_url(url)
         if t.kind != "redis":
             raise ValueError(f"RespClient talks to one server (redis:// or rediss://), not {t.safe_url}")
