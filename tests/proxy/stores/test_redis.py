@@ -77,7 +77,7 @@ async def test_a_stopped_redis_fails_fast_and_the_store_recovers_on_its_own(own_
 async def test_a_hung_redis_costs_a_call_about_the_read_timeout_not_a_hang(hung_port: int) -> None:
     store = RedisStore(f"redis://{HOST}:{hung_port}/0", timeout=1.0)
     started = time.monotonic()
-    with pytest.raises(StoreUnavailable, match="no reply from redis .* within 1.0 s"):
+    with pytest.raises(StoreUnavailable, match=r"no reply from redis .* within 1\.0 s"):
         await store.claim("k", 10, 60)
     assert time.monotonic() - started < 2.0
     await store.close()
