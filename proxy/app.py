@@ -120,6 +120,15 @@ def build_chain(rt: Runtime) -> list[Any]:
     ]
 
 
+class ListenerTls(tlsconfig.TlsConfig):
+    """mitmproxy's TLS setup for the listener, without its ``request`` hook: that hook answers any path ending in
+    ``/mitmproxy-<serial>.crl`` with mitmproxy's own revocation list and blocks eMudhra lookups, which a forward
+    proxy intercepting clients' TLS needs and a reverse proxy serving its own certificate must not do (the path
+    would be answered by mitmproxy instead of routed). It also read two options (deep copies) per request."""
+
+    request = None  # type: ignore[assignment]
+
+
 class Lifecycle:
     """Keeps garbage collection off the latency path: freezes the startup heap once serving (gen-2 collections
     over it otherwise dominate p99), and, last in the chain, drops each request's exchange once it is answered.
@@ -176,7 +185,7 @@ class Sidecar:
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
             self.tls,  # before TlsConfig: it serves our certificate, never mitmproxy's generated ones
-            tlsconfig.TlsConfig(),
+            ListenerTls(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
             *self.chain,
             Lifecycle(),

@@ -13,7 +13,11 @@ with warnings.catch_warnings():
     # proxy.app imports mitmproxy.master, which imports every default addon; proxyauth's ldap3 uses a
     # deprecated pyasn1 name on import.
     warnings.simplefilter("ignore", DeprecationWarning)
-    from proxy.app import Lifecycle
+    from mitmproxy.addons import tlsconfig
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+
+    from proxy.app import Lifecycle, ListenerTls
+    from proxy.hooks import embedded_master
 
 
 def test_an_answered_flow_lets_go_of_its_exchange() -> None:
@@ -32,3 +36,15 @@ def test_a_failed_flow_lets_go_of_its_exchange() -> None:
     ensure_exchange(f)
     Lifecycle().error(f)
     assert exchange(f) is None
+
+
+async def test_mitmproxys_tls_addon_never_answers_a_request_itself() -> None:
+    """mitmproxy's TlsConfig answers paths ending in /mitmproxy-<serial>.crl with its CRL; wxgate's must not."""
+    from mitmproxy import options
+
+    flow = tflow.tflow()
+    stock, ours = embedded_master(options.Options()), embedded_master(options.Options())
+    stock.addons.add(tlsconfig.TlsConfig())
+    ours.addons.add(ListenerTls())
+    assert stock.addons.handlers(HttpRequestHook(flow))  # what ListenerTls leaves out
+    assert ours.addons.handlers(HttpRequestHook(flow)) == ()
