@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -412,22 +413,32 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
         res["sut_cpu_util"] = (cpu1 - cpu0) / (w1 - w0)
         res["machine_busy"] = (busy1 - busy0) / CLK_TCK / (w1 - w0)  # all processes, in cores
         served = closed["requests"]
-        # 3. duplicates vs first deliveries
+        # 3. duplicates vs first deliveries, in alternating rounds (a noisy spell then hits both sides alike):
+        # each round sends new messages, then exact repeats of the ones that were answered
         if sc.traffic == "dup":
-            first_file, firsts = env.corpus_file(
-                Scenario(sc.id, sc.label, sc.kind, "mp"), "first", int(rate_guess * a.dedup * 1.2) + 2000
-            )
-            first = wrk(port, first_file, a.dedup)
-            sent = firsts[1 : max(2, first["requests"] - 2 * CONNS)]  # wrk's first request() is only a probe
-            dup_file = env.tmp / f"{sc.id}-dups.req"
-            corpus.write(dup_file, sent)
-            dups = wrk(port, dup_file, a.dedup)
-            res["first_deliveries"] = first
-            res["duplicates"] = dups
-            res["dup_ratio"] = (dups["requests"] / dups["duration_us"]) / (
-                first["requests"] / first["duration_us"]
-            )
-            served += first["requests"] + dups["requests"]
+            rounds = []
+            for i in range(a.dup_rounds):
+                first_file, firsts = env.corpus_file(
+                    Scenario(sc.id, sc.label, sc.kind, "mp"),
+                    f"first{i}",
+                    int(rate_guess * a.dedup * 1.2) + 2000,
+                )
+                first = wrk(port, first_file, a.dedup)
+                sent = firsts[
+                    1 : max(2, first["requests"] - 2 * CONNS)
+                ]  # wrk's first request() is only a probe
+                dup_file = env.tmp / f"{sc.id}-dups{i}.req"
+                corpus.write(dup_file, sent)
+                dups = wrk(port, dup_file, a.dedup)
+                rounds.append((first, dups))
+                served += first["requests"] + dups["requests"]
+            ratios = [
+                (d["requests"] / d["duration_us"]) / (f["requests"] / f["duration_us"]) for f, d in rounds
+            ]
+            res["first_deliveries"] = [f for f, _ in rounds]
+            res["duplicates"] = [d for _, d in rounds]
+            res["dup_ratios"] = ratios
+            res["dup_ratio"] = statistics.median(ratios)
         # 4. soak, then the second RSS reading: steady load only (an open loop above capacity queues thousands
         # of requests, and the allocator keeps that high-water mark; it says nothing about growth)
         remaining = (a.soak if sc.soak else a.soak_short) - served
@@ -446,6 +457,72 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
         res["rss_after_open_mib"] = rss_mib(proc.pid)
         res["stats_open"] = sut_stats(proc, stats)
     return res
+
+
+def paired(env: Env, chosen: list[Scenario], rounds: int, seconds: float) -> dict[str, Any]:
+    """Every configuration running at once (idle ones cost nothing), loaded in turn for ``seconds``, ``rounds``
+    times, the order rotated each round: each round's ratio to ``mitmdump`` compares two measurements seconds
+    apart, so a noisy spell on a shared host moves both. Returns per-round figures and the median ratios."""
+    out: dict[str, Any] = {"rounds": rounds, "seconds": seconds, "runs": {sc.id: [] for sc in chosen}}
+    with contextlib.ExitStack() as stack:
+        suts = {sc.id: stack.enter_context(system_under_test(env, sc)) for sc in chosen}
+        guess: dict[str, float] = {}
+        for sc in chosen:  # warm-up
+            port = suts[sc.id][0]
+            t0 = time.monotonic()
+            warm = wrk(port, env.corpus_file(sc, "paired-warmup", 1100)[0], 30, quota=1000)
+            guess[sc.id] = max(200.0, warm["requests"] / max(time.monotonic() - t0 - 0.1, 0.1))
+        for i in range(rounds):
+            for sc in chosen[i % len(chosen) :] + chosen[: i % len(chosen)]:
+                port, proc, _ = suts[sc.id]
+                count = int(guess[sc.id] * seconds * 2) + 2000
+                file = (
+                    env.corpus_file(sc, f"paired{i}", count)[0]
+                    if sc.verified
+                    else env.fixed_corpus(sc, "paired", count)
+                )
+                cpu0 = cpu_seconds(proc.pid)
+                run = wrk(port, file, seconds)
+                cpu1 = cpu_seconds(proc.pid)
+                out["runs"][sc.id].append(
+                    {
+                        "rps": run["requests"] / (run["duration_us"] / 1e6),
+                        "cpu_per_1k": (cpu1 - cpu0) / max(run["requests"], 1) * 1000,
+                        "status_errors": run["status_errors"],
+                    }
+                )
+    base = out["runs"].get("mitmdump")
+    out["ratios"] = {}
+    if base:
+        for sc_id, runs in out["runs"].items():
+            by_rps = [r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True)]
+            by_cpu = [b["cpu_per_1k"] / r["cpu_per_1k"] for r, b in zip(runs, base, strict=True)]
+            out["ratios"][sc_id] = {
+                "rps": by_rps,
+                "cpu": by_cpu,
+                "rps_median": statistics.median(by_rps),
+                "cpu_median": statistics.median(by_cpu),
+            }
+    return out
+
+
+def paired_table(p: dict[str, Any], labels: dict[str, str]) -> str:
+    rows = [
+        f"Paired rounds ({p['rounds']} × {p['seconds']:.0f} s each, every configuration running, loaded in turn):",
+        "",
+        "| configuration | req/s, round by round | × mitmdump, round by round | × mitmdump (median) "
+        "| CPU ms / req (median) | × mitmdump by CPU (median) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for sc_id, runs in p["runs"].items():
+        r = p["ratios"].get(sc_id, {})
+        flag = " ⚠ non-2xx" if any(x["status_errors"] for x in runs) else ""
+        rows.append(
+            f"| {labels.get(sc_id, sc_id)}{flag} | {' '.join(f'{x["rps"]:,.0f}' for x in runs)} | "
+            f"{' '.join(f'{x:.2f}' for x in r.get('rps', []))} | {r.get('rps_median', 0):.2f} | "
+            f"{statistics.median(x['cpu_per_1k'] for x in runs):.3f} | {r.get('cpu_median', 0):.2f} |"
+        )
+    return "\n".join(rows)
 
 
 # -- output ----------------------------------------------------------------------------------------------------
@@ -513,11 +590,14 @@ def details(results: list[dict[str, Any]]) -> str:
             if g0 and g1:
                 lines.append(f"- {r['id']}: GC in the {phase}: {gc_summary(g0, g1)}")
         if "dup_ratio" in r:
-            f, d = r["first_deliveries"], r["duplicates"]
+            rates = [
+                (f["requests"] / f["duration_us"] * 1e6, d["requests"] / d["duration_us"] * 1e6)
+                for f, d in zip(r["first_deliveries"], r["duplicates"], strict=True)
+            ]
             lines.append(
-                f"- {r['id']}: first deliveries alone {f['requests'] / f['duration_us'] * 1e6:,.0f} req/s, "
-                f"duplicates alone (answered from the store) {d['requests'] / d['duration_us'] * 1e6:,.0f} "
-                f"req/s: **{r['dup_ratio']:.2f}×**"
+                f"- {r['id']}: first deliveries alone / duplicates alone (answered from the store), req/s, "
+                f"round by round: {', '.join(f'{a:,.0f} / {b:,.0f}' for a, b in rates)}; ratio "
+                f"{' '.join(f'{x:.2f}' for x in r['dup_ratios'])}, median **{r['dup_ratio']:.2f}×**"
             )
     return "\n".join(lines)
 
@@ -578,7 +658,17 @@ def main() -> int:
     p.add_argument("--closed", type=float, default=8.0, help="closed-loop seconds (default 8)")
     p.add_argument("--rate", type=float, default=500.0, help="open-loop requests per second (default 500)")
     p.add_argument("--open", type=float, default=8.0, help="open-loop seconds (default 8)")
-    p.add_argument("--dedup", type=float, default=5.0, help="seconds for firsts-only and duplicates-only")
+    p.add_argument(
+        "--dedup", type=float, default=2.0, help="seconds for firsts-only and duplicates-only, per round"
+    )
+    p.add_argument("--dup-rounds", type=int, default=4, help="rounds of firsts-only then duplicates-only")
+    p.add_argument(
+        "--paired",
+        default="mitmdump,mp-redis,mp-redis-10pct",
+        help="configurations also measured in alternating rounds (ratios robust to a noisy host; '' for none)",
+    )
+    p.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
+    p.add_argument("--round-seconds", type=float, default=3.0, help="seconds per configuration per round")
     p.add_argument("--soak", type=int, default=100_000, help="requests after warm-up before the last RSS")
     p.add_argument(
         "--soak-short", type=int, default=0, help="the same for the other configurations (default 0)"
@@ -610,6 +700,7 @@ def main() -> int:
     )
     started = time.monotonic()
     results: list[dict[str, Any]] = []
+    paired_result: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="wxgate-bench-") as tmpdir:
         tmp = Path(tmpdir)
         key = corpus.PayKey.generate()
@@ -638,6 +729,10 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+            pair = [sc for sc in chosen if sc.id in args.paired.split(",")] if args.paired else []
+            if len(pair) >= 2 and args.rounds > 0:
+                print(f"[{time.monotonic() - started:5.0f}s] paired rounds: {args.paired} …", file=sys.stderr)
+                paired_result = paired(env, pair, args.rounds, args.round_seconds)
         finally:
             stop_all()
     info["loadavg_after"] = Path("/proc/loadavg").read_text().split(" ")[0]
@@ -645,7 +740,12 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(
-            {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+            {
+                "machine": info,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "results": results,
+                "paired": paired_result,
+            },
             indent=2,
         )
     )
@@ -653,6 +753,9 @@ def main() -> int:
     print(table(results))
     print()
     print(details(results))
+    if paired_result is not None:
+        print()
+        print(paired_table(paired_result, {sc.id: sc.label for sc in SCENARIOS}))
     return 0
 
 
