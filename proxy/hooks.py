@@ -8,18 +8,20 @@ handlers in chain order once (the chain only changes while the master is being b
 cache) and calls just those, with mitmproxy's error handling: an exception in a handler is logged as an
 "Addon error" and the next handler still runs; ``AddonHalt`` ends the event.
 
-:func:`embedded_master` builds the master with it, without the deprecated ``add_log`` event, and without
-mitmproxy's debug-only type check of every request and response (:func:`skip_message_typechecks`).
+:func:`embedded_master` builds the master with it, without the deprecated ``add_log`` event, without
+mitmproxy's debug-only type check of every request and response (:func:`skip_message_typechecks`), and with
+option reads that do not deep-copy immutable values (:func:`option_reads_without_copies`).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import addonmanager, exceptions, flow, hooks, http, options
+from mitmproxy import addonmanager, exceptions, flow, hooks, http, options, optmanager
 from mitmproxy import master as mitm_master
 
 logger = logging.getLogger("mitmproxy.addonmanager")
@@ -90,6 +92,7 @@ def embedded_master(opts: options.Options) -> mitm_master.Master:
     again, wakes the loop with ``call_soon_threadsafe`` and triggers ``add_log`` on every addon: no addon here
     implements it (the stdlib ``logging`` setup in :mod:`proxy.logs` is how wxgate logs)."""
     skip_message_typechecks()
+    option_reads_without_copies()
     master = mitm_master.Master(opts, with_termlog=False)
     master._legacy_log_events.uninstall()
     master.options.changed.disconnect(master.addons._configure_all)
@@ -110,3 +113,19 @@ def skip_message_typechecks() -> None:
     mitmproxy's protocol assertions and wxgate's own, so this turns off just that check; the values come from
     mitmproxy's HTTP/1 parser and from wxgate's typed reply code (mypy --strict)."""
     http.MessageData.__post_init__ = _no_typecheck  # type: ignore[method-assign]
+
+
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _current(self: Any) -> Any:
+    v = self._default if self.value is optmanager.unset else self.value
+    return v if type(v) in _IMMUTABLE else copy.deepcopy(v)
+
+
+def option_reads_without_copies() -> None:
+    """Reading an option no longer deep-copies an immutable value (mitmproxy's ``_Option.current`` deep-copies
+    every value it returns, twice for a default; its HTTP layer reads several options per request). A deep copy
+    of a str, number, bool or None is that same object, so this changes nothing but the cost; lists and other
+    mutable values are still copied."""
+    optmanager._Option.current = _current  # type: ignore[method-assign]

@@ -169,3 +169,12 @@ async def test_messages_are_built_without_mitmproxys_debug_type_check() -> None:
         assert build().status_code == 200  # the check (~50 µs per request) no longer runs
     finally:
         http.MessageData.__post_init__ = saved  # type: ignore[attr-defined]
+
+
+async def test_option_reads_return_immutable_values_as_they_are_and_copy_mutable_ones() -> None:
+    master = embedded_master(options.Options())
+    master.options.update(listen_host="127.0.0.1", allow_hosts=["a"])
+    assert master.options.listen_host == "127.0.0.1" and master.options.listen_port is None
+    hosts = master.options.allow_hosts
+    hosts.append("b")  # a copy: the option itself is unchanged
+    assert master.options.allow_hosts == ["a"]
