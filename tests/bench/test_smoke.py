@@ -48,3 +48,29 @@ def test_harness_produces_a_table(tmp_path: Path) -> None:
     assert 0 < result["rss_start_mib"] <= result["rss_end_mib"] + 50
     assert result["stats_end"]["flows"] == 0  # no flow outlives its request
     assert result["stats_end"]["spans_exported"] > 0  # the traced configuration really traced
+
+
+def test_paired_rounds_and_duplicate_rounds_fill_their_figures(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    args = ["--only", "mitmdump,dup-mix", "--paired", "mitmdump,dup-mix", "--rounds", "2", "--round-seconds", "1"]
+    args += ["--warmup", "300", "--closed", "1", "--open", "1", "--rate", "100", "--soak", "0"]
+    args += ["--dup-rounds", "2", "--dedup", "1"]
+    proc = subprocess.run(
+        [sys.executable, "bench/run.py", *args, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Paired rounds (2 × 1 s each" in proc.stdout
+
+    data = json.loads(out.read_text())
+    dup = next(r for r in data["results"] if r["id"] == "dup-mix")
+    assert len(dup["dup_ratios"]) == 2 and all(x > 0 for x in dup["dup_ratios"])
+    assert all(d["status_errors"] == 0 for d in dup["duplicates"])  # repeats answered 2xx from the store
+    paired = data["paired"]
+    assert [len(paired["runs"][k]) for k in ("mitmdump", "dup-mix")] == [2, 2]
+    assert paired["ratios"]["mitmdump"]["rps"] == [1.0, 1.0]
+    assert all(r["rps"] > 0 and r["status_errors"] == 0 for r in paired["runs"]["dup-mix"])
+    assert paired["ratios"]["dup-mix"]["rps_median"] > 0
