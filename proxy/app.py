@@ -265,7 +265,15 @@ class Sidecar:
 
     async def run(self) -> int:
         cfg = self.rt.config
-        await self.rt.store.open()
+        try:
+            await self.rt.store.open()
+        except StoreUnavailable as e:
+            if not self.rt.store.url_scheme.startswith("redis"):
+                raise  # an embedded store that cannot open is a configuration or disk problem
+            # A shared store that is down now may be back in a second: serve meanwhile, as during an outage
+            # that starts later (routes' store_down policy; /readyz says why it is not ready; the clients
+            # connect on first use). Exiting would crash-loop every restarted replica until it is back.
+            logger.warning("%s; serving anyway: routes follow their store_down policy until it answers", e)
         self.master = self._make_master()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

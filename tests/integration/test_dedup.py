@@ -15,7 +15,7 @@ import pytest
 from proxy import sender
 from proxy.protocols import xmlmsg
 from tests.integration.conftest import ENV, TOKEN, mp_route
-from tests.support.procs import Backend, Sidecar, http
+from tests.support.procs import Backend, Process, Sidecar, http, wait_until
 from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -200,3 +200,47 @@ def test_redis_outage_follows_the_policy_and_recovers(
         assert s.metric("wxgate_dedup_total", route="mp", result="store_error") >= 1
     finally:
         s.stop()
+
+
+def test_a_replica_started_while_redis_is_down_serves_by_its_policy_and_catches_up(
+    tmp_path: Path, fresh_backend: Backend
+) -> None:
+    """Restarted during a Redis outage, wxgate does not exit (a crash loop): it listens, says why it is not
+    ready, answers by the route's store_down policy, and deduplicates again once Redis is there."""
+    redis = RedisServer()  # its port is chosen, nothing listens on it yet
+    s = Sidecar(
+        tmp_path,
+        {
+            "upstream": fresh_backend.url,
+            "store": redis.url,
+            "routes": [mp_route(dedup={"store_down": "fail_open"})],
+        },
+        env=ENV,
+    )
+    Process.start(s)  # not ready by design: Sidecar.start would wait for /readyz
+    try:
+
+        def healthy() -> bool:
+            assert s.proc is not None and s.proc.poll() is None, s.logs()[-2000:]  # it must not exit
+            return http("GET", s.admin_url + "/healthz", timeout=1)[0] == 200
+
+        wait_until(healthy, 15, "wxgate /healthz")
+        status, body, _ = http("GET", s.admin_url + "/readyz")
+        assert status == 503 and b"store unreachable" in body
+        down = text(901)
+        status, body, _ = http("POST", s.url + down.path_query, down.body, down.headers)
+        assert status == 200 and b"echo: hi" in body  # fail_open: forwarded without deduplication
+        assert "serving anyway" in s.logs()
+
+        redis.start()
+        deadline = time.monotonic() + 10
+        while http("GET", s.admin_url + "/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert http("GET", s.admin_url + "/readyz")[0] == 200
+        for _ in range(2):
+            again = text(902)
+            assert http("POST", s.url + again.path_query, again.body, again.headers)[0] == 200
+        assert msg_ids(fresh_backend) == Counter({"901": 1, "902": 1})  # the retry answered from Redis
+    finally:
+        s.stop()
+        redis.cleanup()

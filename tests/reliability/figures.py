@@ -201,8 +201,9 @@ the corpus a genuine delivery went through: the backend received that one and no
 - When the store refuses the outbox write and the backend fails too, an `ack` route answers retry-me (nothing
   is acknowledged that is not durable); an Official Account or WeCom sender gives up after its fourth
   delivery, so such a notification never arrives (the *never acknowledged* counts in the notes).
-- wxgate exits at start while its store is unreachable, even on `store_down: fail_open` routes: a replica
-  restarted during a Redis outage crash-loops until Redis is back (the soak restarts it like a supervisor).
+- A replica started while Redis is unreachable serves at once by its routes' `store_down` policy, with
+  `/readyz` failing until Redis answers (so a load balancer that follows readiness keeps it out until then);
+  it used to exit at start and crash-loop through the outage.
 """
 
 

@@ -10,7 +10,6 @@ carried. :class:`BackendLog` keeps what the backend received across its restarts
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 import time
@@ -271,25 +270,15 @@ class Fleet:
         self.live.discard(i)
         self.replicas[i].kill()
 
-    def restart(self, i: int, give_up: float = 60.0) -> int:
-        """Start replica ``i`` again on its ports, as a supervisor would: wxgate exits at start while its store
-        is unreachable, so it is started again every second until it serves. Returns the attempts it took."""
-        old, deadline = self.replicas[i], time.monotonic() + give_up
-        for attempt in itertools.count(1):
-            self.replicas[i] = Sidecar(
-                self.tmp, self.config, env=ENV, port=old.port, admin_port=old.admin_port, name=f"replica-{i}"
-            )
-            try:
-                self.replicas[i].start()
-            except RuntimeError:  # exited (store down at start)
-                self.replicas[i].stop()  # reaps it
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
-                continue
-            self.live.add(i)
-            return attempt
-        raise AssertionError("unreachable")
+    def restart(self, i: int, give_up: float = 60.0) -> None:
+        """Start replica ``i`` again on its ports, as a supervisor would, and add it to the load balancer once
+        ready: it serves at once, and is ready once its store answers (it may still be down)."""
+        old = self.replicas[i]
+        self.replicas[i] = Sidecar(
+            self.tmp, self.config, env=ENV, port=old.port, admin_port=old.admin_port, name=f"replica-{i}"
+        )
+        self.replicas[i].start(wait=give_up)
+        self.live.add(i)
 
     def backend_requests(self) -> list[dict[str, Any]]:
         return self.backend.requests()
