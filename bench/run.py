@@ -667,7 +667,7 @@ def main() -> int:
         default="mitmdump,mp-redis,mp-redis-10pct",
         help="configurations also measured in alternating rounds (ratios robust to a noisy host; '' for none)",
     )
-    p.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=7, help="paired rounds (default 7)")
     p.add_argument("--round-seconds", type=float, default=3.0, help="seconds per configuration per round")
     p.add_argument("--soak", type=int, default=100_000, help="requests after warm-up before the last RSS")
     p.add_argument(
