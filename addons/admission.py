@@ -21,12 +21,11 @@ from proxy.replies import reject
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A request head (names and values) this large is no callback: WeChat's are under 1 KiB; nginx allows 32 KiB.
 MAX_HEAD = 64 * 1024
-_SPOOF = b"x-wxgate-"
 
 
-def spoofed(name: str) -> bool:
+def spoofed(name: bytes) -> bool:
     """A client's copy of a header only wxgate may set, however it spells it."""
-    return name.lower().replace("_", "-").startswith("x-wxgate-")
+    return name.lower().replace(b"_", b"-").startswith(b"x-wxgate-")
 
 
 def head_problem(fields: Sequence[tuple[bytes, bytes]]) -> tuple[str, int] | None:
@@ -69,9 +68,8 @@ class Admission:
         self.trusted = tuple(trusted_proxies)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if any(_SPOOF in n.lower().replace(b"_", b"-") for n, _ in flow.request.headers.fields):  # rare
-            for name in [n for n in flow.request.headers if spoofed(n)]:
-                del flow.request.headers[name]
+        for name in {n for n, _ in flow.request.headers.fields if spoofed(n)}:  # the raw names: no decoding
+            del flow.request.headers[name.decode("utf-8", "surrogateescape")]
         if flow.response or flow.error or not flow.live:
             return
         ex = exchange(flow)

@@ -1,23 +1,23 @@
 """Dedup: each notification reaches the backend once; every retry gets the backend's real reply.
 
 Two-phase claim in the shared store (DESIGN.md "Deduplication"), made in the same store call as the replay
-check verify left to it (``ex.replay``; a forgery is refused and claims nothing): ``NEW`` forwards; ``DONE`` replays the cached
-reply without touching the backend (the envelope addon re-seals it freshly); ``IN_FLIGHT`` waits for the first
-attempt up to this attempt's own deadline and replays its reply, or takes the claim over if the first attempt
-released it. Keys come from the protocol's recipe (or the route's ``dedup.fields``) and are hashed before they
-reach the store, the backend (``X-Wxgate-Dedup-Key``) or the logs. Store down: ``dedup.store_down``.
+check verify left to it (``ex.replay``; a forgery is refused and claims nothing): ``NEW`` forwards; ``DONE``
+replays the cached reply without touching the backend (the envelope addon re-seals it freshly); ``IN_FLIGHT``
+waits for the first attempt up to this attempt's own deadline and replays its reply, or takes the claim over
+if the first attempt released it. Keys come from the protocol's recipe (or the route's ``dedup.fields``) and
+are hashed before they reach the store, the backend (``X-Wxgate-Dedup-Key``) or the logs. Store down:
+``dedup.store_down``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 
 from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
-from proxy.policy import ACK_GRACE, acknowledges, before_deadline
+from proxy.policy import ACK_GRACE, acknowledges, before_deadline, time_left
 from proxy.protocols.base import Reply
 from proxy.replies import decode_reply, reject, respond
 from proxy.settlement import Settlement
@@ -97,10 +97,9 @@ class Dedup:
         ex.outcome.attempt = claim.attempt
         if claim.state is ClaimState.IN_FLIGHT:
             ex.outcome.dedup = "duplicate_inflight"
-            remaining = ex.route.config.deadline - (time.perf_counter() - ex.started)
             try:
                 # settle returns IN_FLIGHT by itself at the deadline; the outer bound only catches a hung store.
-                settling = self.store.settle(key, cfg.lease, max(remaining, 0.0))
+                settling = self.store.settle(key, cfg.lease, max(time_left(ex), 0.0))
                 claim = await before_deadline(ex, settling, grace=ACK_GRACE)
             except StoreUnavailable as e:
                 return self._store_down(flow, ex, e)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -77,9 +76,8 @@ class Forward:
         call = self.tasks.spawn(
             client_span.wrap(send) if client_span else send, name=f"upstream {ex.route.name}"
         )
-        remaining = cfg.deadline - (time.perf_counter() - ex.started)
         try:
-            result = await asyncio.wait_for(asyncio.shield(call), max(remaining, 0.0))
+            result = await asyncio.wait_for(asyncio.shield(call), max(time_left(ex), 0.0))
         except TimeoutError:
             ex.outcome.deadline = ex.route.policy
             reply = await self._early_reply(ex, in_flight=True)

@@ -1,8 +1,10 @@
 """``redis://``, ``rediss://``, ``redis+cluster://``, ``redis+sentinel://``: state shared by every replica.
 
 Every dedup, replay-cache and outbox operation is one round trip: a Lua script run by EVALSHA
-(:mod:`.redis_scripts`), all keys of an operation under one hash tag so it runs on Redis Cluster. Dedup leases are compared on Redis' clock; outbox due times use the ``now`` the caller passes,
-as the interface says. ``settle`` waits on pub/sub (:mod:`.redis_notify`), with a slow poll as a safety net.
+(:mod:`.redis_scripts`), all keys of an operation under one hash tag so it runs on Redis Cluster (the replay
+check and the claim together, ``claim_signed``, are two there). On a single server the scripts go over
+:class:`~proxy.stores.resp.RespClient`; everything else over redis-py. Dedup leases are compared on Redis'
+clock; outbox due times use the ``now`` the caller passes, as the interface says. ``settle`` waits on pub/sub (:mod:`.redis_notify`), with a slow poll as a safety net.
 
 Failures (refused, timed out, cluster down, auth, OOM…) raise :class:`StoreUnavailable` naming the URL without
 its password and what to check (:mod:`.redis_target`). Durability of the outbox is Redis' own: run it with
@@ -181,11 +183,13 @@ class RedisStore(Store):
             ) from None
 
     async def _eval(self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        # No context managers here: this runs on every dedup and replay-cache call, and a generator-based one
+        # (translate, _slot) plus a timer for a free slot cost a fifth of what the call itself does in Python.
         if self._resp is not None:
-            with self._conn.translate():
+            try:
                 return await self._resp.evalsha(script.sha, script.script, keys, args)
-        # _slot spelled out: this runs on every dedup and replay-cache call, and a generator-based context
-        # manager plus a timer for a free slot cost a fifth of what the call itself does in Python.
+            except REDIS_ERRORS as exc:  # RespError, RespConnectionError (an OSError)
+                raise self._conn.unavailable(exc) from exc
         await self._acquire()
         try:
             with self._conn.translate():

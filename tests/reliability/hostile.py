@@ -25,25 +25,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy.protocols import senders, wechat_pay_v2, wxcrypt, xmlmsg
 from tests.reliability.fleet import AES, APP_ID, MCH, PAY_KEY, ROUTES, TOKEN, Catalog
+from tests.support.hostile_xml import EXTERNAL_DTD, INTERNAL, LAUGHS, XXE, quadratic
 
 FAIL_XML = 1200  # stands for "200 with <return_code>FAIL</return_code>" in ``expect``
-XXE = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml><Content>&e;</Content></xml>'
-INTERNAL = b'<!DOCTYPE x [<!ENTITY e "INJECTED">]><xml><ToUserName>&e;</ToUserName><MsgId>1</MsgId></xml>'
-LAUGHS = (
-    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-    + b"".join(
-        f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10 if i > 1 else "&lol;" * 10}">'.encode() for i in range(1, 10)
-    )
-    + b"]><xml><Content>&lol9;</Content></xml>"
-)
-QUADRATIC = (
-    b'<!DOCTYPE x [<!ENTITY a "'
-    + b"A" * 20_000
-    + b'">]><xml><Content>'
-    + b"&a;" * 5_000
-    + b"</Content></xml>"
-)
-EXTERNAL_DTD = b'<?xml version="1.0"?><!DOCTYPE xml SYSTEM "http://127.0.0.1:1/evil.dtd"><xml><a>1</a></xml>'
+QUADRATIC = quadratic(20_000, 5_000)
 DEEP = b"<xml>" + b"<a>" * 20_000 + b"x" + b"</a>" * 20_000 + b"</xml>"
 HUGE_ATTRIBUTE = b'<xml><ToUserName a="' + b"A" * 200_000 + b'">gh</ToUserName></xml>'
 BAD_UTF8 = b"<xml><ToUserName>\xff\xfe\xc3\x28</ToUserName><MsgId>1</MsgId></xml>"

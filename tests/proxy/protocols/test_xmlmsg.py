@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from proxy.protocols import xmlmsg
 from proxy.protocols.base import Rejected
 from proxy.protocols.xmlmsg import MAX_DEPTH, MAX_FIELDS
+from tests.support.hostile_xml import EXTERNAL_DTD, INTERNAL, LAUGHS, XXE, quadratic
 
 # -- the previous parser, kept as the reference --------------------------------------------------------------
 
@@ -89,33 +90,14 @@ def refused(body: bytes, root: str | None = "xml") -> str:
 
 # -- hostile bodies ------------------------------------------------------------------------------------------
 
-XXE = (
-    b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-    b"<xml><Content>&e;</Content></xml>"
-)
 PARAMETER_ENTITY = (
     b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY % p SYSTEM "file:///etc/passwd"> %p;]><xml><a>1</a></xml>'
 )
-EXTERNAL_DTD = b'<?xml version="1.0"?><!DOCTYPE xml SYSTEM "http://127.0.0.1:1/evil.dtd"><xml><a>1</a></xml>'
 PUBLIC_DTD = (
     b'<!DOCTYPE xml PUBLIC "-//W3C//DTD XHTML 1.0//EN" "http://127.0.0.1:1/x.dtd"><xml><a>1</a></xml>'
 )
-INTERNAL = b'<!DOCTYPE x [<!ENTITY e "INJECTED">]><xml><ToUserName>&e;</ToUserName><MsgId>1</MsgId></xml>'
 UNPARSED = b'<!DOCTYPE x [<!NOTATION n SYSTEM "n"><!ENTITY u SYSTEM "file:///etc/passwd" NDATA n>]><xml/>'
-LAUGHS = (
-    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-    + b"".join(
-        f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10 if i > 1 else "&lol;" * 10}">'.encode() for i in range(1, 10)
-    )
-    + b"]><xml><Content>&lol9;</Content></xml>"
-)
-QUADRATIC = (
-    b'<!DOCTYPE x [<!ENTITY a "'
-    + b"A" * 50_000
-    + b'">]><xml><Content>'
-    + b"&a;" * 50_000
-    + b"</Content></xml>"
-)
+QUADRATIC = quadratic(50_000, 50_000)
 PLAIN_DOCTYPE = b"<!DOCTYPE xml><xml><a>1</a></xml>"
 
 

@@ -43,6 +43,16 @@ class Subject:
     advance: Callable[[float], Awaitable[None]]
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server this test may kill, stop and restart (the session one is shared)."""
+    server = RedisServer(data_dir=tmp_path / "redis")
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()

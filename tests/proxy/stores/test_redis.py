@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +17,6 @@ from tests.proxy.stores.conftest import namespace
 from tests.support.redis_servers import HOST, RedisCluster, RedisSentinel, RedisServer
 
 REPLY = b"<xml><Content>ok</Content></xml>\x00"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server this test may stop and restart (the session one is shared)."""
-    server = RedisServer(data_dir=tmp_path / "redis")
-    try:
-        yield server.start()
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +36,6 @@ def sha1(script: str) -> str:
 async def client(redis_server: RedisServer) -> AsyncIterator[RespClient]:
     async with RespClient(HOST, redis_server.port) as c:
         yield c
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server this test may kill, stop and restart (the session one is shared)."""
-    server = RedisServer(data_dir=tmp_path / "redis")
-    try:
-        yield server.start()
-    finally:
-        server.cleanup()
 
 
 async def command_calls(client: RespClient, name: str) -> int:
