@@ -96,10 +96,29 @@ def parse_size(v: object) -> int:
     raise ValueError(f"expected a size such as 64k or 1m, got {v!r}")
 
 
+# The placeholders deploy/kubernetes/secret.yaml ships; a secret still holding one was never filled in.
+PLACEHOLDER_PREFIX = "replace-with-"
+
+
+def secret_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a secret (empty, whitespace, a shipped placeholder), never quoting it."""
+    if not value.strip():
+        # A signature keyed with an empty secret is one anybody can compute.
+        return "is empty; set the secret (an empty key would let anyone sign)"
+    if value.strip().startswith(PLACEHOLDER_PREFIX):
+        return (
+            f"still holds a placeholder ({PLACEHOLDER_PREFIX}…, as shipped in deploy/kubernetes/secret.yaml); "
+            "set the real secret"
+        )
+    return None
+
+
 def _to_secret(v: object) -> Secret:
     if isinstance(v, Secret):
-        return v
+        v = v.reveal()
     if isinstance(v, str):
+        if (problem := secret_problem(v)) is not None:
+            raise ValueError(problem)
         return Secret(v)
     raise ValueError("expected a secret reference")
 
@@ -127,8 +146,9 @@ class DedupConfig(_Strict):
     enabled: bool = True
     """Deduplicate this route's notifications: the backend sees each once, retries get its reply."""
     ttl: Duration | None = None
-    """How long a delivered notification's reply is kept for replays; must outlast the sender's retries.
-    Default: 10m (25h for WeChat Pay).
+    """How long a delivered notification's reply is kept for replays; must outlast the sender's retries and
+    be at least twice the route's `timestamp_window`. Default: 10m (25h for WeChat Pay), raised to twice
+    `timestamp_window` when that is longer.
     """
     lease: Duration = 30.0
     """How long a claim holder may take before another delivery of the same notification takes over."""
@@ -141,10 +161,12 @@ class DedupConfig(_Strict):
 
 
 class OutboxConfig(_Strict):
-    max_attempts: int = Field(15, ge=1, le=1000)
-    """Redeliveries of an acknowledged notification before it becomes a dead letter."""
+    max_attempts: int | None = Field(None, ge=1)
+    """Redeliveries of an acknowledged notification before it becomes a dead letter. Default: no limit but
+    `max_age`, so a backend outage of any length up to `max_age` loses nothing.
+    """
     max_age: Duration = 86400.0
-    """Age after which an undelivered notification becomes a dead letter."""
+    """Age after which an undelivered notification becomes a dead letter (redeliveries go on until then)."""
     backoff_base: Duration = 1.0
     """Delay before the first redelivery; doubles with each attempt (full jitter)."""
     backoff_max: Duration = 600.0
@@ -215,7 +237,9 @@ class RouteBase(_Strict):
     `fail` passes the failure on. Default: `fail` for WeChat Pay, `ack` otherwise.
     """
     timestamp_window: Duration = 300.0
-    """Refuse requests signed further than this from now, either way."""
+    """Refuse requests signed further than this from now, either way; also how long nonces are remembered
+    (twice this). At least 1s.
+    """
     max_body: Size = 256 * 1024
     """Largest request body accepted on this route (413 above)."""
     allow_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
@@ -239,6 +263,31 @@ class RouteBase(_Strict):
         if self.on_backend_failure == "relay" and not self.dedup.enabled:
             raise ValueError(
                 "on_backend_failure: relay needs dedup (retries replay the first attempt's reply)"
+            )
+        return self
+
+    @field_validator("timestamp_window")
+    @classmethod
+    def _window_bound(cls, v: float) -> float:
+        if v < 1:
+            # 0 would refuse every signed request, or (where 0 meant "off") switch the replay cache off
+            raise ValueError("timestamp_window must be at least 1s (300s is what WeChat's senders expect)")
+        return v
+
+    @model_validator(mode="after")
+    def _ttl_outlasts_replay_cache(self) -> RouteBase:
+        # Nonces are remembered for twice the window; a dedup record that expires sooner lets an exact replay
+        # (fresh timestamp, already seen) through to the backend again. Pay v2 notices carry no timestamp.
+        ttl, proto = self.dedup.ttl, getattr(self, "protocol", "")
+        if (
+            self.dedup.enabled
+            and ttl is not None
+            and proto != "wechat-pay-v2"
+            and ttl < 2 * self.timestamp_window
+        ):
+            raise ValueError(
+                f"dedup.ttl ({ttl:g}s) must be at least twice timestamp_window ({2 * self.timestamp_window:g}s): "
+                "replays are recognised that long, and a shorter ttl would forward them again"
             )
         return self
 
@@ -377,7 +426,8 @@ def default_policy(route: RouteBase) -> str:
 def default_dedup_ttl(route: RouteBase) -> float:
     if route.dedup.ttl is not None:
         return route.dedup.ttl
-    return 25 * 3600.0 if getattr(route, "protocol", "") in _PAY else 600.0
+    default = 25 * 3600.0 if getattr(route, "protocol", "") in _PAY else 600.0
+    return max(default, 2 * route.timestamp_window)  # outlast the replay cache (see RouteBase)
 
 
 class Config(_Strict):
@@ -396,6 +446,9 @@ class Config(_Strict):
     """Paths no route matches: `passthrough` (proxied to `upstream` as they are) or `deny` (404)."""
     body_size_limit: Size = 1024 * 1024
     """Hard cap on any request body, enforced while it is read."""
+    head_timeout: Duration = Field(10.0, gt=0)
+    """How long a request head (request line and headers) may take to arrive once it has started; a slower
+    one is answered 408 and its connection closed (heads over 64 KiB: 431, as soon as they are)."""
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     """CIDRs of proxies in front of wxgate whose `X-Forwarded-For` is believed (for `allow_cidrs`)."""
     upstream_connect_timeout: Duration = 1.0
@@ -425,12 +478,23 @@ class Config(_Strict):
     @field_validator("store")
     @classmethod
     def _store_url(cls, v: str) -> str:
+        # Only the scheme is ever echoed: the rest of a store URL may hold the Redis password.
         schemes = ("sqlite://", "redis://", "rediss://", "redis+cluster://", "redis+sentinel://")
         if not v.startswith(schemes):
-            raise ValueError(f"expected one of {', '.join(s + '…' for s in schemes)}, got {v!r}")
+            got = f"{v.partition('://')[0]}://…" if "://" in v else "no scheme"
+            raise ValueError(f"expected one of {', '.join(s + '…' for s in schemes)}, got {got}")
         if v.startswith("sqlite://") and v != "sqlite://:memory:" and not v.startswith("sqlite:///"):
+            raise ValueError("expected sqlite:///absolute/path (three slashes) or sqlite://:memory:")
+        if re.search(r"://[^/@]*:@", v):
+            raise ValueError("the URL's password is empty (redis://:PASSWORD@host:6379/0, or no ':@' at all)")
+        if v.startswith(schemes[1:]):
+            from proxy.stores.redis_target import parse_redis_url
+
+            parse_redis_url(v)  # what the store will connect to; its errors never quote the URL
+        if ":" + PLACEHOLDER_PREFIX in v:
             raise ValueError(
-                f"expected sqlite:///absolute/path (three slashes) or sqlite://:memory:, got {v!r}"
+                f"the URL's password still holds a placeholder ({PLACEHOLDER_PREFIX}…, as shipped in "
+                "deploy/kubernetes/secret.yaml); set the real password"
             )
         return v
 
@@ -483,10 +547,11 @@ _ROUTE_TAGS = {"wechat-mp", "wecom", "wechat-pay-v2", "wechat-pay-v3", "hmac", "
 def _interpolate(value: str, environ: Mapping[str, str], where: str, problems: list[str]) -> str:
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
+        if default is not None:
+            # As in sh and Compose: ${VAR:-default} takes the default when VAR is unset *or empty*.
+            return environ.get(name) or default
         if name in environ:
             return environ[name]
-        if default is not None:
-            return default
         problems.append(f"{where}: environment variable {name} is not set")
         return ""
 
@@ -508,7 +573,10 @@ def _resolve(node: Any, environ: Mapping[str, str], path: str, problems: list[st
                     f"{where}: secrets are never written inline; use ${{ENV_VAR}} or {key}_file: /path/to/file"
                 )
                 continue
-            out[key] = _interpolate(value.strip(), environ, where, problems)
+            before = len(problems)
+            text = _interpolate(value.strip(), environ, where, problems)
+            if len(problems) == before:  # an unset variable is already named
+                _put_secret(out, key, text, where, problems)
         elif isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_KEYS:
             target = key[:-5]
             if target in node:
@@ -517,14 +585,27 @@ def _resolve(node: Any, environ: Mapping[str, str], path: str, problems: list[st
             file = Path(_interpolate(str(value), environ, where, problems))
             file = file if file.is_absolute() else base_dir / file
             try:
-                out[target] = file.read_text(encoding="utf-8").strip()
+                text = file.read_text(encoding="utf-8").strip()
             except OSError as e:
                 problems.append(f"{where}: cannot read secret file {file} ({e.strerror})")
+            else:
+                _put_secret(out, target, text, f"{where} ({file})", problems)
         elif key in PATH_KEYS:
             out[key] = _paths(_resolve(value, environ, where, problems, base_dir), base_dir)
         else:
             out[key] = _resolve(value, environ, where, problems, base_dir)
     return out
+
+
+def _put_secret(out: dict[str, Any], key: str, value: str, where: str, problems: list[str]) -> None:
+    """An empty ``previous_*`` is simply absent (``${OLD_TOKEN:-}`` outside a rotation); any other unusable
+    secret is a problem naming the key, never the value."""
+    if key.startswith("previous_") and not value.strip():
+        return
+    if (problem := secret_problem(value)) is not None:
+        problems.append(f"{where}: {problem}")
+        return
+    out[key] = value
 
 
 def _paths(value: Any, base_dir: Path) -> Any:

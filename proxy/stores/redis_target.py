@@ -70,10 +70,11 @@ def _hostport(text: str, default_port: int) -> tuple[str, int]:
         port = rest.removeprefix(":")
     else:
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    # Never echo ``text``: in a mistyped URL it may be a piece of the password.
     if not host:
-        raise ValueError(f"missing host in {text!r}")
+        raise ValueError("a node has no host (expected host:port)")
     if port and not port.isdigit():
-        raise ValueError(f"bad port in {text!r}")
+        raise ValueError("a node's port is not a number (expected host:port)")
     return host, int(port) if port else default_port
 
 
@@ -96,7 +97,14 @@ def parse_redis_url(url: str) -> RedisTarget:
     who = f"{user}@" if user else ""
     if scheme in ("redis", "rediss"):
         parts = urlsplit(url)
-        host, port = parts.hostname or "localhost", parts.port or 6379
+        try:
+            port = parts.port or 6379
+        except ValueError:  # its message quotes the "port", which may be a piece of the password
+            raise ValueError(
+                f"{scheme}:// URL has no valid host:port (a password holding / ? # or @ must be "
+                "percent-encoded)"
+            ) from None
+        host = parts.hostname or "localhost"
         db = int(path.split("/")[0] or 0) if path.split("/")[0].isdigit() else 0
         safe = f"{scheme}://{who}{_fmt(host, port)}/{db}"
         return RedisTarget("redis", url, safe, ((host, port),), username, secret, scheme == "rediss", db=db)

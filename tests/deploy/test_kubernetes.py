@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import Config, parse_config
+from proxy.config import Config, ConfigError, parse_config
 from tests.deploy.dockerfile import parse
 from tests.support.procs import ROOT
 
@@ -62,15 +62,19 @@ def mount(c: dict[str, Any], volume: str) -> str:
     return str(path)
 
 
-def wxgate_config(tmp_path: Path) -> Config:
+def filled_secrets() -> dict[str, str]:
+    """The Secret as an operator fills it in: every ``replace-with-…`` placeholder replaced."""
+    return {k: v.replace("replace-with-", "filled-in-") for k, v in secret_data().items()}
+
+
+def wxgate_config(tmp_path: Path, data: dict[str, str] | None = None) -> Config:
     """The ConfigMap's proxy.yaml as the pod sees it: secret files and secret env vars in place."""
+    data = filled_secrets() if data is None else data
     wx = container("wxgate")
     secrets_dir = mount(wx, "secrets")
-    for key, value in secret_data().items():
+    for key, value in data.items():
         (tmp_path / key).write_text(value)
-    env = {
-        e["name"]: secret_data()[e["valueFrom"]["secretKeyRef"]["key"]] for e in wx["env"] if "valueFrom" in e
-    }
+    env = {e["name"]: data[e["valueFrom"]["secretKeyRef"]["key"]] for e in wx["env"] if "valueFrom" in e}
     text = find("ConfigMap")["data"]["proxy.yaml"].replace(secrets_dir + "/", f"{tmp_path}/")
     return parse_config(yaml.safe_load(text), env)
 
@@ -96,8 +100,15 @@ def test_every_manifest_matches_the_kubernetes_schema(name: str, doc: dict[str, 
 
 def test_the_config_map_is_a_valid_wxgate_configuration(tmp_path: Path) -> None:
     cfg = wxgate_config(tmp_path)
-    assert cfg.routes and cfg.routes[0].token.reveal() == secret_data()["wechat-token"]  # type: ignore[union-attr]
-    assert f":{secret_data()['redis-password']}@" in cfg.store
+    assert cfg.routes and cfg.routes[0].token.reveal() == filled_secrets()["wechat-token"]  # type: ignore[union-attr]
+    assert f":{filled_secrets()['redis-password']}@" in cfg.store
+
+
+def test_the_shipped_placeholder_secrets_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        wxgate_config(tmp_path, secret_data())
+    assert "routes[0].token_file" in str(e.value) and "still holds a placeholder" in str(e.value)
+    assert all(v not in str(e.value) for v in secret_data().values())
 
 
 def test_the_service_targets_wxgate_and_never_the_app(tmp_path: Path) -> None:

@@ -87,3 +87,134 @@ def test_relative_key_files_are_read_next_to_the_config(tmp_path: Path) -> None:
     route = cfg.routes[0]
     assert route.platform_certificates == [tmp_path / "certs/platform.pem"]  # type: ignore[union-attr]
     assert route.public_keys[0].file == tmp_path / "keys/pub.pem"  # type: ignore[union-attr]
+
+
+# -- empty and placeholder secrets ---------------------------------------------------------------------------
+
+ROUTES: dict[str, dict[str, object]] = {
+    "wechat-mp": {"token": "${K}", "app_id": "wx0123456789abcdef", "encoding_aes_key": "${K}"},
+    "wecom": {"token": "${K}", "encoding_aes_key": "${K}", "receive_id": "ww1"},
+    "wechat-pay-v2": {"api_key": "${K}", "mch_id": "1900000001"},
+    "wechat-pay-v3": {
+        "apiv3_key": "${K}",
+        "mch_id": "1900000001",
+        "platform_certificates": ["/etc/p.pem"],
+        "api_key": "${K}",
+    },
+    "hmac": {"secret": "${K}"},
+    "standard-webhooks": {"secret": "${K}"},
+}
+SECRETS = [
+    (proto, key)
+    for proto, fields in ROUTES.items()
+    for field in fields
+    if field in ("token", "encoding_aes_key", "api_key", "apiv3_key", "secret")
+    for key in (field, f"previous_{field}")
+]
+
+
+def route(proto: str, **extra: object) -> dict[str, object]:
+    return {"name": "r", "path": "/r", "protocol": proto, **ROUTES[proto], **extra}
+
+
+@pytest.mark.parametrize(("proto", "key"), SECRETS)
+@pytest.mark.parametrize("value", ["", "   ", "\t\n"])
+def test_an_empty_secret_is_refused_naming_the_key(proto: str, key: str, value: str) -> None:
+    raw = {"routes": [route(proto, **{key: "${E}"})]}
+    if key.startswith("previous_"):
+        # An empty previous_* is simply absent: nothing to rotate from.
+        cfg = parse_config(raw, {"K": "real-secret", "E": value})
+        assert getattr(cfg.routes[0], key) is None
+    else:
+        assert f"routes[0].{key}: is empty" in errors(raw, {"K": "real-secret", "E": value})
+
+
+@pytest.mark.parametrize(("proto", "key"), SECRETS)
+def test_an_empty_or_half_written_secret_file_is_refused(tmp_path: Path, proto: str, key: str) -> None:
+    (tmp_path / "empty").write_text("  \n")
+    r = {k: v for k, v in route(proto).items() if k != key}
+    raw = {"routes": [{**r, f"{key}_file": str(tmp_path / "empty")}]}
+    if key.startswith("previous_"):
+        assert getattr(parse_config(raw, {"K": "real-secret"}).routes[0], key) is None
+    else:
+        message = errors(raw, {"K": "real-secret"})
+        assert f"routes[0].{key}_file ({tmp_path / 'empty'}): is empty" in message
+
+
+@pytest.mark.parametrize(("proto", "key"), SECRETS)
+def test_the_kubernetes_placeholder_is_refused(tmp_path: Path, proto: str, key: str) -> None:
+    placeholder = "replace-with-the-official-account-token"
+    message = errors({"routes": [route(proto, **{key: "${E}"})]}, {"K": "real-secret", "E": placeholder})
+    assert f"routes[0].{key}: still holds a placeholder (replace-with-" in message
+    (tmp_path / "s").write_text(placeholder + "\n")
+    r = {k: v for k, v in route(proto).items() if k != key}
+    message = errors({"routes": [{**r, f"{key}_file": str(tmp_path / "s")}]}, {"K": "real-secret"})
+    assert "still holds a placeholder" in message and placeholder not in message
+
+
+def test_secret_errors_never_show_the_value() -> None:
+    message = errors({"routes": [route("hmac", secret="${E}")]}, {"E": "replace-with-hunter2-hunter2"})
+    assert "hunter2" not in message
+
+
+def test_env_default_applies_to_set_but_empty_variables() -> None:
+    raw = {"routes": [{**MP, "token": "${T:-demo-token}", "previous_token": "${OLD:-}"}]}
+    cfg = parse_config(raw, {"T": "", "OLD": ""})
+    assert cfg.routes[0].token.reveal() == "demo-token"
+    assert cfg.routes[0].previous_token is None  # type: ignore[union-attr]
+    assert parse_config(raw, {"T": "set"}).routes[0].token.reveal() == "set"
+    # ${T} set but empty stays empty, and an empty token is refused
+    assert "routes[0].token: is empty" in errors({"routes": [MP]}, {"T": ""})
+    assert "routes[0].token: is empty" in errors({"routes": [{**MP, "token": "${T:-}"}]}, {})
+
+
+# -- windows and TTLs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [0, "0s", "500ms"])
+def test_a_zero_timestamp_window_is_refused(window: object) -> None:
+    assert "routes[0].timestamp_window: timestamp_window must be at least 1s" in errors(
+        {"routes": [{**MP, "timestamp_window": window}]}
+    )
+
+
+def test_a_dedup_ttl_shorter_than_twice_the_window_is_refused() -> None:
+    message = errors({"routes": [{**MP, "timestamp_window": "5m", "dedup": {"ttl": "9m"}}]})
+    assert "routes[0]: dedup.ttl (540s) must be at least twice timestamp_window (600s)" in message
+    assert parse_config({"routes": [{**MP, "dedup": {"ttl": "10m"}}]}, {"T": "x"}).routes
+    # no timestamp on Pay v2 notices, and no dedup record when dedup is off
+    assert parse_config({"routes": [route("wechat-pay-v2", dedup={"ttl": "1m"})]}, {"K": "k"}).routes
+    assert parse_config({"routes": [{**MP, "dedup": {"enabled": False, "ttl": "1m"}}]}, {"T": "x"}).routes
+
+
+def test_the_default_dedup_ttl_outlasts_a_long_window() -> None:
+    from proxy.config import default_dedup_ttl
+
+    cfg = parse_config(
+        {"routes": [{**MP, "timestamp_window": "15m"}, {**MP, "name": "b", "path": "/b"}]}, {"T": "x"}
+    )
+    assert [default_dedup_ttl(r) for r in cfg.routes] == [1800.0, 600.0]
+
+
+# -- store URLs --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis:/:hunter2pw@127.0.0.1:6379/0", "store: expected one of"),
+        ("rediss//:hunter2pw@127.0.0.1:6379/0", "store: expected one of"),
+        ("mysql://root:hunter2pw@db/0", "got mysql://…"),
+        ("redis://:hunter2pw/x@127.0.0.1:6379/0", "store: redis:// URL has no valid host:port"),
+        ("redis+cluster://:hunter2pw/x@127.0.0.1:7000", "store: a node has no host"),
+        ("sqlite://hunter2pw", "store: expected sqlite:///absolute/path"),
+        ("redis://:@127.0.0.1:6379/0", "store: the URL's password is empty"),
+        (
+            "redis://:replace-with-hunter2pw@redis:6379/0",
+            "store: the URL's password still holds a placeholder",
+        ),
+    ],
+)
+def test_a_mistyped_store_url_never_echoes_the_password(url: str, message: str) -> None:
+    text = errors({"store": url})
+    assert message in text and "hunter2pw" not in text
