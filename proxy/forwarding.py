@@ -1,7 +1,8 @@
 """The backend request wxgate builds for a verified callback, and the reply decided from the backend's answer.
 
 The backend receives the request as the sender made it minus what wxgate consumed (decrypted body and dropped
-query parameters when ``decrypt_for_backend`` is on), plus trusted ``X-Wxgate-*`` headers and ``traceparent``.
+query parameters when ``decrypt_for_backend`` is on), plus trusted ``X-Wxgate-*`` headers and wxgate's own ``traceparent`` (the sender's, and its ``tracestate``,
+are dropped).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _DROP = frozenset(
         "trailer",
         "upgrade",
         "expect",
+        # The sender's trace context is not passed on: the backend gets wxgate's traceparent (tracing on) or none.
+        "traceparent",
+        "tracestate",
     }
 )
 

@@ -20,6 +20,12 @@ Spans (attribute keys from ``opentelemetry.semconv`` where one exists, ``wxgate.
 - CLIENT ``store {operation}`` per store call made inside a traced request or redelivery (``db.system.name``,
   ``db.operation.name``); store calls outside any trace (the outbox poll) make no spans.
 
+Every request starts a new trace at this edge: a sender's ``traceparent`` neither chooses the trace id (which
+reaches exemplars, logs and the backend) nor forces sampling; a valid one is kept only as a Link on the server
+span. Values taken from the request (user agent, path, method, header-derived outcome fields) are cut to
+:data:`REQUEST_VALUE_LIMIT` characters; ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` /
+``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`` cap every attribute on top of that.
+
 Query strings are never recorded: they carry signatures, nonces and (for Official Accounts) the user's openid.
 """
 
@@ -34,7 +40,7 @@ from urllib.parse import unquote
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.semconv.attributes import (
     client_attributes,
@@ -64,6 +70,10 @@ TRACER_NAME = "wxgate"
 KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
 # Stateless; W3C trace context only, never the globally configured propagator.
 _PROPAGATOR = TraceContextTextMapPropagator()
+# The longest value taken from a request that a span keeps (user agent, path, method, header-derived fields).
+REQUEST_VALUE_LIMIT = 256
+# A sender's traceparent longer than this is not parsed at all (version 00 is 55 characters).
+_TRACEPARENT_MAX = 512
 
 
 class TracingConfigError(ConfigError):
@@ -81,7 +91,10 @@ def provider_from_env(environ: Mapping[str, str]) -> TracerProvider | None:
     if not exporters:
         return None
     provider = TracerProvider(
-        sampler=sampler_from_env(environ), resource=resource_from_env(environ), shutdown_on_exit=False
+        sampler=sampler_from_env(environ),
+        resource=resource_from_env(environ),
+        shutdown_on_exit=False,
+        span_limits=span_limits_from_env(environ),
     )
     for name in exporters:
         provider.add_span_processor(
@@ -173,6 +186,26 @@ def sampler_from_env(environ: Mapping[str, str]) -> sampling.Sampler:
     )
 
 
+def span_limits_from_env(environ: Mapping[str, str]) -> SpanLimits:
+    """Attribute value length limits from the injected environment (the SDK would read ``os.environ``)."""
+    length = _limit(environ, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+    span_length = _limit(environ, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+    return SpanLimits(
+        max_attribute_length=length,
+        max_span_attribute_length=span_length if span_length != SpanLimits.UNSET else length,
+    )
+
+
+def _limit(environ: Mapping[str, str], name: str) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return SpanLimits.UNSET  # no limit (the specification's default)
+    value = int(_float(raw, name))
+    if value < 0:
+        raise TracingConfigError(f"{name}={raw!r}: expected a length of 0 or more")
+    return value
+
+
 def resource_from_env(environ: Mapping[str, str]) -> Resource:
     attrs: dict[str, AttributeValue] = {
         service_attributes.SERVICE_NAME: "wxgate",
@@ -210,12 +243,26 @@ def traceparent(span: Span) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
+def bounded(value: str) -> str:
+    """``value`` cut to :data:`REQUEST_VALUE_LIMIT` characters: for anything a request chose."""
+    return value if len(value) <= REQUEST_VALUE_LIMIT else value[:REQUEST_VALUE_LIMIT]
+
+
+def caller_link(headers: Mapping[str, str]) -> list[Link]:
+    """The sender's trace context as a Link when its ``traceparent`` is valid W3C; never a parent."""
+    raw = headers.get("traceparent")
+    if not raw or len(raw) > _TRACEPARENT_MAX:
+        return []
+    caller = trace.get_current_span(_PROPAGATOR.extract({"traceparent": raw})).get_span_context()
+    return [Link(caller)] if caller.is_valid else []
+
+
 def method_attributes(method: str) -> dict[str, AttributeValue]:
     if method in KNOWN_METHODS:
         return {http_attributes.HTTP_REQUEST_METHOD: method}
     return {
         http_attributes.HTTP_REQUEST_METHOD: "_OTHER",
-        http_attributes.HTTP_REQUEST_METHOD_ORIGINAL: method,
+        http_attributes.HTTP_REQUEST_METHOD_ORIGINAL: bounded(method),
     }
 
 
@@ -240,7 +287,8 @@ def outcome_attributes(o: Outcome) -> dict[str, AttributeValue]:
     )
     for key, value in optional:
         if value:
-            attrs[key] = value
+            # key_id comes from a request header (Wechatpay-Serial and the like): bounded like the rest.
+            attrs[key] = bounded(value) if isinstance(value, str) else value
     return attrs
 
 
@@ -293,23 +341,26 @@ class Tracing:
         scheme: str = "http",
         protocol_version: str = "1.1",
     ) -> Span:
-        """The server span, started at request headers; ``headers`` may carry an upstream proxy's traceparent.
+        """The server span, started at request headers: the root of a new trace, sampled by wxgate's sampler.
 
-        ``local`` is the listening socket: in reverse mode the Host header already names the backend."""
+        A valid W3C ``traceparent`` in ``headers`` (the sender's, or a proxy's in front) becomes a Link, never
+        the parent: a sender must not choose the trace id or force sampling. ``local`` is the listening
+        socket: in reverse mode the Host header already names the backend."""
         attrs = method_attributes(method)
-        attrs[url_attributes.URL_PATH] = path.split("?", 1)[0]
+        attrs[url_attributes.URL_PATH] = bounded(path.split("?", 1)[0])
         attrs[url_attributes.URL_SCHEME] = scheme
-        attrs[network_attributes.NETWORK_PROTOCOL_VERSION] = protocol_version
+        attrs[network_attributes.NETWORK_PROTOCOL_VERSION] = bounded(protocol_version)
         if client_address:
             attrs[client_attributes.CLIENT_ADDRESS] = client_address
         if local is not None:
             attrs[server_attributes.SERVER_ADDRESS] = local[0]
             attrs[server_attributes.SERVER_PORT] = local[1]
         if ua := headers.get("user-agent"):
-            attrs[user_agent_attributes.USER_AGENT_ORIGINAL] = ua
-        parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
+            attrs[user_agent_attributes.USER_AGENT_ORIGINAL] = bounded(ua)
         name = method if method in KNOWN_METHODS else "HTTP"
-        return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+        return self.tracer.start_span(
+            name, context=_ROOT, kind=SpanKind.SERVER, attributes=attrs, links=caller_link(headers)
+        )
 
     def finish_server(
         self, span: Span, outcome: Outcome, route_path: str | None, status: int, error: str = ""
@@ -369,11 +420,7 @@ class Tracing:
     @contextlib.contextmanager
     def redelivery(self, route: str, origin_traceparent: str | None) -> Iterator[Span]:
         """The current span while one outbox item is redelivered, linked to the trace that first sent it."""
-        links = []
-        if origin_traceparent:
-            origin = trace.get_current_span(_PROPAGATOR.extract({"traceparent": origin_traceparent}))
-            if origin.get_span_context().is_valid:
-                links.append(Link(origin.get_span_context()))
+        links = caller_link({"traceparent": origin_traceparent}) if origin_traceparent else []
         with self.tracer.start_as_current_span(
             f"redeliver {route}",
             context=_ROOT,

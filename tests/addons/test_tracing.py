@@ -30,7 +30,7 @@ from proxy.routes import RouteTable
 from proxy.settlement import Settlement
 from proxy.stores import SqliteStore
 from proxy.tasks import BackgroundTasks
-from proxy.tracing import Tracing
+from proxy.tracing import Tracing, sampler_from_env
 from proxy.upstream import UpstreamResult
 from tests.addons.conftest import mp_flow, table
 from tests.addons.test_forward import PASSIVE, FakeUpstream
@@ -179,10 +179,59 @@ async def test_the_exemplar_of_a_request_is_its_trace(chain: Chain, spans: InMem
     assert all(f'trace_id="{server.context.trace_id:032x}"' in ln for ln in durations)
 
 
+SENDER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+SENDER_TRACEPARENT = f"00-{SENDER_TRACE}-b7ad6b7169203331-01"  # sampled flag set
+
+
+def with_sender_context(f: http.HTTPFlow) -> http.HTTPFlow:
+    f.request.headers["traceparent"] = SENDER_TRACEPARENT
+    f.request.headers["tracestate"] = "vendor=chosen-by-the-sender"
+    f.request.headers["user-agent"] = "Mozilla/5.0 " + "x" * 10240
+    return f
+
+
+async def test_a_senders_sampled_traceparent_neither_forces_sampling_nor_reaches_the_backend(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=sampler_from_env(
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
+        )
+    )
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    c = Chain(Tracing(provider), UpstreamResult("2xx", 200, "application/xml", PASSIVE))
+    with caplog.at_level(logging.INFO, "wxgate.access"):
+        async with c.store:
+            await c.send(with_sender_context(mp_flow(msg_id=14)))
+    assert spans.get_finished_spans() == ()
+    sent = c.upstream.calls[0][2]
+    version, trace_id, _, flags = sent["traceparent"].split("-")
+    assert version == "00" and trace_id != SENDER_TRACE and int(flags, 16) & 1 == 0  # not sampled
+    assert "tracestate" not in sent
+    (line,) = [r for r in caplog.records if r.name == "wxgate.access"]
+    assert line.fields["trace_id"] == trace_id  # type: ignore[attr-defined]
+
+
+async def test_a_traced_request_links_the_senders_context_and_bounds_its_user_agent(
+    chain: Chain, spans: InMemorySpanExporter
+) -> None:
+    await chain.send(with_sender_context(mp_flow(msg_id=15)))
+    (server,) = by_kind(spans, SpanKind.SERVER)
+    assert server.parent is None and server.context is not None
+    assert f"{server.context.trace_id:032x}" != SENDER_TRACE
+    assert [f"{link.context.trace_id:032x}" for link in server.links] == [SENDER_TRACE]
+    ua = str((server.attributes or {})["user_agent.original"])
+    assert len(ua) == 256 and ua.startswith("Mozilla/5.0 xxx")
+    sent = chain.upstream.calls[0][2]
+    assert sent["traceparent"].split("-")[1] == f"{server.context.trace_id:032x}"
+    assert "tracestate" not in sent
+
+
 async def test_with_tracing_off_nothing_is_traced_and_no_traceparent_is_sent() -> None:
     c = Chain(None, UpstreamResult("2xx", 200, "application/xml", PASSIVE))
     async with c.store:
-        ex = await c.send(mp_flow(msg_id=13))
+        ex = await c.send(with_sender_context(mp_flow(msg_id=13)))
     assert ex.span is None and ex.traceparent is None
-    assert "traceparent" not in c.upstream.calls[0][2]
+    assert "traceparent" not in c.upstream.calls[0][2] and "tracestate" not in c.upstream.calls[0][2]
     assert not any(isinstance(a, TracingAddon) for a in c.addons)

@@ -12,11 +12,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 from proxy.config import ConfigError
 from proxy.exchange import Exchange, Outcome
 from proxy.tracing import (
+    REQUEST_VALUE_LIMIT,
     Tracing,
     TracingConfigError,
     provider_from_env,
     resource_from_env,
     sampler_from_env,
+    span_limits_from_env,
     traceparent,
 )
 from proxy.upstream import UpstreamResult
@@ -33,6 +35,9 @@ def tracing(spans: InMemorySpanExporter) -> Tracing:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     return Tracing(provider)
+
+
+RATIO_0 = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
 
 
 def exporter_names(provider: TracerProvider | None) -> list[str]:
@@ -173,14 +178,102 @@ def test_unmatched_requests_and_unknown_methods_keep_low_cardinality_names(
     assert second.attributes is not None and second.attributes["http.request.method"] == "_OTHER"
 
 
-def test_an_upstream_proxys_traceparent_is_continued(tracing: Tracing, spans: InMemorySpanExporter) -> None:
-    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_a_senders_traceparent_is_a_link_never_the_parent(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
     tracing.finish_server(
-        tracing.start_server("POST", "/wx", {"traceparent": parent}, ""), Outcome(), "/wx", 200
+        tracing.start_server("POST", "/wx", {"traceparent": CALLER}, ""), Outcome(), "/wx", 200
     )
-    s = spans.get_finished_spans()[0]
-    assert f"{s.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
-    assert s.parent is not None and f"{s.parent.span_id:016x}" == "b7ad6b7169203331"
+    (s,) = spans.get_finished_spans()
+    assert s.parent is None and s.context is not None
+    assert f"{s.context.trace_id:032x}" != "0af7651916cd43dd8448eb211c80319c"
+    (link,) = s.links
+    assert f"{link.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert f"{link.context.span_id:016x}" == "b7ad6b7169203331"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",  # all-zero trace id
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",  # all-zero span id
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # version ff
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        CALLER + ", " + CALLER,  # two headers
+        "00-" + "a" * 2000,
+        "garbage",
+    ],
+)
+def test_an_invalid_traceparent_is_not_even_a_link(
+    tracing: Tracing, spans: InMemorySpanExporter, header: str
+) -> None:
+    tracing.finish_server(
+        tracing.start_server("POST", "/wx", {"traceparent": header}, ""), Outcome(), "/wx", 200
+    )
+    (s,) = spans.get_finished_spans()
+    assert s.parent is None and s.links == ()
+
+
+def test_a_sampled_flag_from_the_sender_does_not_force_sampling(spans: InMemorySpanExporter) -> None:
+    provider = TracerProvider(sampler=sampler_from_env(RATIO_0))
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing = Tracing(provider)
+    span = tracing.start_server("POST", "/wx", {"traceparent": CALLER}, "")
+    assert not span.is_recording()
+    ctx = span.get_span_context()
+    assert ctx.is_valid and f"{ctx.trace_id:032x}" != "0af7651916cd43dd8448eb211c80319c"
+    tracing.finish_server(span, Outcome(), "/wx", 200)
+    assert spans.get_finished_spans() == ()
+
+
+def test_values_from_the_request_are_bounded(tracing: Tracing, spans: InMemorySpanExporter) -> None:
+    long = "x" * 10240
+    span = tracing.start_server(
+        "M" * 5000, "/" + long + "?q=1", {"user-agent": long}, "203.0.113.7", protocol_version="1." + long
+    )
+    tracing.finish_server(
+        span, Outcome(method="M" * 5000, key_id="K" * 5000, reason="bad_signature"), "/wx", 405
+    )
+    attrs = {k: str(v) for k, v in (only(spans, SpanKind.SERVER).attributes or {}).items()}
+    assert len(attrs["user_agent.original"]) == REQUEST_VALUE_LIMIT == 256
+    assert attrs["user_agent.original"] == long[:256]
+    assert len(attrs["url.path"]) == len(attrs["http.request.method_original"]) == 256
+    assert len(attrs["network.protocol.version"]) == len(attrs["wxgate.key_id"]) == 256
+    assert all(len(v) <= 256 for v in attrs.values())
+
+
+@pytest.mark.parametrize(
+    ("env", "limit"),
+    [
+        ({"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "40"}, 40),
+        ({"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "30", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "40"}, 30),
+        ({}, None),
+    ],
+)
+def test_attribute_length_limits_come_from_the_environment(env: dict[str, str], limit: int | None) -> None:
+    limits = span_limits_from_env(env)
+    assert limits.max_span_attribute_length == limit
+    spans = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing = Tracing(provider)
+    long_upstream = "http://backend.internal/" + "p" * 100
+    tracing.finish_server(
+        tracing.start_server("POST", "/wx", {"user-agent": "u" * 1000}, ""), Outcome(), None, 200
+    )
+    tracing._client_span("POST", "/wx", long_upstream, None).end()
+    server, client = spans.get_finished_spans()
+    assert len(str((server.attributes or {})["user_agent.original"])) == min(limit or 256, 256)
+    assert len(str((client.attributes or {})["url.full"])) == min(limit or 10**6, len(long_upstream) + 3)
+
+
+def test_a_negative_length_limit_is_a_configuration_error() -> None:
+    with pytest.raises(TracingConfigError, match="OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
+        provider_from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "-1"})
 
 
 @pytest.mark.parametrize(
