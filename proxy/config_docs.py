@@ -44,9 +44,12 @@ wxgate reads one YAML file (`-c/--config`, default `./proxy.yaml`; `/etc/wxgate/
 key path (`routes[0].deadline: expected a duration…`). Unknown keys are errors.
 
 - **Durations**: `300s`, `4.5s`, `10m`, `25h`, `500ms` (a bare number is seconds). **Sizes**: `64k`, `1m`.
-- **Environment**: `${VAR}` or `${VAR:-default}` anywhere in a value.
+- **Environment**: `${VAR}` or `${VAR:-default}` anywhere in a value; as in sh and Compose, `${VAR:-default}`
+  takes the default when `VAR` is unset or empty.
 - **Secrets** (type *secret*) are never written inline: give `${ENV_VAR}`, or `<key>_file: /path` to read the
   file (trimmed; relative paths are relative to the configuration file). Files are re-read on every reload.
+  An empty or whitespace-only secret, or one still holding a `replace-with-…` placeholder, is an error (at start
+  and on reload); an empty `previous_*` is simply absent.
 - **Reload**: `kill -HUP <pid>` re-reads the file and its secret and certificate files. *live* keys apply to
   the next request (requests in flight finish with what they started with); *restart* keys keep their running
   value until the process restarts, and `wxgate_config_restart_required` shows 1. An invalid file is rejected
