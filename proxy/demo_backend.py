@@ -2,7 +2,7 @@
 
 Modes (``--mode`` or ``POST /_demo/mode`` with the mode as body):
 ``passive`` (default: a text passive reply echoing the message), ``success``, ``empty``, ``json``, ``html500``,
-``status201``, ``ok`` (the bare word), ``slow:N`` (sleep N seconds, then passive), ``down`` (drop the connection),
+``status201``, ``ok`` (the bare word), ``slow:N`` (sleep N seconds, then passive; ``slow:N:MODE`` then answer as MODE), ``down`` (drop the connection),
 ``fail`` (500 plain), ``payfail`` (Pay v2 FAIL XML), ``paysuccess`` (Pay v2 SUCCESS XML), ``v3fail`` (FAIL JSON).
 ``GET /_demo/stats`` returns ``{"count": N, "requests": [...]}`` (each with the ``mode`` that answered it);
 ``POST /_demo/reset`` clears them.
@@ -38,7 +38,8 @@ class DemoBackend:
     def __init__(self, mode: str = "passive") -> None:
         self.mode = mode
         self.requests: list[dict[str, Any]] = []
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        # Header fields as long as wxgate lets through (a request head up to 64 KiB), not aiohttp's 8 KiB.
+        app = web.Application(client_max_size=4 * 1024 * 1024, handler_args={"max_field_size": 64 * 1024})
         app.router.add_get("/_demo/stats", self.stats)
         app.router.add_post("/_demo/mode", self.set_mode)
         app.router.add_post("/_demo/reset", self.reset)
@@ -66,7 +67,7 @@ class DemoBackend:
                 "headers": {
                     k.lower(): v
                     for k, v in request.headers.items()
-                    if k.lower().startswith(("x-", "traceparent"))
+                    if k.lower().startswith(("x-", "traceparent", "tracestate"))
                 },
                 "body": body.decode("utf-8", "replace"),
                 "at": time.time(),
@@ -75,8 +76,9 @@ class DemoBackend:
         )
         mode = self.mode
         if mode.startswith("slow:"):
-            await asyncio.sleep(float(mode.split(":", 1)[1]))
-            mode = "passive"
+            _, seconds, then = (mode + ":passive").split(":", 2)
+            await asyncio.sleep(float(seconds))
+            mode = then.split(":", 1)[0]
         if mode == "down":
             if request.transport is not None:
                 request.transport.close()
