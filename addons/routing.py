@@ -1,5 +1,10 @@
 """Routing: match the request path to a configured route; unmatched paths pass through or are denied.
 
+A route matches its ``path`` exactly. A path that is not exactly a route's but names it in another spelling
+(:meth:`~proxy.routes.RouteTable.impersonated`: case, percent-encoding, dot segments, repeated or trailing
+slashes, ``;`` parameters, a suffix, a script's path info) is refused with 400 ``noncanonical_path``: never
+passed through unverified to a backend that may route it to the protected handler.
+
 Owns ``unmatched`` and the route table. Starts the :class:`~proxy.exchange.Exchange` every later addon reads.
 """
 
@@ -32,6 +37,12 @@ class Routing:
         if flow.response or flow.error or not flow.live:
             return
         route = self.table.match(flow.request.path)
+        if route is None and (target := self.table.impersonated(flow.request.path)) is not None:
+            # Another spelling of a route's path (``/wechat/callback/``, ``/WECHAT/%63allback;x``): the backend
+            # may route it to the handler wxgate protects, so it is neither verified as that route nor passed
+            # through. Counted under the route it names.
+            ex.outcome.route, ex.outcome.protocol = target.name, target.protocol_name
+            return reject(flow, ex, "noncanonical_path", 400)
         if route is None:
             if self.unmatched == "deny":
                 reject(flow, ex, "unknown_route", 404)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from proxy.config import Config, RouteBase, default_dedup_ttl, default_policy
 from proxy.protocols import build_protocol
@@ -58,14 +60,73 @@ def build_route(config: Config, route: RouteBase) -> RouteRuntime:
     )
 
 
+# Extensions of scripts a web server runs for a longer path too (``/notify.php/x`` runs notify.php with PATH_INFO).
+_SCRIPTS = (
+    ".php",
+    ".php5",
+    ".phtml",
+    ".asp",
+    ".aspx",
+    ".ashx",
+    ".jsp",
+    ".jspx",
+    ".do",
+    ".action",
+    ".cgi",
+    ".pl",
+)
+
+
+def path_segments(target: str) -> tuple[str, ...]:
+    """The segments a lenient web framework would route ``target`` by: the spelling-independent form of a path.
+
+    Query and fragment cut; percent-decoding repeated until stable (``%252F`` is ``/`` to a server that decodes
+    twice); a NUL, ``?`` or ``#`` that decoding produced ends it (C-string handlers, decode-then-split parsers); ``\\`` is ``/`` (IIS, Tomcat on Windows); Unicode
+    compatibility forms folded (full-width ``／``) and case folded; ``;`` parameters dropped from every segment
+    (Tomcat, Jetty, Spring: ``;jsessionid=``); empty and ``.`` segments dropped and ``..`` resolved (repeated and
+    trailing slashes, dot segments); trailing dots and blanks of a segment dropped (Windows)."""
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    for _ in range(4):
+        decoded = unquote(path, errors="surrogateescape")
+        if decoded == path:
+            break
+        path = decoded
+    for end in ("\0", "?", "#"):  # decoded, they still end the path for a server that decodes first
+        path = path.split(end, 1)[0]
+    path = unicodedata.normalize("NFKC", path.replace("\\", "/")).casefold()
+    out: list[str] = []
+    for raw in path.split("/"):
+        seg = raw.split(";", 1)[0].strip()
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg not in ("", ".") and (seg := seg.rstrip(". \t")):
+            out.append(seg)
+    return tuple(out)
+
+
+def _stem(segments: tuple[str, ...]) -> tuple[str, ...]:
+    """``segments`` without the last one's extension (Spring's suffix patterns route ``/cb.json`` to ``/cb``)."""
+    if not segments:
+        return segments
+    return (*segments[:-1], segments[-1].split(".", 1)[0])
+
+
 class RouteTable:
-    """Exact-path lookup (WeChat callback URLs are fixed strings; query strings are ignored)."""
+    """Exact-path lookup (WeChat callback URLs are fixed strings; query strings are ignored), and the spellings
+    of those paths that a backend framework may route to the same handler (:meth:`impersonated`)."""
 
     def __init__(self, routes: list[RouteRuntime]) -> None:
         self.routes = tuple(routes)
         self._by_path: dict[str, RouteRuntime] = {}
+        self._by_stem: dict[tuple[str, ...], RouteRuntime] = {}
+        self._scripts: list[tuple[tuple[str, ...], RouteRuntime]] = []
         for r in routes:
             self._by_path.setdefault(r.config.path, r)
+            segments = path_segments(r.config.path)
+            self._by_stem.setdefault(_stem(segments), r)
+            if segments and segments[-1].endswith(_SCRIPTS):
+                self._scripts.append((segments, r))
 
     @classmethod
     def from_config(cls, config: Config) -> RouteTable:
@@ -73,3 +134,16 @@ class RouteTable:
 
     def match(self, path: str) -> RouteRuntime | None:
         return self._by_path.get(path.split("?", 1)[0])
+
+    def impersonated(self, path: str) -> RouteRuntime | None:
+        """The route a path that :meth:`match` did not match would reach at a lenient backend: its canonical form
+        (:func:`path_segments`, extension of the last segment aside) equals a route's, or it runs a route's
+        script with extra path info. Such a request is no legacy traffic to pass through unverified."""
+        segments = path_segments(path)
+        route = self._by_stem.get(_stem(segments))
+        if route is not None:
+            return route
+        for script, r in self._scripts:
+            if segments[: len(script)] == script:
+                return r
+        return None

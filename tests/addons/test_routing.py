@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
 from mitmproxy.test import tflow
 
 from addons.routing import Routing
 from proxy.exchange import exchange
+from proxy.routes import path_segments
 from tests.addons.conftest import table
 
 
@@ -42,3 +44,70 @@ def test_already_answered_flow_is_left_alone() -> None:
     Routing(table()).requestheaders(f)
     ex = exchange(f)
     assert ex is not None and ex.route is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/wx/",
+        "/WX",
+        "//wx",
+        "/%77x",
+        "/%2577x",
+        "/wx;jsessionid=1",
+        "/./wx",
+        "/a/../wx",
+        "/wx.",
+        "/wx.json",
+        "/wx%00.jpg",
+        "/wx%3Fa=1",
+        "/ｗx",
+        "\\wx",
+        "/wx#frag",
+    ],
+)
+def test_another_spelling_of_a_route_path_is_refused_under_that_route(path: str) -> None:
+    f = tflow.tflow()
+    f.request.path = path
+    Routing(table()).requestheaders(f)
+    ex = exchange(f)
+    assert f.response is not None and f.response.status_code == 400
+    assert ex is not None and ex.route is None  # never verified, never forwarded, never passed through
+    assert (ex.outcome.route, ex.outcome.verdict, ex.outcome.reason) == (
+        "mp",
+        "rejected",
+        "noncanonical_path",
+    )
+
+
+@pytest.mark.parametrize("path", ["/wxa", "/w/x", "/wx/more", "/x/wx", "/", "/elsewhere;jsessionid=1"])
+def test_paths_that_are_not_a_spelling_of_a_route_pass_through(path: str) -> None:
+    f = tflow.tflow()
+    f.request.path = path
+    Routing(table()).requestheaders(f)
+    ex = exchange(f)
+    assert f.response is None and ex is not None and ex.outcome.verdict == "passthrough"
+
+
+def test_a_script_route_also_claims_its_path_info() -> None:
+    rt = table(path="/pay/notify.php")
+    assert rt.impersonated("/pay/notify.php/anything") is not None  # PHP runs notify.php with PATH_INFO
+    assert rt.impersonated("/PAY//notify.php") is not None
+    assert rt.impersonated("/pay/notify") is not None
+    assert rt.impersonated("/pay/other.php") is None
+    assert rt.match("/pay/notify.php?x=1") is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "segments"),
+    [
+        ("/wechat/callback", ("wechat", "callback")),
+        ("/wechat%2Fcallback", ("wechat", "callback")),
+        ("/a/./b/../../wechat//callback/", ("wechat", "callback")),
+        ("/../../wechat", ("wechat",)),
+        ("/WeChat;v=1/CallBack;jsessionid=2", ("wechat", "callback")),
+        ("/wechat/x/%252e%252e/callback", ("wechat", "callback")),
+    ],
+)
+def test_path_segments(path: str, segments: tuple[str, ...]) -> None:
+    assert path_segments(path) == segments
