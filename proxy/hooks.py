@@ -5,8 +5,12 @@ mitmproxy's ``AddonManager.trigger_event`` walks the whole addon chain for every
 addon per event whether or not the addon implements the hook: with wxgate's five core addons and eight of its
 own, about a fifth of the CPU a verified request costs. :class:`HookDispatch` resolves, per event name, the
 handlers in chain order once (the chain only changes while the master is being built; any change clears the
-cache) and calls just those, with mitmproxy's error handling: an exception in a handler is logged as an
-"Addon error" and the next handler still runs; ``AddonHalt`` ends the event.
+cache) and calls just those. ``AddonHalt`` ends the event. An exception in a handler is logged as an "Addon
+error" and, unlike mitmproxy, **fails the request closed** when it happens before the answer is sent (any
+request or response event of an HTTP flow): the flow is answered with a 5xx in its protocol's failure form (500
+on a path no route matched), reason ``internal_error``, so no later check is skipped and nothing reaches the
+backend on the strength of a hook that did not finish (:func:`fail_closed`). The next handlers still run and see
+the answer (metrics, tracing and the access log record it; the checks and the forwarding skip an answered flow).
 
 :func:`embedded_master` builds the master with it, without the deprecated ``add_log`` event, without
 mitmproxy's debug-only type check of every request and response (:func:`skip_message_typechecks`), and with
@@ -24,8 +28,27 @@ from typing import Any
 from mitmproxy import addonmanager, exceptions, flow, hooks, http, options, optmanager
 from mitmproxy import master as mitm_master
 
+from proxy.exchange import ensure_exchange
+from proxy.protocols.base import Reply
+from proxy.replies import respond
+
 logger = logging.getLogger("mitmproxy.addonmanager")
 _UPDATE = hooks.UpdateHook([])
+# Events of an HTTP flow that run before its answer is sent: an exception in one fails the request closed.
+_BEFORE_ANSWER = frozenset({"requestheaders", "request", "responseheaders", "response"})
+_INTERNAL_ERROR = Reply(500, b"", "text/plain; charset=utf-8", "failure")
+
+
+def fail_closed(flow: http.HTTPFlow) -> None:
+    """Answer ``flow`` as a failure because a hook raised: the route's backend-failure reply (the sender retries;
+    Pay's FAIL form), or 500 where no route matched."""
+    ex = ensure_exchange(flow)
+    ex.outcome.verdict = "rejected"
+    ex.outcome.reason = "internal_error"
+    route = ex.route
+    respond(
+        flow, ex, route.protocol.backend_failure_reply(ex.verified) if route is not None else _INTERNAL_ERROR
+    )
 
 
 class HookDispatch(addonmanager.AddonManager):
@@ -61,16 +84,16 @@ class HookDispatch(addonmanager.AddonManager):
         """mitmproxy's, with the event's arguments read once (``Hook.args`` walks ``dataclasses.fields``) and
         the ``update`` event after a flow event only made when an addon handles it (none of wxgate's does)."""
         args = event.args()
-        await self._run(self.handlers(event), args)
+        await self._run(self.handlers(event), args, event.name)
         if isinstance(args[0], flow.Flow) and (update := self.handlers(_UPDATE)):
-            await self._run(update, [[args[0]]])
+            await self._run(update, [[args[0]]], _UPDATE.name)
 
     async def trigger_event(self, event: hooks.Hook) -> None:
         handlers = self.handlers(event)
         if handlers:
-            await self._run(handlers, event.args())
+            await self._run(handlers, event.args(), event.name)
 
-    async def _run(self, handlers: tuple[Callable[..., Any], ...], args: list[Any]) -> None:
+    async def _run(self, handlers: tuple[Callable[..., Any], ...], args: list[Any], event: str) -> None:
         for func in handlers:
             try:
                 result = func(*args)
@@ -81,7 +104,13 @@ class HookDispatch(addonmanager.AddonManager):
             except exceptions.OptionsError:
                 raise
             except Exception as e:
-                logger.error(f"Addon error: {e}", exc_info=True)
+                logger.error(f"Addon error in {event}: {e}", exc_info=True)
+                if event in _BEFORE_ANSWER and isinstance(args[0], http.HTTPFlow):
+                    try:
+                        fail_closed(args[0])
+                    except Exception:  # the failure reply itself failed: no answer at all, never the request
+                        logger.exception("failing the request closed failed; killing it")
+                        args[0].kill()
 
 
 def embedded_master(opts: options.Options) -> mitm_master.Master:

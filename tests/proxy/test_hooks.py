@@ -9,13 +9,14 @@ import warnings
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions, http, options
+from mitmproxy import exceptions, hooks, http, options
 from mitmproxy.proxy.layers.http import HttpRequestHook, HttpResponseHook
 from mitmproxy.test import tflow
 
 with warnings.catch_warnings():
     # mitmproxy.master imports every default addon; proxyauth's ldap3 uses a deprecated pyasn1 name on import.
     warnings.simplefilter("ignore", DeprecationWarning)
+    from proxy.exchange import exchange
     from proxy.hooks import HookDispatch, embedded_master
 
 
@@ -65,18 +66,77 @@ async def test_calls_only_implementers_in_chain_order_including_sub_addons() -> 
     assert calls == ["a.request", "b.request(async)", "c.request", "c.child.request", "b.response"]
 
 
-async def test_an_addon_error_is_logged_and_the_next_handler_still_runs(
+async def test_an_addon_error_fails_the_request_closed_and_the_next_handler_still_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls: list[str] = []
     master = embedded_master(options.Options())
     master.addons.add(Failing(), Recorder("after", calls))
+    flow = tflow.tflow()
 
     with caplog.at_level(logging.ERROR):
-        await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))
+        await master.addons.trigger_event(HttpRequestHook(flow))
 
-    assert calls == ["after.request"]
-    assert "Addon error: boom" in caplog.text
+    assert calls == ["after.request"]  # metrics and the access log still see the request
+    assert "Addon error in request: boom" in caplog.text
+    assert flow.response is not None and flow.response.status_code == 500  # never proxied on
+    ex = exchange(flow)
+    assert ex is not None and (ex.outcome.verdict, ex.outcome.reason) == ("rejected", "internal_error")
+
+
+async def test_an_addon_error_on_a_route_answers_in_the_protocols_failure_form() -> None:
+    from tests.addons.conftest import routed, table
+
+    master = embedded_master(options.Options())
+    master.addons.add(Failing())
+    flow = tflow.tflow()
+    flow.request.path = "/wx"
+    ex = routed(flow, table())
+    pay = tflow.tflow()
+    pay.request.path = "/pay"
+    pay_ex = routed(pay, _pay_table())
+
+    await master.addons.trigger_event(HttpRequestHook(flow))
+    await master.addons.trigger_event(HttpRequestHook(pay))
+
+    assert flow.response is not None and (flow.response.status_code, flow.response.content) == (502, b"")
+    assert ex.outcome.reason == "internal_error"
+    assert pay.response is not None  # Pay v2's retry answer: its FAIL XML (the sender retries on it)
+    assert b"<return_code><![CDATA[FAIL]]></return_code>" in (pay.response.content or b"")
+    assert pay_ex.outcome.reason == "internal_error"
+
+
+def _pay_table() -> Any:
+    from proxy.config import parse_config
+    from proxy.routes import RouteTable
+
+    cfg = parse_config(
+        {
+            "routes": [
+                {
+                    "name": "pay",
+                    "path": "/pay",
+                    "protocol": "wechat-pay-v2",
+                    "mch_id": "1900000109",
+                    "api_key": "${K}",
+                }
+            ]
+        },
+        {"K": "k" * 32},
+    )
+    return RouteTable.from_config(cfg)
+
+
+async def test_an_addon_error_outside_a_flow_is_only_logged(caplog: pytest.LogCaptureFixture) -> None:
+    class FailsOnRunning:
+        def running(self) -> None:
+            raise RuntimeError("boom at start")
+
+    master = embedded_master(options.Options())
+    master.addons.add(FailsOnRunning())
+    with caplog.at_level(logging.ERROR):
+        await master.addons.trigger_event(hooks.RunningHook())
+    assert "Addon error in running: boom at start" in caplog.text
 
 
 async def test_addon_halt_ends_the_event() -> None:
