@@ -1,7 +1,8 @@
 """Admission: what may reach verification at all.
 
 Strips client-sent ``X-Wxgate-*`` headers from every request (they are trusted by the backend; ``X_Wxgate_*``
-too, which CGI, WSGI and PHP read as the same header), then checks the route's request head (400 for a line
+too, which CGI, WSGI and PHP read as the same header) and rewrites ``X-Forwarded-For`` per ``trusted_proxies``
+(:meth:`Admission.sanitize`), then checks the route's request head (400 for a line
 break or NUL inside a header value, 431 above :data:`MAX_HEAD`), method (405), body size (413, early from
 Content-Length when present), source address allowlist (403, trusted-proxy aware), repeated query parameters
 (400) and content type/encoding (415). Owns ``methods``, ``max_body``, ``allow_cidrs``, ``trusted_proxies``.
@@ -39,6 +40,15 @@ def head_problem(fields: Sequence[tuple[bytes, bytes]]) -> tuple[str, int] | Non
     return ("headers_too_large", 431) if size > MAX_HEAD else None
 
 
+# Forwarding headers only a trusted proxy may set (X-Forwarded-For is rewritten, not dropped).
+_UNTRUSTED_FORWARDING = frozenset({b"forwarded", b"x-real-ip"})
+
+
+def _trusted(peer: str, trusted: Sequence[IpNetwork]) -> bool:
+    addr = _ip(peer)
+    return addr is not None and any(addr in net for net in trusted)
+
+
 def client_ip(peer: str, forwarded_for: str, trusted: Sequence[IpNetwork]) -> str:
     """The caller's address: the peer, or (only behind a trusted proxy) the right-most untrusted XFF hop."""
     addr = _ip(peer)
@@ -68,8 +78,8 @@ class Admission:
         self.trusted = tuple(trusted_proxies)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        for name in {n for n, _ in flow.request.headers.fields if spoofed(n)}:  # the raw names: no decoding
-            del flow.request.headers[name.decode("utf-8", "surrogateescape")]
+        peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        forwarded_for = self.sanitize(flow.request.headers, peer)
         if flow.response or flow.error or not flow.live:
             return
         ex = exchange(flow)
@@ -84,11 +94,38 @@ class Admission:
         if length.isdigit() and int(length) > cfg.max_body:
             return reject(flow, ex, "body_too_large", 413)
         if cfg.allow_cidrs is not None:
-            peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-            ip = _ip(client_ip(peer, flow.request.headers.get("x-forwarded-for", ""), self.trusted))
+            ip = _ip(client_ip(peer, forwarded_for, self.trusted))
             if ip is None or not any(ip in net for net in cfg.allow_cidrs):
                 return reject(flow, ex, "source_not_allowed", 403)
         return None
+
+    def sanitize(self, headers: http.Headers, peer: str) -> str:
+        """Make the head safe to forward, in one pass over the raw fields, on every request (routed or passed
+        through); returns the client's ``X-Forwarded-For`` as it arrived (all its fields, comma-joined).
+
+        Drops every ``X-Wxgate-*`` name however it is spelled (case, ``_`` for ``-``: the backend trusts them).
+        ``X-Forwarded-For`` is what a reverse proxy makes it: the peer appended when the peer is a trusted
+        proxy, else the peer alone (a client's own list is never forwarded as written), and ``Forwarded`` /
+        ``X-Real-IP`` from an untrusted peer are dropped (they would say the same thing unchecked)."""
+        fields = headers.fields
+        trusted_peer = self.trusted and _trusted(peer, self.trusted)
+        kept: list[tuple[bytes, bytes]] = []
+        xff: list[bytes] = []
+        for name, value in fields:
+            lower = name.lower()
+            if lower == b"x-forwarded-for":
+                xff.append(value)
+            elif spoofed(lower) or (not trusted_peer and lower in _UNTRUSTED_FORWARDING):
+                continue
+            else:
+                kept.append((name, value))
+        arrived = b", ".join(xff).decode("latin-1")
+        if peer:
+            hops = f"{arrived}, {peer}" if trusted_peer and arrived.strip() else peer
+            kept.append((b"x-forwarded-for", hops.encode("latin-1", "replace")))
+        if len(kept) != len(fields) or xff:
+            headers.fields = tuple(kept)
+        return arrived
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:

@@ -126,3 +126,56 @@ def test_repeated_query_parameters_are_refused() -> None:
     Admission().request(f)
     assert f.response is not None and f.response.status_code == 400
     assert ex.outcome.reason == "duplicate_param"
+
+
+def test_wxgate_headers_in_several_spellings_at_once_are_all_dropped_and_the_checks_still_run() -> None:
+    # Deleting by name is case-insensitive: the second spelling of a name already deleted used to raise
+    # KeyError, which skipped every check after it.
+    f = mp_flow()
+    f.client_conn.peername = ("203.0.113.5", 1)
+    f.request.headers.fields = (
+        *f.request.headers.fields,
+        (b"X-Wxgate-J", b"1"),
+        (b"x-wxgate-j", b"2"),
+        (b"X_WXGATE_J", b"3"),
+        (b"X-Wxgate-Verified", b"1"),
+    )
+    ex = routed(f, table(allow_cidrs=["198.51.100.0/24"]))
+    Admission().requestheaders(f)
+    assert not [n for n, _ in f.request.headers.fields if b"wxgate" in n.lower()]
+    assert f.response is not None and f.response.status_code == 403
+    assert ex.outcome.reason == "source_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("peer", "sent", "forwarded"),
+    [
+        ("203.0.113.5", [b"198.51.100.9"], "203.0.113.5"),  # an untrusted client's list is replaced
+        ("203.0.113.5", [], "203.0.113.5"),
+        ("10.1.2.3", [b"198.51.100.9"], "198.51.100.9, 10.1.2.3"),  # a trusted proxy's is appended to
+        ("10.1.2.3", [b"198.51.100.9", b"10.9.9.9"], "198.51.100.9, 10.9.9.9, 10.1.2.3"),
+        ("10.1.2.3", [], "10.1.2.3"),
+    ],
+)
+def test_x_forwarded_for_is_what_a_reverse_proxy_makes_it(
+    peer: str, sent: list[bytes], forwarded: str
+) -> None:
+    for routed_flow in (True, False):
+        f = mp_flow()
+        f.client_conn.peername = (peer, 1)
+        f.request.headers.fields = (
+            *f.request.headers.fields,
+            *((b"X-Forwarded-For", v) for v in sent),
+            (b"X-Real-IP", b"198.51.100.9"),
+            (b"Forwarded", b"for=198.51.100.9"),
+        )
+        if routed_flow:
+            routed(f, table())
+        else:
+            f.request.path = "/legacy"
+            routed(f, table())
+        Admission(NETS).requestheaders(f)
+        assert f.request.headers.get_all("x-forwarded-for") == [forwarded]
+        trusted = peer.startswith("10.")
+        assert ("x-real-ip" in f.request.headers) is trusted
+        assert ("forwarded" in f.request.headers) is trusted
