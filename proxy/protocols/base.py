@@ -75,6 +75,9 @@ class Verified:
     ``backend_body``/``drop_query`` say how the request to the backend differs from the inbound one.
     ``direct_reply`` is set when the proxy answers by itself (URL verification); such requests are never forwarded.
     ``seal_context`` is whatever :meth:`Protocol.seal` needs to re-encrypt a reply for this request.
+    ``authenticated`` is the authenticated message as bytes (the decrypted plaintext where it was encrypted, not
+    the envelope, query or headers around it): dedup keys digest it when the message has no documented unique id
+    (:mod:`proxy.protocols.idempotency`), because the flat ``message`` can lose repeated elements. Never logged.
     """
 
     message: Mapping[str, str] = field(default_factory=dict)
@@ -85,6 +88,7 @@ class Verified:
     drop_query: tuple[str, ...] = ()
     direct_reply: Reply | None = None
     seal_context: object | None = None
+    authenticated: bytes = b""
 
 
 def constant_time_equal(a: str, b: str) -> bool:

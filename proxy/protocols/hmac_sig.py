@@ -16,8 +16,8 @@ and ``nonce_param`` are required parameters, hence signed; the nonce is the repl
 
 Replies: wxgate's own acknowledgement is 200 ``{"code":"SUCCESS"}``; a backend 2xx passes through unchanged (the
 scheme is generic, there is no contract to enforce); rejection 401/400 + ``{"code":"FAIL","message":"unauthorized"}``
-whatever the reason; backend failure 502 + FAIL JSON. Dedup key: the configured ``dedup.fields`` (all must be
-present, else no dedup), otherwise the nonce.
+whatever the reason; backend failure 502 + FAIL JSON. Dedup key: the configured ``dedup.fields`` when all are
+present (JSON-encoded, so no two value lists join alike), otherwise the nonce.
 
 Reasons: ``missing_param``, ``bad_signature``, timestamp reasons, ``unsigned_body``, ``malformed_body``,
 ``duplicate_param``, ``malformed_json``.
@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import parse_qsl
 
-from proxy.protocols import payload
+from proxy.protocols import idempotency, payload
 from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, check_timestamp
 
 JSON_CONTENT_TYPE = "application/json"
@@ -140,13 +140,13 @@ class HmacSignature(Protocol):
         )
 
     def dedup_key(self, verified: Verified) -> str | None:
+        """``dedup_fields`` when every one is present (:func:`idempotency.fields_key`), else the nonce: unique per
+        signed request, so a sender that signs each retry anew gets duplicates, never a dropped message."""
         m = verified.message
-        if self.dedup_fields:
-            if not all(f in m for f in self.dedup_fields):
-                return None
-            return "|".join(f"{f}={m[f]}" for f in self.dedup_fields)
+        if key := idempotency.fields_key(m, self.dedup_fields):
+            return key
         nonce = m.get(self.nonce_param)
-        return f"nonce={nonce}" if nonce else None
+        return f"nonce={nonce}" if nonce else idempotency.digest_key(verified)
 
     def success_reply(self, verified: Verified | None = None) -> Reply:
         return SUCCESS

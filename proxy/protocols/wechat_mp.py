@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 
-from proxy.protocols import wxcrypt, xmlmsg
+from proxy.protocols import idempotency, wxcrypt, xmlmsg
 from proxy.protocols.base import (
     Inbound,
     Protocol,
@@ -36,8 +36,7 @@ SUCCESS = Reply(200, b"success", "text/plain; charset=utf-8", "ack")
 PASSIVE_TYPES = frozenset({"text", "image", "voice", "video", "music", "news", "transfer_customer_service"})
 PASSIVE_FIELDS = ("ToUserName", "FromUserName", "CreateTime", "MsgType")
 ENVELOPE_FIELDS = ("Encrypt", "MsgSignature", "TimeStamp", "Nonce")
-# Events that carry ids of their own beside FromUserName/CreateTime (WxJava#2705: same user, same second).
-EVENT_ID_FIELDS = ("MsgID", "trace_id", "Ticket", "OrderId", "KfAccount", "ScanCodeInfo.ScanResult")
+SUBSCRIBE_SENT_MSG_ID = "SubscribeMsgSentEvent.List.MsgID"
 ENCRYPTED_QUERY = ("encrypt_type", "msg_signature")
 
 
@@ -56,16 +55,27 @@ def combined_key_id(*key_ids: str) -> str:
     return next((k for k in key_ids if k != "current"), "current")
 
 
-def message_key(msg: Mapping[str, str]) -> str | None:
-    """MsgId (MsgID for MASSSENDJOBFINISH/TEMPLATESENDJOBFINISH), else sender+time+event+event key+event ids."""
-    for name in ("MsgId", "MsgID"):
-        if msg.get(name):
-            return f"{msg.get('ToUserName', '')}|msg|{msg[name]}"
-    if not msg.get("FromUserName") or not msg.get("CreateTime"):
-        return None
-    parts = [msg.get(f, "") for f in ("ToUserName", "FromUserName", "CreateTime", "Event", "EventKey")]
-    parts += [f"{f}={msg[f]}" for f in EVENT_ID_FIELDS if msg.get(f)]
-    return "|evt|" + "|".join(parts)
+def message_key(msg: Mapping[str, str], authenticated: bytes = b"") -> str:
+    """The idempotency key of an MP (or WeCom app) message: its documented unique id, else a digest of it all.
+
+    Messages carry ``MsgId``; ``MASSSENDJOBFINISH``/``TEMPLATESENDJOBFINISH`` carry ``MsgID`` (capital D), and
+    ``subscribe_msg_sent_event`` nests it as ``SubscribeMsgSentEvent.List.MsgID`` (used only when the message
+    holds one ``<List>``: the flat view keeps the first of several). Every other event has no id of its own, and
+    sender + time + event collides for distinct events in one second (contact changes for different users, card
+    events for different ``UserCardCode``s, WxJava#2705), so it is keyed by the digest of the authenticated
+    message (``authenticated``, the plaintext XML; PROTOCOLS.md §1.5). A WeChat retry resends that message
+    unchanged whatever its new timestamp, nonce and signature, so it still shares the key.
+    """
+    to = msg.get("ToUserName", "")
+    if msg.get("MsgId"):
+        return f"{to}|msg|{msg['MsgId']}"
+    event = msg.get("Event", "")
+    if msg.get("MsgID"):
+        return f"{to}|{event}|{msg['MsgID']}"
+    nested = msg.get(SUBSCRIBE_SENT_MSG_ID)
+    if nested and authenticated.count(b"<List>") <= 1:
+        return f"{to}|{event}|{nested}"
+    return "digest|" + idempotency.digest(msg, authenticated)
 
 
 def classify_reply(
@@ -170,7 +180,13 @@ class WechatMp(Protocol):
         if self.require_encryption:
             raise Rejected("plaintext_not_allowed", 403)
         message = xmlmsg.parse(req.body)
-        return Verified(message=message, replay_key=replay_key, replay_ttl=2 * self.window, key_id=key_id)
+        return Verified(
+            message=message,
+            replay_key=replay_key,
+            replay_ttl=2 * self.window,
+            key_id=key_id,
+            authenticated=req.body,
+        )
 
     def _verify_encrypted(self, req: Inbound, signature_key_id: str, replay_key: str) -> Verified:
         if not self.aes_keys:
@@ -200,10 +216,12 @@ class WechatMp(Protocol):
             backend_body=backend_body,
             drop_query=ENCRYPTED_QUERY if self.decrypt_for_backend else (),
             seal_context=wxcrypt.ReplyContext(token_id, opened.key_id, q["timestamp"], q["nonce"]),
+            authenticated=opened.message,
         )
 
     def dedup_key(self, verified: Verified) -> str | None:
-        return message_key(verified.message)
+        """:func:`message_key`: ``MsgId``/``MsgID``, else the digest of the (decrypted) message XML."""
+        return message_key(verified.message, verified.authenticated)
 
     def success_reply(self, verified: Verified | None = None) -> Reply:
         return SUCCESS

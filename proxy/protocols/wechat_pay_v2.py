@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from proxy.protocols import xmlmsg
+from proxy.protocols import idempotency, xmlmsg
 from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, constant_time_equal
 from proxy.protocols.payload import describe
 
@@ -169,16 +169,18 @@ class WechatPayV2(Protocol):
         raise failure or Rejected("bad_padding", 403)
 
     def dedup_key(self, verified: Verified) -> str | None:
-        """Refunds: refund_id (or out_refund_no) + refund_status; payments: transaction_id (or out_trade_no)
-        + result_code. Scoped by mch_id."""
+        """Refunds: ``refund_id`` (or ``out_refund_no``) + ``refund_status``; payments: ``transaction_id`` (or
+        ``out_trade_no``) + ``result_code``; scoped by ``mch_id``. A notice missing either part of its business key
+        is keyed by the digest of its signed (or decrypted) fields without ``sign``/``nonce_str``/``req_info``,
+        never by a key with an empty part (PROTOCOLS.md §3.4)."""
         m = verified.message
-        refund = m.get("refund_id") or m.get("out_refund_no")
-        if refund:
-            return f"refund|{m.get('mch_id', '')}|{refund}|{m.get('refund_status', '')}"
-        trade = m.get("transaction_id") or m.get("out_trade_no")
-        if trade:
-            return f"pay|{m.get('mch_id', '')}|{trade}|{m.get('result_code', '')}"
-        return None
+        mch = m.get("mch_id", "")
+        if refund := m.get("refund_id") or m.get("out_refund_no"):
+            if m.get("refund_status"):
+                return f"refund|{mch}|{refund}|{m['refund_status']}"
+        elif (trade := m.get("transaction_id") or m.get("out_trade_no")) and m.get("result_code"):
+            return f"pay|{mch}|{trade}|{m['result_code']}"
+        return "digest|" + idempotency.digest(m, exclude=("sign", "nonce_str", "req_info"))
 
     def success_reply(self, verified: Verified | None = None) -> Reply:
         return Reply(200, SUCCESS_XML, XML_CONTENT_TYPE, "ack")

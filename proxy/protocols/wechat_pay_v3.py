@@ -13,10 +13,11 @@ notices such as complaints carry none. The replay key is ``(timestamp, nonce)`` 
 plaintext *object* (every other field verbatim, compact JSON). A legacy backend reads ``resource.out_trade_no``
 instead of decrypting; the signature no longer matches that body, so such a backend must not verify it again.
 
-Dedup key (one string): the business key when the plaintext has one — ``refund_id``/``out_refund_no`` +
-``refund_status``, else ``transaction_id``/``out_trade_no`` + ``trade_state`` — otherwise the notification ``id``.
-The business key alone, not ``id`` plus it: whether WeChat Pay keeps ``id`` across retries is unverified (§4.6),
-and a key containing ``id`` would only be as stable as ``id``.
+Dedup key (one string): the business key when the plaintext has one, both parts present — ``refund_id``/
+``out_refund_no`` + ``refund_status``, else ``transaction_id``/``out_trade_no`` + ``trade_state`` — otherwise
+``event_type`` + the digest of the decrypted resource (profit sharing, coupons, pay-score…). Never the notification
+``id``: whether WeChat Pay keeps it across retries is unverified (§4.6), and a key containing ``id`` would only be
+as stable as ``id``.
 
 Replies: success 204 without a body (a backend's 200 empty stays 200); rejection 401 (authentication) or 400
 (content) with ``{"code":"FAIL","message":"失败"}`` whatever the reason; backend failure 500 + the same JSON.
@@ -47,7 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from proxy.protocols import payload
+from proxy.protocols import idempotency, payload
 from proxy.protocols.base import (
     Inbound,
     Protocol,
@@ -202,6 +203,7 @@ class WechatPayV3(Protocol):
             replay_ttl=2 * self.window,
             key_id=key.key_id,
             backend_body=self._backend_body(notice, decrypted) if self.decrypt_for_backend else None,
+            authenticated=plaintext,
         )
 
     def _authenticate(self, req: Inbound, now: float) -> PlatformKey:
@@ -242,15 +244,25 @@ class WechatPayV3(Protocol):
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
     def dedup_key(self, verified: Verified) -> str | None:
+        """The business key where this ``event_type`` documents one, else the digest of the decrypted resource.
+
+        ``refund_id``/``out_refund_no`` + ``refund_status`` (refunds), ``transaction_id``/``out_trade_no`` +
+        ``trade_state`` (payments). Other notices carry other ids and no state: profit sharing sends up to 50
+        orders per ``transaction_id`` (and one notice per receiver), coupons and pay-score their own ids, so they
+        are keyed by ``event_type`` + the sha256 of the decrypted plaintext, which every retry resends unchanged
+        (PROTOCOLS.md §4.6). Never the notification ``id``: whether WeChat Pay keeps it across retries is
+        unverified, and a key with an empty part (a trade without ``trade_state``) would merge distinct notices.
+        """
         if isinstance(verified.seal_context, V2Notice) and self.v2 is not None:
             return self.v2.dedup_key(verified)
         m = verified.message
         if refund := m.get("refund_id") or m.get("out_refund_no"):
-            return f"refund|{refund}|{m.get('refund_status', '')}"
-        if trade := m.get("transaction_id") or m.get("out_trade_no"):
-            return f"trade|{trade}|{m.get('trade_state', '')}"
-        notification = m.get("notification_id")
-        return f"notify|{notification}" if notification else None
+            if m.get("refund_status"):
+                return f"refund|{refund}|{m['refund_status']}"
+        elif (trade := m.get("transaction_id") or m.get("out_trade_no")) and m.get("trade_state"):
+            return f"trade|{trade}|{m['trade_state']}"
+        body = idempotency.digest(m, verified.authenticated, exclude=("notification_id",))
+        return f"digest|{m.get('event_type', '')}|{body}"
 
     def success_reply(self, verified: Verified | None = None) -> Reply:
         """204 without a body; for a v2 notice (pass its ``verified``) the v2 SUCCESS XML."""

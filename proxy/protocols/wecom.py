@@ -113,15 +113,18 @@ class Wecom(Protocol):
             backend_body=opened.message if self.decrypt_for_backend else None,
             drop_query=("msg_signature",) if self.decrypt_for_backend else (),
             seal_context=wxcrypt.ReplyContext(token_id, opened.key_id, ts, nonce, json=robot),
+            authenticated=opened.message,
         )
 
     def dedup_key(self, verified: Verified) -> str | None:
-        """Robots: ``msgid``. Apps: the MP recipe (MsgId, else sender+time+event+ids) within the AgentID."""
+        """Robots: ``msgid``. Apps, within the AgentID: ``MsgId`` for messages, else the digest of the decrypted
+        message (:func:`wechat_mp.message_key`). Events such as ``change_contact`` (``ChangeType`` for different
+        ``UserID``/``Id``/``TagId``), ``change_external_contact`` (``ExternalUserID``) and
+        ``change_external_chat`` (``ChatId``) carry no id of their own and come many to the same second."""
         msg = verified.message
         if msg.get("msgid"):
             return f"robot|{msg.get('aibotid', '')}|{msg['msgid']}"
-        key = message_key(msg)
-        return None if key is None else f"agent:{msg.get('AgentID', '')}|{key}"
+        return f"agent:{msg.get('AgentID', '')}|{message_key(msg, verified.authenticated)}"
 
     def success_reply(self, verified: Verified | None = None) -> Reply:
         return EMPTY

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,9 +16,10 @@ from proxy.exchange import Exchange
 from proxy.outbox import Delivery, StoreSettlement
 from proxy.protocols.base import Reply
 from proxy.replies import encode_reply
+from proxy.sender import mp_message, mp_text
 from proxy.stores import SqliteStore
 from proxy.stores.base import OutboxItem, Store, StoreUnavailable
-from tests.addons.conftest import Nonces, mp_flow, routed, table
+from tests.addons.conftest import TOKEN, Nonces, flow_of, mp_flow, routed, table
 
 
 @pytest.fixture
@@ -118,7 +120,28 @@ async def test_configured_fields_override_the_recipe(store: SqliteStore) -> None
     f = mp_flow(9)
     ex = routed(f, table(dedup={"fields": ["FromUserName", "Content"]}))
     await Verify(Nonces().remember).request(f)
-    assert dedup_key(ex) == "oUser|hi"
+    assert dedup_key(ex) == 'fields|[["FromUserName","oUser"],["Content","hi"]]'
+
+
+async def test_configured_fields_join_unambiguously() -> None:
+    keys = set()
+    for user, content in (("oUser", "a|b"), ("oUser|a", "b")):
+        f = flow_of(mp_message("/wx", TOKEN, mp_text("gh", user, content, 9)))
+        ex = routed(f, table(dedup={"fields": ["FromUserName", "Content"]}))
+        await Verify(Nonces().remember).request(f)
+        keys.add(dedup_key(ex))
+    assert len(keys) == 2
+
+
+async def test_configured_fields_missing_from_the_message_fall_back_to_its_digest() -> None:
+    """A key of the fields that are there would merge every message lacking the others (e.g. events)."""
+    keys, now = [], int(time.time())
+    for content in ("one", "two", "two"):
+        f = mp_flow(9, content, now=now)
+        ex = routed(f, table(dedup={"fields": ["FromUserName", "Event"]}))
+        await Verify(Nonces().remember).request(f)
+        keys.append(dedup_key(ex) or "")
+    assert keys[0].startswith("digest|") and keys[0] != keys[1] and keys[1] == keys[2]
 
 
 class DownStore(SqliteStore):
@@ -236,11 +259,13 @@ async def test_a_signature_reused_with_another_body_is_refused_and_claims_nothin
 
 
 async def test_without_a_dedup_key_a_first_sighting_proceeds_and_a_repeat_is_refused(
-    counting: CountingStore,
+    counting: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every recipe now yields a key (an id or the digest); a protocol may still return None.
+    monkeypatch.setattr("addons.dedup.dedup_key", lambda ex: None)
     first, again = mp_flow(), mp_flow()
     again.request = first.request.copy()
-    exs = await chain(counting, first, again, dedup={"fields": ["NoSuchField"]})
+    exs = await chain(counting, first, again)
     assert counting.calls == ["remember_signed", "remember_signed"]
     assert first.response is None and exs[0].outcome.dedup == "no_key"
     assert again.response is not None and again.response.status_code == 403  # a retry or a replay: unknown

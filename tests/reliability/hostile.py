@@ -3,7 +3,7 @@
 Every case is something an attacker can send to a public callback URL: XML attacks (XXE, billion laughs,
 quadratic blowup, deep nesting, huge attributes), broken encodings (invalid UTF-8, truncated base64, wrong
 padding), oversized heads and bodies, HTTP framing conflicts (duplicate Content-Length, CL+TE), obsolete line
-folds and spoofed ``X-Wxgate-*`` headers. Where a case needs to get past the signature to reach a parser, it
+folds, spoofed ``X-Wxgate-*`` headers (in several spellings at once) and other spellings of a route's path. Where a case needs to get past the signature to reach a parser, it
 is signed correctly (a captured Official Account signature does not cover the body; an attacker who knows a
 key is out of scope, but the parsers must hold anyway). Each case says which answers are acceptable:
 ``expect`` is a set of statuses (``FAIL_XML`` for WeChat Pay v2, whose documented refusal is 200 + FAIL XML).
@@ -430,6 +430,46 @@ class Corpus:
                 "spoofing",
                 head("POST", target + "&signature=" + "0" * 40, xml, body),
                 {400},
+            ),
+            # other spellings of a route's path: refused, never passed through to a lenient backend router
+            *(
+                (
+                    f"route path spelled {spelling}",
+                    "path",
+                    head(
+                        "POST",
+                        f"{spelling}?{target.partition('?')[2]}",
+                        [*xml, ("X-Wxgate-Verified", "1")],
+                        body,
+                    ),
+                    bad4,
+                )
+                for spelling in (
+                    f"{mp}/",
+                    mp.upper(),
+                    f"/{mp}",
+                    "/%6Dp",
+                    "/%256Dp",
+                    f"{mp};jsessionid=1",
+                    f"/x/..{mp}",
+                    f"/.{mp}",
+                    f"{mp}%2F",
+                    f"{mp}.xml",
+                    f"{mp}%00.jpg",
+                    pay2.replace("/", "%2F"),
+                    pay2.replace("/", "//"),
+                )
+            ),
+            (
+                "X-Wxgate-* in two spellings of one name, unsigned",
+                "spoofing",
+                head(
+                    "POST",
+                    mp + "?signature=0&timestamp=1&nonce=1",
+                    [*xml, ("X-Wxgate-J", "1"), ("x-wxgate-j", "2"), ("X-Wxgate-Verified", "1")],
+                    body,
+                ),
+                {403},
             ),
             (
                 "invalid UTF-8 in the query",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import pytest
@@ -114,7 +115,9 @@ def test_v15_wechatpay_go_notice() -> None:
     assert verified.message["event_type"] == "PAYSCORE.USER_OPEN_SERVICE"
     assert verified.replay_key == "v3:1624523846:EcZ9Cmy4Xyx1i6RlJQzLcCyEqDa26NBz"
     assert verified.replay_ttl == 600
-    assert v15().dedup_key(verified) == "notify|3119dfba-e649-5eec-ab1e-3412bc4d2e17"
+    # Pay-score has no trade_state: keyed by the decrypted resource, not by the notification id
+    digest = hashlib.sha256(v.V15_PLAINTEXT).hexdigest()
+    assert v15().dedup_key(verified) == f"digest|PAYSCORE.USER_OPEN_SERVICE|{digest}"
     resource = json.loads(v.V15_BODY)["resource"]
     assert decrypt_resource([v.V15_APIV3_KEY.encode()], resource) == v.V15_PLAINTEXT
 
@@ -278,7 +281,7 @@ def test_dedup_keys() -> None:
     assert paid.message["amount.total"] == "100"
     refund = accepted(v3(), notice(REFUND, event_type="REFUND.SUCCESS"), NOW)
     assert v3().dedup_key(refund) == "refund|50000000382019052709732678859|SUCCESS"
-    assert v3().dedup_key(Verified()) is None
+    assert v3().dedup_key(Verified()) == f"digest||{hashlib.sha256(b'[]').hexdigest()}"
 
 
 # -- v2 notices at the v3 route --------------------------------------------------------------------------------
