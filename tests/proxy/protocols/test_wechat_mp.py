@@ -298,7 +298,11 @@ def test_fixed_replies() -> None:
         ({"ToUserName": "gh", "MsgId": "1"}, "gh|msg|1"),
         ({"ToUserName": "gh", "MsgID": "2", "Event": "MASSSENDJOBFINISH"}, "gh|MASSSENDJOBFINISH|2"),
         (
-            {"ToUserName": "gh", "Event": "subscribe_msg_sent_event", "SubscribeMsgSentEvent.List.MsgID": "3"},
+            {
+                "ToUserName": "gh",
+                "Event": "subscribe_msg_sent_event",
+                "SubscribeMsgSentEvent.List.MsgID": "3",
+            },
             "gh|subscribe_msg_sent_event|3",
         ),
     ],
@@ -308,11 +312,15 @@ def test_message_key_uses_documented_ids(message: dict[str, str], key: str) -> N
 
 
 def test_message_key_of_an_event_without_an_id_is_the_digest_of_its_plaintext() -> None:
-    body = b"<xml><FromUserName>o</FromUserName><CreateTime>9</CreateTime><Event>wxa_media_check</Event></xml>"
+    body = (
+        b"<xml><FromUserName>o</FromUserName><CreateTime>9</CreateTime><Event>wxa_media_check</Event></xml>"
+    )
     key = message_key({"FromUserName": "o", "CreateTime": "9", "Event": "wxa_media_check"}, body)
     assert key == "digest|" + hashlib.sha256(body).hexdigest()
     # without the bytes, the canonical flat message (sorted pairs) stands in
-    assert message_key({"ToUserName": "gh"}) == "digest|" + hashlib.sha256(b'[["ToUserName","gh"]]').hexdigest()
+    assert (
+        message_key({"ToUserName": "gh"}) == "digest|" + hashlib.sha256(b'[["ToUserName","gh"]]').hexdigest()
+    )
 
 
 def test_constructor_validation() -> None:
