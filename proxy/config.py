@@ -443,14 +443,16 @@ class Config(_Strict):
     `redis+sentinel://h1:p1,h2:p2/service` (shared by replicas).
     """
     unmatched: Literal["passthrough", "deny"] = "passthrough"
-    """Paths no route matches: `passthrough` (proxied to `upstream` as they are) or `deny` (404)."""
+    """Paths no route matches: `passthrough` (proxied to `upstream` as they are) or `deny` (404). Another
+    spelling of a route's path (`/WeChat/callback/`, `%2F`, `;x`, `/./`) is refused either way (400)."""
     body_size_limit: Size = 1024 * 1024
     """Hard cap on any request body, enforced while it is read."""
     head_timeout: Duration = Field(10.0, gt=0)
     """How long a request head (request line and headers) may take to arrive once it has started; a slower
     one is answered 408 and its connection closed (heads over 64 KiB: 431, as soon as they are)."""
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    """CIDRs of proxies in front of wxgate whose `X-Forwarded-For` is believed (for `allow_cidrs`)."""
+    """CIDRs of proxies in front of wxgate whose `X-Forwarded-For` is believed (for `allow_cidrs`) and appended
+    to; from any other peer it is replaced by the peer's address, and `Forwarded`/`X-Real-IP` are dropped."""
     upstream_connect_timeout: Duration = 1.0
     """How long connecting to the backend may take."""
     upstream_pool_size: int = Field(100, ge=1, le=10000)
