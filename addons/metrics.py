@@ -11,13 +11,14 @@ import time
 from mitmproxy import http
 
 from proxy.exchange import answered_status, ensure_exchange, exchange
-from proxy.logs import log_outcome, user_ref
+from proxy.logs import UserRef, log_outcome
 from proxy.metrics import Metrics, exemplar_of
 
 
 class MetricsAddon:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, user_ref: UserRef | None = None) -> None:
         self.metrics = metrics
+        self.user_ref = user_ref if user_ref is not None else UserRef()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         ensure_exchange(flow)
@@ -41,7 +42,7 @@ class MetricsAddon:
         if o.verdict == "passthrough" and flow.error is not None:
             o.reason = "passthrough_error"
         if ex.verified is not None:
-            o.user = user_ref(ex.verified.message)
+            o.user = self.user_ref(ex.verified.message)
         self.metrics.observe(o, exemplar_of(ex.span))
         trace_id, span_id = ("", "")
         if ex.span is not None:

@@ -40,6 +40,7 @@ from proxy.config import Config
 from proxy.exchange import METADATA_KEY
 from proxy.hooks import embedded_master
 from proxy.instrumented_store import InstrumentedStore
+from proxy.logs import UserRef
 from proxy.metrics import Metrics
 from proxy.outbox import OutboxCounters, OutboxWorker, StoreSettlement
 from proxy.probes import Probes
@@ -105,7 +106,7 @@ def build_runtime(
 
 def build_chain(rt: Runtime) -> list[Any]:
     """The addon chain; its order is part of the contract (DESIGN.md "Addon chain")."""
-    metrics_addon = MetricsAddon(rt.metrics)
+    metrics_addon = MetricsAddon(rt.metrics, UserRef.from_config(rt.config.log_hash_key))
     # Tracing off: no tracing addon at all, so none of its hooks runs.
     tracing = [TracingAddon(rt.tracing)] if rt.tracing is not None else []
     return [
@@ -256,6 +257,8 @@ class Sidecar:
                 addon.use(loaded.table, cfg.unmatched)
             elif isinstance(addon, Admission):
                 addon.trusted = tuple(cfg.trusted_proxies)
+            elif isinstance(addon, MetricsAddon):
+                addon.user_ref = addon.user_ref.rekeyed(cfg.log_hash_key)
         self.tls.use(loaded.tls, cfg.tls.plain_http if cfg.tls else "refuse")
         if self.outbox_worker is not None:
             self.outbox_worker.use(loaded.table)

@@ -38,6 +38,7 @@ SECRET_KEYS = frozenset(
         "previous_apiv3_key",
         "secret",
         "previous_secret",
+        "log_hash_key",
     }
 )
 # Keys whose values are file paths: relative paths are read relative to the configuration file.
@@ -461,10 +462,22 @@ class Config(_Strict):
     """On SIGTERM: how long in-flight requests and backend calls may take to finish."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Level of the JSON log lines on stderr; `info` writes one line per request."""
+    log_hash_key: SecretStr | None = None
+    """Key of the user hash in log lines (`user`: HMAC-SHA256 of the openid, 16 hex digits), at least 16
+    characters, e.g. `openssl rand -hex 32`; the same on every replica so their hashes correlate. Unset: a random
+    key per process (hashes then differ across replicas and restarts; a warning says so at start).
+    """
     tls: ListenerTls | None = None
     """Terminate TLS on `listen` with this certificate; absent, `listen` speaks plain HTTP."""
     routes: list[Route] = []
     """The callback endpoints, one per URL configured at a sender."""
+
+    @field_validator("log_hash_key")
+    @classmethod
+    def _long_enough(cls, v: Secret | None) -> Secret | None:
+        if v is not None and len(v.reveal().strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
+        return v
 
     @field_validator("listen", "admin")
     @classmethod

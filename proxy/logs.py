@@ -1,19 +1,22 @@
 """JSON logging: one line per request from its outcome record, and JSON for everything else wxgate logs.
 
 Secrets, tokens, ciphertexts and message contents are never logged: the outcome record holds only closed
-labels, numbers, the dedup key's hash and the user's hash (:func:`user_ref`).
+labels, numbers, the dedup key's hash and the user's keyed hash (:class:`UserRef`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from proxy.config import Secret
 from proxy.exchange import Outcome
 
 access = logging.getLogger("wxgate.access")
@@ -56,13 +59,46 @@ def setup(level: str = "info") -> None:
     logging.getLogger("mitmproxy").setLevel(max(logging.WARNING, root.level))
 
 
-def user_ref(message: Mapping[str, str]) -> str:
-    """A short SHA-256 of the message's user id: support can hash a known openid and find its requests, while
-    the log never holds the id itself."""
-    for name in USER_FIELDS:
-        if user := message.get(name):
-            return hashlib.sha256(user.encode()).hexdigest()[:16]
-    return ""
+class UserRef:
+    """The user in a log line: HMAC-SHA256 of the message's user id under a per-deployment key (16 hex digits).
+
+    Keyed, because openids are not secret enough for a plain hash: anybody holding a list of them could hash
+    the list and find its users' requests in the logs. Support holding the key finds a known openid's requests
+    with ``printf %s "$OPENID" | openssl dgst -sha256 -hmac "$LOG_HASH_KEY" -r | cut -c 1-16``."""
+
+    __slots__ = ("_key", "configured")
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.configured = key is not None
+        self._key = key if key is not None else secrets.token_bytes(32)
+
+    @classmethod
+    def from_config(cls, key: Secret | None) -> UserRef:
+        """``log_hash_key``, or a random key for this process (and a warning that says what that costs)."""
+        if key is not None:
+            return cls(key.reveal().strip().encode())
+        logging.getLogger("wxgate").warning(
+            "log_hash_key is not set: user hashes in log lines use a random key of this process, so they do "
+            "not correlate across replicas or restarts; set log_hash_key (the same on every replica)"
+        )
+        return cls()
+
+    def rekeyed(self, key: Secret | None) -> UserRef:
+        """After a reload: this one while the key is unchanged (or still unset), else one under the new key."""
+        if key is None and not self.configured:
+            return self
+        if key is not None and self.configured and key.reveal().strip().encode() == self._key:
+            return self
+        return UserRef.from_config(key)
+
+    def __call__(self, message: Mapping[str, str]) -> str:
+        for name in USER_FIELDS:
+            if user := message.get(name):
+                return hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:16]
+        return ""
+
+    def __repr__(self) -> str:
+        return f"UserRef(configured={self.configured})"
 
 
 def log_outcome(o: Outcome, trace_id: str = "", span_id: str = "") -> None:

@@ -218,3 +218,15 @@ def test_the_default_dedup_ttl_outlasts_a_long_window() -> None:
 def test_a_mistyped_store_url_never_echoes_the_password(url: str, message: str) -> None:
     text = errors({"store": url})
     assert message in text and "hunter2pw" not in text
+
+
+def test_log_hash_key_is_a_secret_of_at_least_16_characters(tmp_path: Path) -> None:
+    assert parse_config({}, {}).log_hash_key is None
+    assert "log_hash_key: secrets are never written inline" in errors(
+        {"log_hash_key": "inline-key-0123456789"}
+    )
+    assert "log_hash_key: must be at least 16 characters" in errors({"log_hash_key": "${K}"}, {"K": "short"})
+    (tmp_path / "hash-key").write_text("0123456789abcdef0123456789abcdef\n")
+    cfg = parse_config({"log_hash_key_file": str(tmp_path / "hash-key")}, {})
+    assert cfg.log_hash_key == Secret("0123456789abcdef0123456789abcdef")
+    assert redacted(cfg)["log_hash_key"] == "***"
