@@ -70,6 +70,16 @@ ROUTES: dict[str, dict[str, Any]] = {
     "std": {"path": "/hooks/std", "protocol": "standard-webhooks", "secret": "${WH}"},
 }
 PAY = ("pay2", "pay3")
+# Notifications without a message id of their own, each kind on the route that carries it. The storm sends them
+# as same-second bursts: one sender, one CreateTime for the whole run, differing only in the kind's own field
+# (a key of sender + time + event merged them all: the backend took the first, the rest got its reply).
+EVENT_KINDS: dict[str, str] = {
+    "mp-card": "mp",  # user_get_card, a UserCardCode each
+    "mp-sent": "mp-safe",  # subscribe_msg_sent_event, MsgID nested in SubscribeMsgSentEvent/List
+    "wecom-contact": "wecom",  # change_contact update_user, a UserID each
+    "wecom-external": "wecom",  # change_external_contact, an ExternalUserID each
+    "pay3-share": "pay3",  # PROFITSHARING.SUCCESS, one transaction_id, an order each
+}
 # Backend modes in which the demo backend takes a request (answers it as processed).
 TAKING = ("passive", "success", "empty", "ok", "json", "status201", "paysuccess")
 
@@ -94,7 +104,7 @@ class Timing:
 
 
 def policy_of(route: str) -> str:
-    return "fail" if route in PAY else "ack"
+    return "fail" if EVENT_KINDS.get(route, route) in PAY else "ack"
 
 
 def routes_config(certificate: Path, timing: Timing) -> list[dict[str, Any]]:
@@ -128,9 +138,12 @@ class Catalog:
         self.routes: dict[str, RouteBase] = {r.name: r for r in config.routes}
         self.by_path = {r.path: r.name for r in config.routes}
         self._aes = wxcrypt.AesKey.decode("current", AES)
+        self.second = int(time.time())  # the CreateTime of every event of the run
 
     def request(self, route: str, notification: int) -> sender.Request:
         """One delivery of ``notification``: same message id every time, fresh timestamp, nonce, signature."""
+        if route in EVENT_KINDS:
+            return self._event(route, notification)
         if route == "pay3":
             return self._pay3(notification)
         opts = sender.SendOptions(
@@ -162,9 +175,63 @@ class Catalog:
         )
         return sender.Request.of(out)
 
+    def _event(self, kind: str, notification: int) -> sender.Request:
+        route = EVENT_KINDS[kind]
+        path, ts, nonce = ROUTES[route]["path"], str(int(time.time())), secrets.token_hex(8)
+        if kind == "pay3-share":
+            plaintext = {
+                "mchid": MCH,
+                "transaction_id": "4200000000000000000000000001",
+                "order_id": f"3008{notification}",
+                "out_order_no": f"P{notification}",
+                "receiver": {
+                    "type": "MERCHANT_ID",
+                    "account": "1900000201",
+                    "amount": 1,
+                    "description": "分账",
+                },
+                "success_time": "2026-01-01T12:00:00+08:00",
+            }
+            out = senders.pay_v3_notify(
+                path,
+                self._key,
+                SERIAL,
+                V3_KEY,
+                plaintext,
+                ts,
+                nonce,
+                notification_id=f"EV-{nonce}",  # whether WeChat Pay keeps it on a retry is unverified
+                event_type="PROFITSHARING.SUCCESS",
+                resource_nonce=secrets.token_hex(6),
+            )
+            return sender.Request.of(out)
+        head = f"<xml><ToUserName><![CDATA[gh_storm]]></ToUserName><CreateTime>{self.second}</CreateTime>"
+        head += "<MsgType><![CDATA[event]]></MsgType>"
+        tail = {
+            "mp-card": "<FromUserName><![CDATA[oStormSameUser]]></FromUserName><Event><![CDATA[user_get_card]]>"
+            "</Event><CardId><![CDATA[pFS7Fjg8kV1IdDz01r4SQwMkuCKc]]></CardId>"
+            f"<UserCardCode><![CDATA[{notification}]]></UserCardCode>",
+            "mp-sent": "<FromUserName><![CDATA[oStormSameUser]]></FromUserName><Event><![CDATA["
+            "subscribe_msg_sent_event]]></Event><SubscribeMsgSentEvent><List><TemplateId><![CDATA[T1]]>"
+            f"</TemplateId><MsgID>{notification}</MsgID><ErrorCode>0</ErrorCode></List></SubscribeMsgSentEvent>",
+            "wecom-contact": "<FromUserName><![CDATA[sys]]></FromUserName><Event><![CDATA[change_contact]]>"
+            f"</Event><ChangeType><![CDATA[update_user]]></ChangeType><UserID><![CDATA[{notification}]]></UserID>",
+            "wecom-external": "<FromUserName><![CDATA[sys]]></FromUserName><Event><![CDATA["
+            "change_external_contact]]></Event><ChangeType><![CDATA[add_external_contact]]></ChangeType>"
+            f"<UserID><![CDATA[zhangsan]]></UserID><ExternalUserID><![CDATA[{notification}]]></ExternalUserID>",
+        }[kind]
+        xml = (head + tail + "</xml>").encode()
+        if route == "wecom":
+            out = senders.wecom_message(path, TOKEN, AES, CORP, xml, ts, nonce, agent_id="1000002")
+        else:
+            aes = AES if route == "mp-safe" else None
+            out = senders.mp_message(path, TOKEN, xml, ts, nonce, encoding_aes_key=aes, app_id=APP_ID)
+        return sender.Request.of(out)
+
     def classify(self, route: str, status: int, body: bytes) -> tuple[str, str]:
         """``(verdict, content)``: ``ack`` (the sender stops retrying), ``failure`` (the protocol's retry-me
         answer) or ``invalid``; ``content`` is the text of a passive reply (opened when sealed), else ""."""
+        route = EVENT_KINDS.get(route, route)
         if route in ("mp", "mp-safe", "wecom"):
             if status == 502 and body == b"":
                 return "failure", ""
@@ -206,16 +273,27 @@ class Catalog:
         body = request["body"].encode()
         try:
             if route in ("mp", "mp-safe", "wecom"):
-                return route, int(xmlmsg.parse(body)["MsgId"])
+                fields = xmlmsg.parse(body)
+                ids = (
+                    "MsgId",
+                    "UserCardCode",
+                    "SubscribeMsgSentEvent.List.MsgID",
+                    "ExternalUserID",
+                    "UserID",
+                )
+                return route, int(next(fields[f] for f in ids if f in fields))
             if route == "pay2":
                 return route, int(xmlmsg.parse(body)["transaction_id"].removeprefix("4200"))
             if route == "pay3":
-                return route, int(json.loads(body)["resource"]["transaction_id"].removeprefix("4200"))
+                resource = json.loads(body)["resource"]
+                if "out_order_no" in resource:
+                    return route, int(resource["out_order_no"].removeprefix("P"))
+                return route, int(resource["transaction_id"].removeprefix("4200"))
             if route == "hmac":
                 return route, int(parse_qs(body.decode())["id"][0])
             if route == "std":
                 return route, int(json.loads(body)["data"]["id"])
-        except (Rejected, KeyError, ValueError, TypeError):
+        except (Rejected, KeyError, ValueError, TypeError, StopIteration):
             return None
         return None
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tests.reliability.chaos import Chaos, drain, store_trouble
 from tests.reliability.figures import Row
-from tests.reliability.fleet import ROUTES, Catalog, Fleet, Timing
+from tests.reliability.fleet import EVENT_KINDS, ROUTES, Catalog, Fleet, Timing
 from tests.reliability.storm import Notification, Storm, account, plan
 from tests.support.redis_servers import RedisCluster, RedisServer
 
@@ -46,13 +46,14 @@ def _load(count: int, deliveries: int, rate: float | None) -> str:
 
 
 def storm(tmp: Path, count: int = 1000, seed: int = 1) -> Outcome:
-    """Two replicas sharing Redis, ``count`` notifications each delivered 4×, no fault."""
+    """Two replicas sharing Redis, ``count`` notifications each delivered 4×, no fault; a share of them are
+    same-second bursts of events without a message id (``EVENT_KINDS``)."""
     redis = RedisServer(aof=True).start()
     catalog = Catalog(tmp, Timing())
     fleet = Fleet(tmp, redis.url, catalog)
     try:
         fleet.start()
-        notifications = plan(count, ROUTES, first_id())
+        notifications = plan(count, [*ROUTES, *EVENT_KINDS], first_id())
 
         async def go() -> float:
             s = Storm(fleet, catalog, random.Random(seed))
@@ -69,11 +70,14 @@ def storm(tmp: Path, count: int = 1000, seed: int = 1) -> Outcome:
     finally:
         fleet.stop()
         redis.cleanup()
+    events = sum(n.route in EVENT_KINDS for n in notifications)
     row = Row(
         scenario="storm",
         run="suite",
         seconds=seconds,
-        load=_load(count, fig["deliveries"], None) + f", {fig['deliveries'] / seconds:,.0f} req/s",
+        load=_load(count, fig["deliveries"], None)
+        + f", {events:,} of them same-second events without a message id ({len(EVENT_KINDS)} kinds)"
+        + f", {fig['deliveries'] / seconds:,.0f} req/s",
         acknowledged=fig["acknowledged"],
         delivered=fig["delivered"],
         duplicates=fig["duplicates"],
