@@ -1,11 +1,12 @@
 # wxgate sidecar image: `wxgate run` as an unprivileged user.
 #
 #   docker build -t wxgate .
-#   docker run -p 8080:8080 -p 9090:9090 -e WECHAT_TOKEN=... -v wxgate-state:/var/lib/wxgate wxgate
+#   docker run -p 8080:8080 -p 127.0.0.1:9090:9090 -e WECHAT_TOKEN=... -v wxgate-state:/var/lib/wxgate wxgate
 #
 # Configuration: /etc/wxgate/proxy.yaml (the image ships deploy/docker/proxy.yaml there; mount your own over it).
-# Ports: 8080 callbacks, 9090 admin (/metrics, /healthz, /readyz). State: /var/lib/wxgate (the embedded SQLite
-# store; unused with a Redis store). Reload the configuration with `docker kill --signal HUP <container>`.
+# Ports: 8080 callbacks, 9090 admin (/metrics, /healthz, /readyz: never published on every interface, as above
+# on loopback only). State: /var/lib/wxgate (the embedded SQLite store; unused with a Redis store). Reload the
+# configuration with `docker kill --signal HUP <container>`.
 
 # The base is pinned to one Python patch release and Debian release; bump both stages together.
 FROM python:3.12.12-slim-bookworm AS build

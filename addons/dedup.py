@@ -17,7 +17,7 @@ import logging
 from mitmproxy import http
 
 from proxy.exchange import Exchange, exchange
-from proxy.policy import ACK_GRACE, acknowledges, before_deadline, time_left
+from proxy.policy import ACK_GRACE, acknowledges, before_deadline, claim_lease, time_left
 from proxy.protocols import idempotency
 from proxy.protocols.base import Reply
 from proxy.replies import decode_reply, reject, respond
@@ -82,13 +82,13 @@ class Dedup:
             return None
         key = ex.dedup_key_raw = hashed(ex.route.name, raw)
         ex.outcome.dedup_key = key.rsplit(":", 1)[1][:16]
-        cfg = ex.route.config.dedup
+        lease = claim_lease(ex.route)  # covers the backend call, however long backend_timeout lets it run
         try:
             if replay is None:
-                claim = await before_deadline(ex, self.store.claim(key, cfg.lease, ex.route.dedup_ttl))
+                claim = await before_deadline(ex, self.store.claim(key, lease, ex.route.dedup_ttl))
             else:
                 claiming = self.store.claim_signed(
-                    replay.signed, replay.body, replay.ttl, key, cfg.lease, ex.route.dedup_ttl
+                    replay.signed, replay.body, replay.ttl, key, lease, ex.route.dedup_ttl
                 )
                 sighting, found = await before_deadline(ex, claiming)
                 if found is None:  # the signed values came with another body: a forgery, claimed nothing
@@ -101,7 +101,7 @@ class Dedup:
             ex.outcome.dedup = "duplicate_inflight"
             try:
                 # settle returns IN_FLIGHT by itself at the deadline; the outer bound only catches a hung store.
-                settling = self.store.settle(key, cfg.lease, max(time_left(ex), 0.0))
+                settling = self.store.settle(key, lease, max(time_left(ex), 0.0))
                 claim = await before_deadline(ex, settling, grace=ACK_GRACE)
             except StoreUnavailable as e:
                 return self._store_down(flow, ex, e)
@@ -112,6 +112,7 @@ class Dedup:
             return self._replay(flow, ex, claim)
         ex.outcome.dedup = ex.outcome.dedup or "new"
         ex.dedup_token = claim.token
+        self.settlement.holding(ex)
         return None
 
     def _replay(self, flow: http.HTTPFlow, ex: Exchange, claim: Claim) -> None:

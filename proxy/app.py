@@ -222,17 +222,28 @@ class Sidecar:
         self.draining = True
         deadline = time.monotonic() + self.rt.config.drain_timeout
         logger.info("draining: no new connections; finishing %d in-flight requests", self.in_flight())
+        if self.outbox_worker is not None:
+            self.outbox_worker.stop()  # no new lease; redeliveries already running get the drain window
         ps = self.master.addons.get("proxyserver")
         if ps is not None:
             await ps.servers.update([])
         # mitmproxy owns the connection handlers; polling the in-flight gauge every 20 ms is enough at shutdown.
         while self.in_flight() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+        if self._worker is not None:
+            await asyncio.wait({self._worker}, timeout=max(deadline - time.monotonic(), 0.0))
         cancelled = await self.rt.tasks.drain(max(deadline - time.monotonic(), 0.1))
         if cancelled or self.in_flight():
             logger.warning(
                 "drain timeout: %d requests and %d backend calls cut short", self.in_flight(), cancelled
             )
+        # Claims of calls cut short would otherwise block sender retries and other replicas until they expire.
+        try:
+            released = await asyncio.wait_for(self.rt.settlement.release_held(), 5.0)
+        except TimeoutError:
+            released = 0
+        if released:
+            logger.info("drain: released %d claims of calls cut short", released)
         self.master.shutdown()
 
     def _on_signal(self) -> None:

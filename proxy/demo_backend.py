@@ -3,7 +3,8 @@
 Modes (``--mode`` or ``POST /_demo/mode`` with the mode as body):
 ``passive`` (default: a text passive reply echoing the message), ``success``, ``empty``, ``json``, ``html500``,
 ``status201``, ``ok`` (the bare word), ``slow:N`` (sleep N seconds, then passive; ``slow:N:MODE`` then answer as MODE), ``down`` (drop the connection),
-``fail`` (500 plain), ``payfail`` (Pay v2 FAIL XML), ``paysuccess`` (Pay v2 SUCCESS XML), ``v3fail`` (FAIL JSON).
+``fail`` (500 plain), ``payfail`` (Pay v2 FAIL XML), ``paysuccess`` (Pay v2 SUCCESS XML), ``v3fail`` (FAIL JSON),
+``html200`` (an HTML error page with status 200), ``v3error200`` (``{"code":"ERROR"}`` JSON with status 200).
 ``GET /_demo/stats`` returns ``{"count": N, "requests": [...]}`` (each with the ``mode`` that answered it);
 ``POST /_demo/reset`` clears them.
 """
@@ -99,6 +100,8 @@ class DemoBackend:
                 b"<return_msg><![CDATA[OK]]></return_msg></xml>",
             ),
             "v3fail": (500, "application/json", b'{"code":"FAIL","message":"busy"}'),
+            "html200": (200, "text/html", b"<!DOCTYPE html><html><body><h1>Server Error</h1></body></html>"),
+            "v3error200": (200, "application/json", b'{"code":"ERROR","message":"db down"}'),
         }
         if mode in simple:
             status, ctype, data = simple[mode]

@@ -107,6 +107,9 @@ class InstrumentedStore(Store):
     async def outbox_retry(self, item_id: str, next_at: float, error: str) -> None:
         await self._call("outbox_retry", self.inner.outbox_retry(item_id, next_at, error))
 
+    async def outbox_defer(self, item_id: str, next_at: float, error: str) -> None:
+        await self._call("outbox_defer", self.inner.outbox_defer(item_id, next_at, error))
+
     async def outbox_bury(self, item_id: str, error: str) -> None:
         await self._call("outbox_bury", self.inner.outbox_bury(item_id, error))
 

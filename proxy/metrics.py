@@ -85,6 +85,7 @@ STORE_OPERATIONS = (
     "outbox_lease",
     "outbox_ack",
     "outbox_retry",
+    "outbox_defer",
     "outbox_bury",
     "outbox_list",
     "outbox_get",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import random
@@ -19,10 +20,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from proxy.config import OutboxConfig
 from proxy.exchange import Exchange
 from proxy.forwarding import backend_request
+from proxy.policy import claim_lease
 from proxy.protocols.base import Reply, Verified
+from proxy.protocols.wechat_pay_v3 import V2Notice
+from proxy.protocols.wxcrypt import ReplyContext
 from proxy.replies import encode_reply
 from proxy.routes import RouteRuntime, RouteTable
 from proxy.settlement import Settlement
@@ -42,6 +48,8 @@ class Delivery:
     headers: dict[str, str]
     body: bytes
     dedup_key: str | None  # the store key (already hashed)
+    # How the verified request shapes the backend's reply (ids, never secrets): see reply_context().
+    context: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -51,6 +59,7 @@ class Delivery:
                 "h": self.headers,
                 "b": base64.b64encode(self.body).decode(),
                 "k": self.dedup_key,
+                "c": self.context,
             },
             separators=(",", ":"),
         ).encode()
@@ -58,7 +67,27 @@ class Delivery:
     @classmethod
     def decode(cls, blob: bytes) -> Delivery:
         d = json.loads(blob)
-        return cls(d["m"], d["p"], dict(d["h"]), base64.b64decode(d["b"]), d["k"])
+        return cls(d["m"], d["p"], dict(d["h"]), base64.b64decode(d["b"]), d["k"], d.get("c"))
+
+    def verified(self) -> Verified:
+        """The verification context the reply is normalized with, as it was when the request was verified
+        (a Pay v2 notice at a v3 route is answered in v2 XML, an encrypted MP/WeCom request as encrypted)."""
+        c = self.context or {}
+        if c.get("t") == "v2":
+            return Verified(seal_context=V2Notice())
+        if c.get("t") == "wx":
+            fields = {f.name: c[f.name] for f in dataclasses.fields(ReplyContext) if f.name in c}
+            return Verified(seal_context=ReplyContext(**fields))
+        return Verified()
+
+
+def reply_context(seal_context: object | None) -> dict[str, Any] | None:
+    """What of a request's ``seal_context`` its redelivery needs to normalize the reply the same way."""
+    if isinstance(seal_context, V2Notice):
+        return {"t": "v2"}
+    if isinstance(seal_context, ReplyContext):
+        return {"t": "wx", **dataclasses.asdict(seal_context)}
+    return None
 
 
 def backoff(
@@ -74,6 +103,37 @@ class StoreSettlement(Settlement):
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+        # dedup token -> the exchange holding that claim and when its lease ends (perf_counter)
+        self._held: dict[str, tuple[Exchange, float]] = {}
+
+    def holding(self, ex: Exchange) -> None:
+        if ex.dedup_token is None or ex.route is None:
+            return
+        now = time.perf_counter()
+        if len(self._held) >= 1024:  # a request that never settled (cut off before forwarding) is let go
+            self._held = {t: h for t, h in self._held.items() if h[1] > now}
+        self._held[ex.dedup_token] = (ex, now + claim_lease(ex.route))
+
+    def _settled(self, ex: Exchange) -> None:
+        if ex.dedup_token is not None:
+            self._held.pop(ex.dedup_token, None)
+
+    async def release_held(self) -> int:
+        """Claims still held once the drain window is over belong to calls that were cut short: released, so
+        the sender's retry (or another replica's redelivery) takes them now instead of when their lease ends;
+        an acknowledged one's outbox item is made due now for the same reason."""
+        now = time.perf_counter()
+        held, self._held = [ex for ex, until in self._held.values() if until > now], {}
+        for ex in held:
+            assert ex.dedup_key_raw is not None and ex.dedup_token is not None
+            try:
+                await self.store.release(ex.dedup_key_raw, ex.dedup_token)
+                if ex.outbox_id is not None:
+                    await self.store.outbox_defer(ex.outbox_id, self.clock(), "cut short by shutdown")
+            except StoreUnavailable as e:
+                route = ex.route.name if ex.route is not None else "?"
+                logger.warning("could not release claim on route %s (its lease will expire): %s", route, e)
+        return len(held)
 
     async def before_ack(self, ex: Exchange, in_flight: bool) -> None:
         assert ex.route is not None and ex.inbound is not None
@@ -86,7 +146,10 @@ class StoreSettlement(Settlement):
     async def _enqueue(self, ex: Exchange, head_start: float) -> str:
         assert ex.route is not None and ex.inbound is not None
         url, headers, body = backend_request(ex, list(ex.inbound.query.items()))
-        delivery = Delivery(ex.inbound.method, url[len(ex.route.upstream) :], headers, body, ex.dedup_key_raw)
+        context = reply_context(ex.verified.seal_context if ex.verified is not None else None)
+        delivery = Delivery(
+            ex.inbound.method, url[len(ex.route.upstream) :], headers, body, ex.dedup_key_raw, context
+        )
         cfg, now = ex.route.config.outbox, self.clock()
         due = now + head_start + backoff(0, cfg.backoff_base, cfg.backoff_max)
         item_id = uuid.uuid4().hex
@@ -95,6 +158,7 @@ class StoreSettlement(Settlement):
 
     async def delivered(self, ex: Exchange, reply: Reply, late: bool) -> None:
         assert ex.route is not None
+        self._settled(ex)
         if ex.dedup_token is not None and ex.dedup_key_raw is not None:
             try:
                 await self.store.complete(
@@ -107,6 +171,7 @@ class StoreSettlement(Settlement):
 
     async def failed(self, ex: Exchange, result: UpstreamResult, acked: bool, late: bool) -> None:
         assert ex.route is not None
+        self._settled(ex)
         if ex.dedup_token is not None and ex.dedup_key_raw is not None:
             try:
                 # Released either way: the sender's retry (not acked) or the outbox (acked) takes over.
@@ -148,8 +213,19 @@ def _traceparent_of(item: OutboxItem) -> str | None:
         return None
 
 
+# An item of a route this replica does not know (another replica's configuration during a rolling update or
+# before a ConfigMap refresh) is handed back for about this long, so the replica that knows it takes it.
+HAND_BACK = 5.0
+# During a store outage the worker says so once, then at most this often.
+OUTAGE_LOG_EVERY = 60.0
+
+
 class OutboxWorker:
-    """Leases due items and redelivers them; safe to run in every replica (leases are exclusive)."""
+    """Leases due items and redelivers them; safe to run in every replica (leases are exclusive).
+
+    An item is leased for at least as long as its redelivery can take (the longest ``backend_timeout`` and
+    the claim's margin, :func:`~proxy.policy.claim_lease`), so no other replica redelivers it meanwhile.
+    """
 
     def __init__(
         self,
@@ -162,29 +238,62 @@ class OutboxWorker:
         batch: int = 32,
         lease: float = 60.0,
         tracing: Tracing | None = None,
+        hand_back: float = HAND_BACK,
     ) -> None:
-        self.store, self.table, self.client = store, table, client
+        self.store, self.client = store, client
         self.tracing = tracing
         self.counters = counters or OutboxCounters()
         self.clock, self.interval, self.batch, self.lease = clock, interval, batch, lease
-        self._by_name = {r.name: r for r in table.routes}
+        self.hand_back = hand_back
+        self.stopping = False
+        self._failures = 0
+        self._last_warning = float("-inf")
+        self.use(table)
 
     def use(self, table: RouteTable) -> None:
         """Redeliver with a reloaded route table (new secrets, upstreams, outbox limits) from the next item on."""
         self.table, self._by_name = table, {r.name: r for r in table.routes}
+        # Items leased in one batch run concurrently: the lease covers the slowest route's call.
+        self.item_lease = max([self.lease, *(claim_lease(r) for r in table.routes)])
+        # A route no replica here knows may still be known elsewhere: only the longest max_age buries it.
+        self.unknown_max_age = max([OutboxConfig().max_age, *(r.config.outbox.max_age for r in table.routes)])
+
+    def stop(self) -> None:
+        """Lease nothing more (a drain started); redeliveries already running go on."""
+        self.stopping = True
 
     async def run(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 busy = await self.run_once()
+                self._store_back()
             except StoreUnavailable as e:
-                logger.warning("outbox: store unavailable, retrying: %s", e)
+                self._store_down(e)
                 busy = 0
-            if busy < self.batch:
+            if busy < self.batch and not self.stopping:
                 await asyncio.sleep(self.interval)
 
+    def _store_down(self, e: StoreUnavailable) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._last_warning >= OUTAGE_LOG_EVERY:
+            self._last_warning = now
+            logger.warning(
+                "outbox: store unavailable, retrying every %.1fs (%d failed polls so far): %s",
+                self.interval,
+                self._failures,
+                e,
+            )
+
+    def _store_back(self) -> None:
+        if self._failures:
+            logger.info("outbox: store available again after %d failed polls", self._failures)
+            self._failures, self._last_warning = 0, float("-inf")
+
     async def run_once(self) -> int:
-        items = await self.store.outbox_lease(self.clock(), self.lease, self.batch)
+        if self.stopping:
+            return 0
+        items = await self.store.outbox_lease(self.clock(), self.item_lease, self.batch)
         if items:
             await asyncio.gather(*(self._traced(item) for item in items))
         return len(items)
@@ -199,12 +308,10 @@ class OutboxWorker:
             return outcome
 
     async def redeliver(self, item: OutboxItem) -> str:
-        """Try one item; returns what happened (delivered, duplicate, busy, retry, dead)."""
+        """Try one item; returns what happened (delivered, duplicate, busy, retry, dead, handed_back)."""
         route = self._by_name.get(item.route)
         if route is None:
-            await self.store.outbox_bury(item.id, f"route {item.route!r} is no longer configured")
-            self.counters.dead_letters(item.route)
-            return "dead"
+            return await self._not_ours(item)
         try:
             delivery = Delivery.decode(item.payload)
         except (ValueError, KeyError):
@@ -213,17 +320,43 @@ class OutboxWorker:
             return "dead"
         token: str | None = None
         if delivery.dedup_key is not None:
-            claim = await self.store.claim(delivery.dedup_key, route.config.dedup.lease, route.dedup_ttl)
+            lease = claim_lease(route)
+            claim = await self.store.claim(delivery.dedup_key, lease, route.dedup_ttl)
             if claim.state is ClaimState.DONE:
                 await self.store.outbox_ack(item.id)  # a sender retry got it through meanwhile
                 self.counters.redeliveries(route.name, "duplicate")
                 return "duplicate"
             if claim.state is ClaimState.IN_FLIGHT:
-                await self.store.outbox_retry(item.id, self.clock() + route.config.dedup.lease, "in flight")
+                # Another delivery holds it: not an attempt of ours, so it costs none.
+                await self.store.outbox_defer(item.id, self.clock() + route.config.dedup.lease, "in flight")
                 return "busy"
             token = claim.token
-        result = await self._send(route, delivery, item.attempts + 1)
+        try:
+            result = await self._send(route, delivery, item.attempts + 1)
+        except asyncio.CancelledError:
+            # Cut short (shutdown after the drain window): let the next replica take it now, not after leases.
+            await self._abandon(item, delivery, token)
+            raise
         return await self._conclude(route, item, delivery, token, result)
+
+    async def _abandon(self, item: OutboxItem, d: Delivery, token: str | None) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                if d.dedup_key is not None and token is not None:
+                    await self.store.release(d.dedup_key, token)
+                await self.store.outbox_defer(item.id, self.clock(), "cut short by shutdown")
+        except (StoreUnavailable, TimeoutError) as e:
+            logger.warning("outbox item on route %s keeps its lease: %s", item.route, e)
+
+    async def _not_ours(self, item: OutboxItem) -> str:
+        """A route this replica does not know: handed back untried, unless even the longest max_age is over."""
+        if self.clock() - item.created_at >= self.unknown_max_age:
+            await self.store.outbox_bury(item.id, f"route {item.route!r} is not configured")
+            self.counters.dead_letters(item.route)
+            return "dead"
+        due = self.clock() + self.hand_back * random.uniform(0.5, 1.5)
+        await self.store.outbox_defer(item.id, due, f"route {item.route!r} is not configured on this replica")
+        return "handed_back"
 
     async def _send(self, route: RouteRuntime, d: Delivery, n: int) -> UpstreamResult:
         headers = {**d.headers, "x-wxgate-redelivery": str(n)}
@@ -247,7 +380,9 @@ class OutboxWorker:
         )
         if not failed:
             if d.dedup_key is not None and token is not None:
-                reply = route.protocol.normalize(result.status, result.content_type, result.body, Verified())
+                reply = route.protocol.normalize(
+                    result.status, result.content_type, result.body, d.verified()
+                )
                 await self.store.complete(d.dedup_key, token, encode_reply(reply), route.dedup_ttl)
             await self.store.outbox_ack(item.id)
             self.counters.redeliveries(route.name, "delivered")
@@ -256,7 +391,8 @@ class OutboxWorker:
             await self.store.release(d.dedup_key, token)
         attempts = item.attempts + 1
         error = f"{result.kind} {result.status or ''}".strip()
-        if attempts >= cfg.max_attempts or self.clock() - item.created_at >= cfg.max_age:
+        exhausted = cfg.max_attempts is not None and attempts >= cfg.max_attempts
+        if exhausted or self.clock() - item.created_at >= cfg.max_age:
             await self.store.outbox_bury(item.id, error)
             self.counters.redeliveries(route.name, "failed")
             self.counters.dead_letters(route.name)

@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     show.add_argument("id")
     show.add_argument("--body", action="store_true", help="include the message body")
     rp = osub.add_parser(
-        "replay", help="redeliver now: a dead letter back into the queue, or a queued item early"
+        "replay",
+        help="redeliver now: a dead letter back into the queue (attempts and age start over), or a queued"
+        " item early",
     )
     g = rp.add_mutually_exclusive_group(required=True)
     g.add_argument("id", nargs="?")
@@ -95,8 +97,8 @@ async def _dispatch(store: Store, args: argparse.Namespace) -> int:
                 print(f"no outbox item {args.id}")
                 return 1
             n = await store.outbox_revive(args.id, now)
-            if n == 0:  # a queued item: make it due now
-                await store.outbox_retry(args.id, now, queued.last_error)
+            if n == 0:  # a queued item: make it due now (an operator's nudge costs it no attempt)
+                await store.outbox_defer(args.id, now, queued.last_error)
                 n = 1
         print(f"replaying {n} item(s)")
         return 0

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable
 
 from proxy.exchange import Exchange
+from proxy.routes import RouteRuntime
 from proxy.stores.base import StoreUnavailable
 
 # WeChat MP/WeCom deliver a message four times at most (the first delivery and "重试三次").
@@ -29,6 +30,17 @@ def acknowledges(ex: Exchange) -> bool:
     assert ex.route is not None
     policy = ex.route.policy
     return policy == "ack" or (policy == "relay" and is_last_attempt(ex))
+
+
+# What a claim's lease allows beyond the backend call it protects: the store writes before and after it.
+LEASE_MARGIN = 5.0
+
+
+def claim_lease(route: RouteRuntime) -> float:
+    """How long a dedup claim (or an outbox item's lease) is held: the route's ``dedup.lease``, but never less
+    than its backend call can take (``backend_timeout``), so a slow backend's sender retry, or another replica's
+    redelivery, cannot take the claim over and send a second copy while the first call still runs."""
+    return max(route.config.dedup.lease, route.config.backend_timeout + LEASE_MARGIN)
 
 
 def time_left(ex: Exchange) -> float:

@@ -16,6 +16,13 @@ from proxy.upstream import UpstreamResult
 class Settlement:
     """The default: no store. An acknowledged failure is only counted (``outcome.outbox = "unacked"``)."""
 
+    def holding(self, ex: Exchange) -> None:
+        """``ex`` now holds a dedup claim (``ex.dedup_token``) until ``delivered`` or ``failed``."""
+
+    async def release_held(self) -> int:
+        """Shutdown: release the claims of requests whose backend call was cut short; returns how many."""
+        return 0
+
     async def before_ack(self, ex: Exchange, in_flight: bool) -> None:
         ex.outcome.outbox = "unacked"
 

@@ -168,6 +168,11 @@ class Store(abc.ABC):
         """Failed again: attempts + 1, due at ``next_at``, lease dropped."""
 
     @abc.abstractmethod
+    async def outbox_defer(self, item_id: str, next_at: float, error: str) -> None:
+        """Handed back untried (a route this replica does not know, or a notification another delivery holds):
+        due at ``next_at``, lease dropped, attempts unchanged."""
+
+    @abc.abstractmethod
     async def outbox_bury(self, item_id: str, error: str) -> None:
         """Move to the dead letters."""
 
@@ -180,7 +185,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def outbox_revive(self, item_id: str | None, now: float) -> int:
-        """Dead letter(s) back into the queue, due now, attempts reset; ``None`` means all. Returns the count."""
+        """Dead letter(s) back into the queue, due now, attempts reset and age restarted (``created_at`` is
+        ``now``: a replayed item gets the whole of ``max_age`` again); ``None`` means all. Returns the count."""
 
     @abc.abstractmethod
     async def outbox_purge(self, dead: bool, item_id: str | None = None) -> int:

@@ -288,6 +288,9 @@ class RedisStore(Store):
     async def outbox_retry(self, item_id: str, next_at: float, error: str) -> None:
         await self._outbox_call(self._scripts.outbox_retry, item_id, repr(next_at), _text(error))
 
+    async def outbox_defer(self, item_id: str, next_at: float, error: str) -> None:
+        await self._outbox_call(self._scripts.outbox_defer, item_id, repr(next_at), _text(error))
+
     async def outbox_bury(self, item_id: str, error: str) -> None:
         await self._outbox_call(self._scripts.outbox_bury, item_id, _text(error))
 

@@ -198,6 +198,17 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
 
+# Handed back untried: due again at ARGV[2], attempts unchanged.
+OUTBOX_DEFER = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local m = cjson.decode(redis.call('HGET', KEYS[4], ARGV[1]))
+m['next_at'] = ARGV[2]
+m['last_error'] = ARGV[3]
+redis.call('HSET', KEYS[4], ARGV[1], cjson.encode(m))
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
 OUTBOX_BURY = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 local m = cjson.decode(redis.call('HGET', KEYS[4], ARGV[1]))
@@ -240,9 +251,10 @@ for _, id in ipairs(ids) do
       local m = cjson.decode(raw)
       m['attempts'] = 0
       m['next_at'] = ARGV[1]
+      m['created_at'] = ARGV[1]
       redis.call('HSET', KEYS[4], id, cjson.encode(m))
       redis.call('ZADD', KEYS[1], ARGV[1], id)
-      redis.call('ZADD', KEYS[2], m['created_at'], id)
+      redis.call('ZADD', KEYS[2], ARGV[1], id)
       n = n + 1
     end
   end
@@ -291,6 +303,7 @@ class Scripts:
     outbox_lease: AsyncScript
     outbox_ack: AsyncScript
     outbox_retry: AsyncScript
+    outbox_defer: AsyncScript
     outbox_bury: AsyncScript
     outbox_list: AsyncScript
     outbox_get: AsyncScript

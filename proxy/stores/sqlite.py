@@ -118,6 +118,9 @@ class SqliteStore(Store):
     async def outbox_retry(self, item_id: str, next_at: float, error: str) -> None:
         await self._worker.run(lambda c: ops.outbox_retry(c, item_id, next_at, error), durable=True)
 
+    async def outbox_defer(self, item_id: str, next_at: float, error: str) -> None:
+        await self._worker.run(lambda c: ops.outbox_defer(c, item_id, next_at, error), durable=True)
+
     async def outbox_bury(self, item_id: str, error: str) -> None:
         await self._worker.run(lambda c: ops.outbox_bury(c, item_id, error), durable=True)
 

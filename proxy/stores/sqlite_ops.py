@@ -238,6 +238,13 @@ def outbox_retry(conn: sqlite3.Connection, item_id: str, next_at: float, error: 
     )
 
 
+def outbox_defer(conn: sqlite3.Connection, item_id: str, next_at: float, error: str) -> None:
+    conn.execute(
+        "UPDATE outbox SET next_at = ?, due_at = ?, last_error = ? WHERE id = ? AND dead = 0",
+        (next_at, next_at, error, item_id),
+    )
+
+
 def outbox_bury(conn: sqlite3.Connection, item_id: str, error: str) -> None:
     conn.execute("UPDATE outbox SET dead = 1, last_error = ? WHERE id = ? AND dead = 0", (error, item_id))
 
@@ -257,8 +264,8 @@ def outbox_get(conn: sqlite3.Connection, item_id: str) -> OutboxItem | None:
 
 
 def outbox_revive(conn: sqlite3.Connection, item_id: str | None, now: float) -> int:
-    sql = "UPDATE outbox SET dead = 0, attempts = 0, next_at = ?, due_at = ? WHERE dead = 1"
-    args: tuple[object, ...] = (now, now)
+    sql = "UPDATE outbox SET dead = 0, attempts = 0, created_at = ?, next_at = ?, due_at = ? WHERE dead = 1"
+    args: tuple[object, ...] = (now, now, now)
     if item_id is not None:
         sql, args = sql + " AND id = ?", (*args, item_id)
     return conn.execute(sql, args).rowcount

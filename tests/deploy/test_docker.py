@@ -95,6 +95,15 @@ def test_ports_paths_entrypoint_and_healthcheck_agree_with_the_shipped_configura
         assert CONFIG_PATH in (ROOT / doc).read_text(), doc
 
 
+def test_docker_examples_publish_the_admin_port_on_loopback_only() -> None:
+    # `-p 9090:9090` (or `-p 0.0.0.0:9090:9090`) would put /metrics on every interface of the host.
+    for doc in ("Dockerfile", "docs/deployment.md", "README.md"):
+        for host_part in re.findall(r"-p\s+(\S+):9090\b", (ROOT / doc).read_text()):
+            assert host_part.startswith("127.0.0.1:"), (doc, host_part)
+    assert re.search(r"-p 127\.0\.0\.1:9090:9090", (ROOT / "Dockerfile").read_text())
+    assert re.search(r"-p 127\.0\.0\.1:9090:9090", (ROOT / "docs/deployment.md").read_text())
+
+
 @dataclass
 class Image:
     """The replayed image: its virtualenv and the files the final stage copied, under one directory."""

@@ -204,3 +204,62 @@ def test_containers_run_the_project_image_unprivileged_with_resources() -> None:
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def policy_for(labels: dict[str, str]) -> dict[str, Any]:
+    """The one NetworkPolicy selecting pods with ``labels``, restricting ingress."""
+    (policy,) = [
+        d
+        for _, d in documents()
+        if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    return policy
+
+
+def rules_by_port(policy: dict[str, Any], c: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Each ingress rule's ``from`` peers by the container port it opens (named ports resolved on ``c``)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("ports"), "a rule without ports opens every port"
+        assert rule.get("from"), "a rule without from admits every source"
+        for p in rule["ports"]:
+            port = p["port"] if isinstance(p["port"], int) else port_of(c, p["port"])
+            out.setdefault(port, []).extend(rule["from"])
+    return out
+
+
+def test_only_prometheus_reaches_the_admin_port_and_callbacks_come_from_the_ingress(tmp_path: Path) -> None:
+    cfg = wxgate_config(tmp_path)
+    labels = find("Deployment")["spec"]["template"]["metadata"]["labels"]
+    by_port = rules_by_port(policy_for(labels), container("wxgate"))
+    # Nothing else is open: not the app's port (localhost only anyway), not any other.
+    assert set(by_port) == {cfg.listen_addr[1], cfg.admin_addr[1]}
+    (scraper,) = by_port[cfg.admin_addr[1]]
+    # Both selectors in one peer (an AND): Prometheus pods in the monitoring namespace, not the whole namespace
+    # nor every pod labelled prometheus anywhere.
+    assert scraper["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert scraper["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert "ipBlock" not in scraper
+    (ingress,) = by_port[cfg.listen_addr[1]]
+    assert set(ingress) == {"namespaceSelector"}
+    # The PodMonitor scrapes the port the policy opens to Prometheus.
+    (endpoint,) = find("PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert port_of(container("wxgate"), endpoint["port"]) == cfg.admin_addr[1]
+
+
+def test_only_the_wxgate_pods_reach_redis() -> None:
+    redis = find("StatefulSet", "wxgate-redis")["spec"]["template"]
+    (redis_container,) = redis["spec"]["containers"]
+    by_port = rules_by_port(policy_for(redis["metadata"]["labels"]), redis_container)
+    assert set(by_port) == {6379}
+    (peer,) = by_port[6379]
+    labels = find("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_replicas_share_one_log_hash_key(tmp_path: Path) -> None:
+    cfg = wxgate_config(tmp_path)
+    assert find("Deployment")["spec"]["replicas"] > 1
+    assert cfg.log_hash_key is not None  # unset, each pod would hash users under a random key of its own
+    assert cfg.log_hash_key.reveal() == filled_secrets()["log-hash-key"]

@@ -365,6 +365,22 @@ async def test_outbox_retry_counts_the_attempt_and_is_not_due_before_next_at(sub
     assert (await s.outbox_get("a") or item("x")).attempts == 2
 
 
+async def test_outbox_defer_hands_the_item_back_without_counting_an_attempt(subject: Subject) -> None:
+    s = subject.store
+    await s.outbox_put(item("a", attempts=3))
+    await s.outbox_lease(NOW, 300, 10)
+    await s.outbox_defer("a", NOW + 5, "route 'old' is not configured here")
+    got = await s.outbox_get("a")
+    assert got is not None
+    assert (got.attempts, got.next_at, got.last_error) == (3, NOW + 5, "route 'old' is not configured here")
+    assert await s.outbox_lease(NOW + 4.9, 30, 10) == []
+    again = await s.outbox_lease(NOW + 5, 30, 10)  # due at next_at although the 300 s lease had not run out
+    assert [(i.id, i.attempts) for i in again] == [("a", 3)]
+    await s.outbox_bury("a", "x")
+    await s.outbox_defer("a", NOW, "x")  # a dead letter stays dead
+    assert await s.outbox_list(dead=False) == []
+
+
 async def test_outbox_bury_moves_the_item_to_the_dead_letters(subject: Subject) -> None:
     s = subject.store
     await s.outbox_put(item("a", attempts=7))
@@ -397,7 +413,9 @@ async def test_outbox_revive_one_and_all(subject: Subject) -> None:
     assert await s.outbox_revive("a", NOW + 10) == 1
     revived = await s.outbox_get("a")
     assert revived is not None
-    assert (revived.attempts, revived.next_at) == (0, NOW + 10)
+    # A replay starts over: its age as well as its attempts, so max_age gives it a full life again.
+    assert (revived.attempts, revived.next_at, revived.created_at) == (0, NOW + 10, NOW + 10)
+    assert (await s.outbox_stats(NOW + 10)).oldest_age == 0.0
     assert await ids(s.outbox_list(dead=True)) == {"b", "c"}
     assert await s.outbox_revive("a", NOW + 10) == 0  # not dead any more
     assert await s.outbox_revive("missing", NOW) == 0
