@@ -145,7 +145,7 @@ What wxgate promises under load, faults and hostile input, and the figures from 
 
 | area | scenario | promise asserted |
 |---|---|---|
-| storm | two replicas sharing Redis (AOF), 1,000 notifications over Official Account (plaintext and safe mode), WeCom, Pay v2, Pay v3, HMAC and Standard Webhooks, each delivered 4× with fresh timestamps and nonces, some together in flight, some after the first answer | the backend takes each exactly once; every delivery gets a valid reply (the same passive reply to every retry); none after the deadline |
+| storm | two replicas sharing Redis (AOF), 1,000 notifications over Official Account (plaintext and safe mode), WeCom, Pay v2, Pay v3, HMAC and Standard Webhooks, among them same-second bursts of events without a message id (card and subscribe_msg_sent events, WeCom contact changes, Pay v3 profit sharing), each delivered 4× with fresh timestamps and nonces, some together in flight, some after the first answer | the backend takes each exactly once; every delivery gets a valid reply (the same passive reply to every retry); none after the deadline |
 | chaos | the storm while `redis-server` is SIGKILLed and restarted, then hung with SIGSTOP, the backend flaps (dropped connections, HTML 500s, slow answers, process stopped), one replica is SIGKILLed mid-flight and restarted; a Redis Cluster master SIGKILLed and restarted; the soak runs random overlapping timelines of them | nothing acknowledged is lost (`ack` routes: the outbox; `fail` routes, WeChat Pay: the sender retries on a fast schedule until acknowledged); no duplicate except by design; every answer in the protocol's form and before the sender's timeout (all but a handful on an overloaded 2-core host, counted in the notes); the outbox drained, no dead letter |
 | hostile input | XXE, billion laughs, quadratic blowup, deep nesting, huge attributes, invalid UTF-8, truncated base64, wrong padding, oversized headers and bodies, duplicate Content-Length, CL+TE, obsolete line folds, spoofed `X-Wxgate-*`, over raw sockets | a clear 4xx (mitmproxy's own 400/413 for framing, wxgate's reason otherwise; WeChat Pay v2 answers its documented FAIL XML), the backend receives nothing, the proxy keeps serving |
 | fuzzing | hypothesis over every parser (XML, JSON, form), verifier (six protocols), envelope (AES-CBC, AES-GCM, ECB refunds) and the whole addon chain | only documented outcomes: a `Rejected` with a reason listed in [operations.md](operations.md#troubleshooting-signature-failures) and a 4xx status (or the protocol's failure form); no exception escapes; nothing unverified is forwarded |
@@ -164,8 +164,44 @@ documented 200 + FAIL XML (PROTOCOLS.md §7). After every case an unsigned reque
 the corpus a genuine delivery went through: the backend received that one and nothing else.
 
 {corpus}
+## Deduplication keys
+
+A dedup key is either a documented unique id of that kind of notification, or a digest (one sha256) of the whole
+authenticated message, so that only an exact retry deduplicates (`proxy/protocols/idempotency.py`). Two distinct
+notifications sharing a key is silent loss: the second is answered with the first one's cached reply and never
+reaches the backend, for the whole TTL. Two keys for one notification only cost a duplicate delivery, so when
+unsure a recipe errs toward the duplicate. Sender + time + event is not a key: WeCom contact changes, card events
+and Pay profit-sharing notices come many to one second (PROTOCOLS.md §1.5, §4.6).
+
+| kind | key |
+|---|---|
+| MP and WeCom messages | `MsgId` |
+| MP `MASSSENDJOBFINISH`, `TEMPLATESENDJOBFINISH` | the event + `MsgID` |
+| MP `subscribe_msg_sent_event` | the event + `SubscribeMsgSentEvent/List/MsgID` when the message holds one `List`, else the digest |
+| every other MP and WeCom event: menu clicks, card events (`UserCardCode`), WeCom `change_contact` (`UserID`, `Id`, `TagId`), `change_external_contact` (`ExternalUserID`), `change_external_chat` (`ChatId`), suite callbacks | the digest of the message XML: the decrypted plaintext in safe and compatible mode and for WeCom, the body in plaintext mode |
+| WeCom smart robot | `msgid`, else the digest of the decrypted JSON |
+| Pay v2 payment | `mch_id` + `transaction_id` (or `out_trade_no`) + `result_code` |
+| Pay v2 refund | `mch_id` + `refund_id` (or `out_refund_no`) + `refund_status` |
+| Pay v2 notice missing a part of its business key | the digest of the signed (refunds: decrypted) fields without `sign` and `nonce_str` |
+| Pay v3 refund, payment | `refund_id`/`out_refund_no` + `refund_status`; `transaction_id`/`out_trade_no` + `trade_state` |
+| every other Pay v3 notice: profit sharing (many per `transaction_id`, no `trade_state`), coupons, pay-score | `event_type` + the digest of the decrypted resource; never the notification `id`, which may not survive a retry |
+| HMAC webhooks | the route's `dedup.fields`, else the nonce |
+| Standard Webhooks | `webhook-id` |
+| a route's `dedup.fields` | the listed fields, names and values JSON-encoded (`a|b` + `c` and `a` + `b|c` stay apart), only when every one is present and non-empty; otherwise the digest of the whole message |
+
+A WeChat retry resends the same message with a new timestamp, nonce and signature in the query (MP, WeCom) or
+headers (Pay v3), and with a fresh envelope when encrypted; the digest covers the decrypted message, never the
+query, headers or envelope, so every retry keeps its key. The unit tests (`tests/proxy/protocols/test_idempotency.py`)
+send a same-second burst of every kind above and a retry of each; `tests/integration/test_dedup_keys.py` does it
+through a running wxgate; the storm mixes same-second bursts of five kinds into its 1,000 notifications.
+
 ## Found and fixed by this suite
 
+- Events without a message id were keyed by sender + time + event (+ `EventKey`): within one second, WeCom
+  `change_contact` for different users, `change_external_contact`, MP card events and `subscribe_msg_sent_event`
+  all shared one key, as did Pay v3 profit-sharing notices of one `transaction_id` (no `trade_state`): the backend
+  got the first, the others got its cached reply, **lost**. In the storm with same-second bursts of those five
+  kinds, 410 of 415 were lost. Keys are now an id or a digest of the message (see Deduplication keys).
 - A retry that found its notification in flight was acknowledged at its deadline on the holder's word; a holder
   killed with -9, or one whose outbox write failed while Redis was down, left nothing queued: **lost**. The
   retry now queues its own redelivery first (a WeCom notification was lost this way in an early chaos run).
