@@ -158,7 +158,10 @@ class DedupConfig(_Strict):
     the sender retries.
     """
     fields: list[str] | None = None
-    """Build the dedup key from these message fields instead of the protocol's recipe."""
+    """Build the dedup key from these message fields instead of the protocol's recipe: only when every one is
+    present and non-empty, else from the digest of the whole message (a key of the fields that are there would
+    merge distinct notifications).
+    """
 
 
 class OutboxConfig(_Strict):
