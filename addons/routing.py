@@ -33,7 +33,7 @@ class Routing:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         ex = ensure_exchange(flow)
-        ex.outcome.method = flow.request.method
+        ex.outcome.method = flow.request.method[:32]  # a token of any length to mitmproxy; bounded in the log
         if flow.response or flow.error or not flow.live:
             return
         route = self.table.match(flow.request.path)
