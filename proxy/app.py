@@ -38,6 +38,7 @@ from addons.verify import Verify
 from proxy.admin import AdminServer
 from proxy.config import Config
 from proxy.exchange import METADATA_KEY
+from proxy.headlimit import bound_request_heads
 from proxy.hooks import embedded_master
 from proxy.instrumented_store import InstrumentedStore
 from proxy.logs import UserRef
@@ -181,6 +182,7 @@ class Sidecar:
         cfg = self.rt.config
         host, port = cfg.listen_addr
         m = embedded_master(options.Options())
+        bound_request_heads(cfg.head_timeout, self.rt.metrics.connection_dropped)
         m.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
@@ -275,6 +277,7 @@ class Sidecar:
             self.outbox_worker.use(loaded.table)
         if self.master is not None:
             self.master.options.update(body_size_limit=str(cfg.body_size_limit))
+        bound_request_heads(cfg.head_timeout)
         logging.getLogger().setLevel(cfg.log_level.upper())
 
     async def run(self) -> int:

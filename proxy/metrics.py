@@ -94,6 +94,7 @@ STORE_OPERATIONS = (
     "outbox_stats",
 )
 PROBE_REASONS = frozenset({"signature_probe"})  # WeChat Pay's deliberate bad signatures (PROTOCOLS.md §4.7)
+DROP_REASONS = ("head_too_large", "head_timeout")  # proxy.headlimit: a request head refused before it is read
 UNMATCHED = ("unmatched", "none")  # the route/protocol labels of requests no route matched
 
 
@@ -158,6 +159,15 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("wxgate_requests_in_flight", "Inbound requests being handled", registry=r)
+        self.connections_dropped = Counter(
+            "wxgate_connections_dropped",
+            "Client connections closed before their request head was read, by reason: head_too_large (431, "
+            "over 64 KiB), head_timeout (408, not complete within head_timeout)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DROP_REASONS:
+            self.connections_dropped.labels(reason)
         self.verifications = Counter(
             "wxgate_verifications",
             "Verification results (ok, rejected, probe) by reason and the key that verified (current/previous)",
@@ -394,6 +404,9 @@ class Metrics:
             self.outbox_depth.set(stats.depth)
             self.outbox_oldest_age.set(stats.oldest_age)
             self.outbox_dead_letters.set(stats.dead)
+
+    def connection_dropped(self, reason: str) -> None:
+        self.connections_dropped.labels(reason).inc()
 
     def loop_lag(self, seconds: float) -> None:
         self.loop_lag_seconds.observe(seconds)

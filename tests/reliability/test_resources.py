@@ -7,7 +7,9 @@ rejected requests the memory check sends after its warm-up (the soak raises it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import ssl
 import statistics
 import time
 from collections import Counter
@@ -21,6 +23,7 @@ import pytest
 from tests.reliability.conftest import Figures
 from tests.reliability.figures import Row
 from tests.reliability.fleet import ENV, Catalog, Timing
+from tests.support.certs import authority, server_cert
 from tests.support.procs import Backend, Sidecar
 
 pytestmark = pytest.mark.integration
@@ -35,7 +38,14 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar, 
     catalog = Catalog(tmp, Timing())
     backend = Backend(tmp)
     backend.start()
-    config = {"upstream": backend.url, "routes": catalog.routes_config, "unmatched": "deny"}
+    # head_timeout well past the slowloris test's run: it measures slow clients held open (the deadline that
+    # drops them is tested on its own below)
+    config = {
+        "upstream": backend.url,
+        "routes": catalog.routes_config,
+        "unmatched": "deny",
+        "head_timeout": "60s",
+    }
     sidecar = Sidecar(tmp, {**config, "store": "sqlite://:memory:"}, env=ENV, name="resources")
     sidecar.start()
     yield sidecar, backend, catalog
@@ -127,7 +137,7 @@ def test_slow_and_idle_clients_do_not_starve_verified_traffic(
             notes=f"verified traffic p99 {baseline * 1000:.0f} ms before, {p99 * 1000:.0f} ms with the "
             f"{SLOW + IDLE} connections held (median {statistics.median(before) * 1000:.0f} → "
             f"{statistics.median(during) * 1000:.0f} ms); {sent['still connected']} slow clients were still "
-            "connected at the end, trickling a byte every 0.5 s (mitmproxy has no header-read deadline; see Limits).",
+            "connected at the end, trickling a byte every 0.5 s (within head_timeout, 60 s here).",
         )
     )
 
@@ -203,3 +213,264 @@ def test_memory_stays_bounded_under_sustained_rejections(
             f"(bound {RSS_GROWTH_BOUND_MB:.0f} MB); answers {dict(sorted(statuses.items()))}; the backend got none.",
         )
     )
+
+
+# Bounded request heads (proxy/headlimit.py): a head over 64 KiB or one still incomplete after head_timeout is
+# dropped before it is buffered further, on a routed path and on an unmatched one (passed through), plain and TLS.
+HEAD_TIMEOUT = 2.0
+HEAD_PATHS = ("/mp?signature=0&timestamp=1&nonce=1", "/legacy/not-routed")  # routed, unmatched (passthrough)
+DROPPED = "wxgate_connections_dropped_total"
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar, Backend, Catalog]]:
+    tmp = tmp_path_factory.mktemp("heads")
+    catalog = Catalog(tmp, Timing())
+    backend = Backend(tmp)
+    backend.start()
+    config = {
+        "upstream": backend.url,
+        "routes": catalog.routes_config,
+        "unmatched": "passthrough",
+        "head_timeout": f"{HEAD_TIMEOUT}s",
+        "store": "sqlite://:memory:",
+    }
+    sidecar = Sidecar(tmp, config, env=ENV, name="heads")
+    sidecar.start()
+    yield sidecar, backend, catalog
+    sidecar.stop()
+    backend.stop()
+
+
+Connect = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def connect(port: int, tls: ssl.SSLContext | None = None) -> Connect:
+    return await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None
+    )
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+
+async def answer_or_close(reader: asyncio.StreamReader, timeout: float) -> str:
+    """The status of the answer read (``"431"``), ``"closed"`` when the connection ended without one, ``"open"``
+    when neither happened within ``timeout``."""
+    try:
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except TimeoutError:
+        return "open"
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        return "closed"
+    return raw.split(b" ", 2)[1].decode()
+
+
+async def oversized_head(port: int, target: str, size: int, tls: ssl.SSLContext | None = None) -> str:
+    """Sends a request head of ``size`` bytes that never ends, 64 KiB a write, as fast as the socket takes it;
+    returns how the proxy ended it (a refusal mid-upload may reset the connection before the 431 is read)."""
+    reader, writer = await connect(port, tls)
+    try:
+        writer.write(f"POST {target} HTTP/1.1\r\nHost: wxgate.test\r\nX-Big: ".encode())
+        for _ in range(0, size, 65536):
+            writer.write(b"a" * 65536)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    try:
+        return await answer_or_close(reader, 5.0)
+    finally:
+        await close(writer)
+
+
+async def trickled_head(port: int, target: str, tls: ssl.SSLContext | None = None) -> tuple[str, float]:
+    """Sends the request line at once, then a header one byte every 0.5 s; returns how the proxy ended it and
+    after how many seconds (``"open"`` when it still had not after ``HEAD_TIMEOUT + 4`` s)."""
+    reader, writer = await connect(port, tls)
+    started = time.monotonic()
+    try:
+        writer.write(f"POST {target} HTTP/1.1\r\nHost: wxgate.test\r\nX-Slow: ".encode())
+        while time.monotonic() - started < HEAD_TIMEOUT + 4:
+            writer.write(b"a")
+            await writer.drain()
+            if (outcome := await answer_or_close(reader, 0.5)) != "open":
+                return outcome, time.monotonic() - started
+        return "open", time.monotonic() - started
+    except (ConnectionError, ssl.SSLError):
+        return "closed", time.monotonic() - started
+    finally:
+        await close(writer)
+
+
+def still_serving(
+    sidecar: Sidecar, backend: Backend, catalog: Catalog, tls: ssl.SSLContext | None = None
+) -> None:
+    """A verified delivery is acknowledged and an unmatched request passed through, on new connections."""
+    before = backend.stats()["count"]
+
+    async def run() -> tuple[str, str]:
+        req = catalog.request("mp", int(time.time() * 1000) % 1_000_000)
+        outcomes = []
+        for wire in (_request_wire(req), b"GET /legacy/after HTTP/1.1\r\nHost: wxgate.test\r\n\r\n"):
+            reader, writer = await connect(sidecar.port, tls)
+            writer.write(wire)
+            outcomes.append(await answer_or_close(reader, 5.0))
+            await close(writer)
+        return outcomes[0], outcomes[1]
+
+    assert asyncio.run(run()) == ("200", "200")
+    assert backend.stats()["count"] == before + 2
+
+
+def _request_wire(req: Any) -> bytes:
+    lines = [
+        f"{req.method} {req.path_query} HTTP/1.1",
+        "Host: wxgate.test",
+        f"Content-Length: {len(req.body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in req.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + req.body
+
+
+async def peak_rss_while(pid: int, work: Any) -> float:
+    """The highest resident set (MB) sampled every 20 ms while ``work`` runs."""
+    peak, done = rss_mb(pid), False
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done:
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await work
+    finally:
+        done = True
+        await sampler
+    return max(peak, rss_mb(pid))
+
+
+def test_an_oversized_request_head_is_refused_before_it_is_buffered(
+    bounded: tuple[Sidecar, Backend, Catalog], figures: Figures
+) -> None:
+    sidecar, backend, catalog = bounded
+    started = time.monotonic()
+    assert sidecar.proc is not None
+    pid, forwarded = sidecar.proc.pid, backend.stats()["count"]
+    dropped = sidecar.metric(DROPPED, reason="head_too_large")
+
+    # a 100 KiB head sent at once, on a routed and on an unmatched path: 431 or the connection closed
+    async def fast() -> list[str]:
+        return [await oversized_head(sidecar.port, path, 100 * 1024) for path in HEAD_PATHS]
+
+    assert set(asyncio.run(fast())) <= {"431", "closed"}
+    assert sidecar.metric(DROPPED, reason="head_too_large") == dropped + 2
+
+    # 4 rounds of 32 clients at once, each sending an 8 MiB head: the resident set does not grow with them
+    # (buffered, the heads of one round alone would be 256 MiB; what it holds is 32 connections' read buffers)
+    async def rounds() -> list[str]:
+        outcomes: list[str] = []
+        for _ in range(4):
+            attempts = (oversized_head(sidecar.port, HEAD_PATHS[i % 2], 8 << 20) for i in range(32))
+            outcomes += await asyncio.gather(*attempts)
+        return outcomes
+
+    asyncio.run(rounds())  # warm-up: connection handling's own allocations
+    baseline = rss_mb(pid)
+    outcomes: list[str] = []
+
+    async def measured() -> float:
+        async def work() -> None:
+            outcomes.extend(await rounds())
+
+        return await peak_rss_while(pid, work())
+
+    peak = asyncio.run(measured())
+    assert Counter(outcomes).keys() <= {"431", "closed"}, Counter(outcomes)
+    after = rss_mb(pid)
+    assert peak - baseline < 24.0, f"RSS peaked {peak - baseline:.1f} MB above {baseline:.1f} MB"
+    assert after - baseline < 8.0, f"RSS grew {after - baseline:.1f} MB above {baseline:.1f} MB"
+    assert sidecar.metric(DROPPED, reason="head_too_large") == dropped + 2 + 2 * 4 * 32
+    assert backend.stats()["count"] == forwarded  # none of them reached the backend
+    still_serving(sidecar, backend, catalog)
+    figures.add(
+        Row(
+            scenario="oversized request heads",
+            run="suite",
+            seconds=time.monotonic() - started,
+            load="2 heads of 100 KiB, then 4 rounds of 32 concurrent clients each sending an 8 MiB head that never "
+            "ends, on a routed and an unmatched path",
+            inputs=2 + 4 * 32,
+            notes=f"all refused (431, or closed mid-upload: {dict(Counter(outcomes))}); peak RSS "
+            f"{peak - baseline:+.1f} MB over {baseline:.1f} MB while the rounds ran, {after - baseline:+.1f} MB after "
+            "them (buffered, one round's heads alone would be 256 MiB); the backend got none.",
+        )
+    )
+
+
+def test_a_request_head_trickled_in_is_dropped_at_head_timeout(
+    bounded: tuple[Sidecar, Backend, Catalog], figures: Figures
+) -> None:
+    sidecar, backend, catalog = bounded
+    forwarded, dropped = backend.stats()["count"], sidecar.metric(DROPPED, reason="head_timeout")
+
+    async def run() -> list[tuple[str, float]]:
+        return await asyncio.gather(*(trickled_head(sidecar.port, HEAD_PATHS[i % 2]) for i in range(10)))
+
+    results = asyncio.run(run())
+    assert {outcome for outcome, _ in results} == {"408"}, results
+    assert all(HEAD_TIMEOUT - 0.1 <= seconds <= HEAD_TIMEOUT + 1.5 for _, seconds in results), results
+    assert sidecar.metric(DROPPED, reason="head_timeout") == dropped + 10
+    assert backend.stats()["count"] == forwarded
+    still_serving(sidecar, backend, catalog)
+    seconds = sorted(s for _, s in results)
+    figures.add(
+        Row(
+            scenario="request heads trickled in",
+            run="suite",
+            seconds=seconds[-1],
+            load=f"10 clients sending a header one byte every 0.5 s (head_timeout {HEAD_TIMEOUT:g} s), routed and "
+            "unmatched paths",
+            inputs=10,
+            notes=f"all answered 408 and closed after {seconds[0]:.2f}-{seconds[-1]:.2f} s; the backend got none.",
+        )
+    )
+
+
+def test_the_tls_listener_bounds_request_heads_too(tmp_path: Path) -> None:
+    ca = authority()
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    server_cert(ca, cert, key)
+    catalog = Catalog(tmp_path, Timing())
+    backend = Backend(tmp_path)
+    backend.start()
+    config = {
+        "upstream": backend.url,
+        "routes": catalog.routes_config,
+        "head_timeout": f"{HEAD_TIMEOUT}s",
+        "store": "sqlite://:memory:",
+        "tls": {"cert_file": str(cert), "key_file": str(key)},
+    }
+    sidecar = Sidecar(tmp_path, config, env=ENV, name="heads-tls")
+    try:
+        sidecar.start()
+        tls = ssl.create_default_context(cadata=ca.pem().decode())
+
+        async def run() -> tuple[list[str], list[tuple[str, float]]]:
+            big = [await oversized_head(sidecar.port, path, 1 << 20, tls) for path in HEAD_PATHS]
+            slow = await asyncio.gather(*(trickled_head(sidecar.port, path, tls) for path in HEAD_PATHS))
+            return big, list(slow)
+
+        big, slow = asyncio.run(run())
+        assert set(big) <= {"431", "closed"}, big
+        assert {outcome for outcome, _ in slow} == {"408"}, slow
+        assert sidecar.metric(DROPPED, reason="head_too_large") == 2
+        assert sidecar.metric(DROPPED, reason="head_timeout") == 2
+        still_serving(sidecar, backend, catalog, tls)
+    finally:
+        sidecar.stop()
+        backend.stop()
