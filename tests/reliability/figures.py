@@ -194,6 +194,9 @@ headers (Pay v3), and with a fresh envelope when encrypted; the digest covers th
 query, headers or envelope, so every retry keeps its key. The unit tests (`tests/proxy/protocols/test_idempotency.py`)
 send a same-second burst of every kind above and a retry of each; `tests/integration/test_dedup_keys.py` does it
 through a running wxgate; the storm mixes same-second bursts of five kinds into its 1,000 notifications.
+Upgrading from the sender + time + event recipes changes the keys of events, `MsgID` events, Pay v3 notices
+without a state and `dedup.fields` routes: a retry that straddles the upgrade is delivered once more (a
+duplicate, never a loss).
 
 ## Found and fixed by this suite
 
