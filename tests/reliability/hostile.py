@@ -25,7 +25,16 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy.protocols import senders, wechat_pay_v2, wxcrypt, xmlmsg
 from tests.reliability.fleet import AES, APP_ID, MCH, PAY_KEY, ROUTES, TOKEN, Catalog
-from tests.support.hostile_xml import EXTERNAL_DTD, INTERNAL, LAUGHS, XXE, quadratic
+from tests.support.hostile_xml import (
+    EXTERNAL_DTD,
+    INTERNAL,
+    LAUGHS,
+    REPEATED_CONTAINER,
+    REPEATED_IN_ONE_ITEM,
+    REPEATED_LEAF,
+    XXE,
+    quadratic,
+)
 
 FAIL_XML = 1200  # stands for "200 with <return_code>FAIL</return_code>" in ``expect``
 QUADRATIC = quadratic(20_000, 5_000)
@@ -308,6 +317,42 @@ class Corpus:
             ("huge attribute (200 KB)", "xml", self.safe_outer(HUGE_ATTRIBUTE), bad4),
             ("XXE inside the ciphertext", "xml", self.safe_inner(XXE), bad4),
             ("billion laughs inside the ciphertext", "xml", self.safe_inner(LAUGHS), bad4),
+            # repeated elements, one value of which a backend would read unchecked
+            ("repeated top-level leaf", "repeated", self.mp_signed(REPEATED_LEAF), bad4),
+            ("repeated top-level container", "repeated", self.mp_signed(REPEATED_CONTAINER), bad4),
+            ("a leaf twice in one list item", "repeated", self.mp_signed(REPEATED_IN_ONE_ITEM), bad4),
+            ("repeated leaf inside the ciphertext", "repeated", self.safe_inner(REPEATED_LEAF), bad4),
+            (
+                "Pay v2: signed notice with a second out_trade_no appended",
+                "repeated",
+                head("POST", pay2, xml, _appended(_paid(), b"<out_trade_no>OTHER</out_trade_no>")),
+                {FAIL_XML},
+            ),
+            (
+                "Pay v2: refund req_info repeating refund_fee",
+                "repeated",
+                head(
+                    "POST",
+                    pay2,
+                    xml,
+                    _refund(
+                        wechat_pay_v2.encrypt_req_info(
+                            PAY_KEY,
+                            b"<root><refund_id>r</refund_id><refund_fee>1</refund_fee>"
+                            b"<refund_fee>999</refund_fee><refund_status>SUCCESS</refund_status></root>",
+                        )
+                    ),
+                ),
+                {FAIL_XML},
+            ),
+            (
+                "Pay v2: unsigned outer out_trade_no around a valid req_info",
+                "unsigned",
+                head(
+                    "POST", pay2, xml, _appended(_refund(_req_info()), b"<out_trade_no>FORGED</out_trade_no>")
+                ),
+                {FAIL_XML},
+            ),
             # envelopes
             ("truncated base64 Encrypt", "envelope", self.safe_encrypt(_ciphertext(self)[:-7]), {403}),
             (
@@ -519,6 +564,34 @@ def _refund(req_info: str) -> bytes:
         "req_info": req_info,
     }
     return xmlmsg.build(fields)
+
+
+def _paid() -> bytes:
+    """A Pay v2 payment notice correctly signed with the route's key."""
+    fields = {
+        "return_code": "SUCCESS",
+        "mch_id": MCH,
+        "nonce_str": _nonce(),
+        "result_code": "SUCCESS",
+        "total_fee": "1",
+        "transaction_id": "4200000000" + _nonce(),
+        "out_trade_no": "T1",
+    }
+    return senders.pay_v2_notify("/", PAY_KEY, fields).body
+
+
+def _req_info() -> str:
+    """A valid refund ``req_info`` under the route's key."""
+    inner = (
+        b"<root><refund_id>r"
+        + _nonce().encode()
+        + b"</refund_id><refund_status>SUCCESS</refund_status></root>"
+    )
+    return wechat_pay_v2.encrypt_req_info(PAY_KEY, inner)
+
+
+def _appended(body: bytes, extra: bytes) -> bytes:
+    return body.replace(b"</xml>", extra + b"</xml>")
 
 
 def families(cases: list[Case]) -> dict[str, int]:

@@ -23,3 +23,18 @@ def quadratic(entity_size: int, references: int) -> bytes:
         + b"&a;" * references
         + b"</Content></xml>"
     )
+
+
+# Repeated elements: a flat {name: value} view keeps one value while a backend may read another (often the last).
+REPEATED_LEAF = (
+    b"<xml><ToUserName>gh</ToUserName><FromUserName>o1</FromUserName><CreateTime>1</CreateTime>"
+    b"<MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId><MsgId>2</MsgId></xml>"
+)
+REPEATED_CONTAINER = (
+    b"<xml><MsgType>event</MsgType><ScanCodeInfo><ScanResult>a</ScanResult></ScanCodeInfo>"
+    + (b"<ScanCodeInfo><ScanResult>b</ScanResult></ScanCodeInfo></xml>")
+)
+REPEATED_IN_ONE_ITEM = (
+    b"<xml><MsgType>event</MsgType><SendPicsInfo><Count>1</Count><PicList>"
+    b"<item><PicMd5Sum>a</PicMd5Sum><PicMd5Sum>b</PicMd5Sum></item></PicList></SendPicsInfo></xml>"
+)

@@ -20,7 +20,9 @@ from tests.support.hostile_xml import EXTERNAL_DTD, INTERNAL, LAUGHS, XXE, quadr
 
 
 def reference_parse(body: bytes, root: str | None = "xml") -> dict[str, str]:
-    """``xmlmsg.parse`` as it was: defusedxml's ElementTree with DTDs forbidden, then a flattening pass."""
+    """``xmlmsg.parse`` as it was (defusedxml's ElementTree with DTDs forbidden, then a flattening pass), plus
+    the refusal of repeated elements written over the tree: no two children of the root share a name, and no
+    element has two leaf children of one name."""
     if not body.strip():
         raise Rejected("empty_body", 400)
     try:
@@ -41,6 +43,10 @@ def reference_parse(body: bytes, root: str | None = "xml") -> dict[str, str]:
 def _reference_flatten(node: Element, prefix: str, out: dict[str, str], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise Rejected("malformed_xml", 400, "nested too deeply")
+    tags = [child.tag for child in node]
+    leaves = [child.tag for child in node if not len(child)]
+    if len(set(tags) if not depth else set(leaves)) < (len(tags) if not depth else len(leaves)):
+        raise Rejected("malformed_xml", 400, "repeated element")
     for child in node:
         name = f"{prefix}{child.tag}"
         if len(child):
@@ -161,7 +167,8 @@ def test_depth_limit(depth: int) -> None:
 
 @pytest.mark.parametrize("count", [MAX_FIELDS - 1, MAX_FIELDS, MAX_FIELDS + 1])
 def test_field_limit_counts_distinct_names(count: int) -> None:
-    body = b"<xml>" + b"".join(f"<F{i}>{i}</F{i}><F0>again</F0>".encode() for i in range(count)) + b"</xml>"
+    items = b"".join(f"<i><F{i}>{i}</F{i}></i><i><F0>again</F0></i>".encode() for i in range(count))
+    body = b"<xml><L>" + items + b"</L></xml>"
     if count <= MAX_FIELDS:
         assert len(fields(body)) == count
     else:
@@ -234,8 +241,68 @@ def test_nested_elements_are_flattened() -> None:
 
 
 def test_an_element_with_children_records_only_its_children() -> None:
-    body = b"<xml><a>before<b>1</b>between<c/>after</a>tail<a>leaf</a><d><e>x</e></d><d>y</d></xml>"
-    assert fields(body) == {"a.b": "1", "a.c": "", "a": "leaf", "d.e": "x", "d": "y"}
+    body = b"<xml><a>before<b>1</b>between<c/>after</a>tail<d><a>leaf</a><e><f>x</f></e><e>y</e></d></xml>"
+    assert fields(body) == {"a.b": "1", "a.c": "", "d.a": "leaf", "d.e.f": "x", "d.e": "y"}
+
+
+# -- repeated elements ---------------------------------------------------------------------------------------
+
+SIGNED_THEN_APPENDED = (
+    b"<xml><out_trade_no>1</out_trade_no><total_fee>1</total_fee><out_trade_no>2</out_trade_no></xml>"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        SIGNED_THEN_APPENDED,  # the flat dict kept "1"; a backend reading the last value got "2"
+        b"<xml><a>1</a><a>1</a></xml>",  # even with the same value
+        b"<xml><a/><a>1</a></xml>",
+        b"<xml><a>1</a><a><b>2</b></a></xml>",  # a top-level leaf and a container of one name
+        b"<xml><c><b>1</b></c><c><b>2</b></c></xml>",  # a top-level container repeated
+        b"<xml><SendPicsInfo><Count>1</Count><Count>2</Count></SendPicsInfo></xml>",  # a leaf twice in one parent
+        b"<xml><L><item><Title>a</Title><Title>b</Title></item></L></xml>",
+        b"<xml><L><item><Title>a</Title></item><item><Title>b</Title><Title>c</Title></item></L></xml>",
+    ],
+)
+def test_a_repeated_element_that_could_shadow_a_value_is_malformed(body: bytes) -> None:
+    assert refused(body) == "malformed_xml"
+    with pytest.raises(Rejected):
+        xmlmsg.parse(body, lists=False)
+
+
+LISTS = [
+    # MP: several pictures sent from the menu
+    b"<xml><MsgType>event</MsgType><SendPicsInfo><Count>2</Count><PicList>"
+    b"<item><PicMd5Sum>aaa</PicMd5Sum></item><item><PicMd5Sum>bbb</PicMd5Sum></item>"
+    b"</PicList></SendPicsInfo></xml>",
+    # MP: subscribe_msg_sent_event with two List entries
+    b"<xml><ToUserName>gh</ToUserName><FromUserName>o1</FromUserName><CreateTime>1</CreateTime>"
+    b"<MsgType>event</MsgType><Event>subscribe_msg_sent_event</Event><SubscribeMsgSentEvent>"
+    b"<List><TemplateId>t1</TemplateId><MsgID>1</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List>"
+    b"<List><TemplateId>t2</TemplateId><MsgID>2</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List>"
+    b"</SubscribeMsgSentEvent></xml>",
+    # WeCom: an approval with two records and two notified users
+    b"<xml><ToUserName>ww</ToUserName><MsgType>event</MsgType><Event>sys_approval_change</Event><ApprovalInfo>"
+    b"<SpNo>1</SpNo><SpRecord><SpStatus>1</SpStatus><Details><Approver><UserId>a</UserId></Approver></Details>"
+    b"</SpRecord><SpRecord><SpStatus>2</SpStatus><Details><Approver><UserId>b</UserId></Approver></Details>"
+    b"</SpRecord><Notifyer><UserId>c</UserId></Notifyer><Notifyer><UserId>d</UserId></Notifyer></ApprovalInfo></xml>",
+]
+
+
+@pytest.mark.parametrize(
+    "body", LISTS, ids=["SendPicsInfo", "subscribe_msg_sent_event", "sys_approval_change"]
+)
+def test_lists_of_containers_are_accepted_and_refused_where_each_field_is_checked(body: bytes) -> None:
+    assert fields(body)  # the first item's values are the ones recorded
+    with pytest.raises(Rejected) as e:
+        xmlmsg.parse(body, lists=False)
+    assert e.value.reason == "malformed_xml"
+
+
+def test_without_lists_distinct_nested_paths_still_parse() -> None:
+    body = b"<xml><a><b>1</b></a><c><b>2</b></c><d>3</d></xml>"
+    assert xmlmsg.parse(body, lists=False) == {"a.b": "1", "c.b": "2", "d": "3"}
 
 
 def test_leaf_text_joins_text_cdata_and_references_and_skips_comments_and_pis() -> None:
