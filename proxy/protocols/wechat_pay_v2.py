@@ -5,8 +5,16 @@ PROTOCOLS.md §3. Payment notice: ``return_code`` must be SUCCESS; ``sign`` is r
 字段"), and compared upper-case in constant time; ``mch_id`` (and ``appid`` if configured) must match. Refund
 notice: no ``sign`` exists; ``req_info`` is AES-256-ECB under ``md5hex(api_key)`` (32 ASCII bytes) with PKCS#7/16,
 and the decrypted ``<root>`` is parsed as strictly as any XML. ECB has no MAC, so knowing the key is the only
-authenticity; the ids are checked on the outer fields. With ``decrypt_for_backend`` a refund is forwarded as one
-flat ``<xml>`` holding the outer fields (without ``req_info``) and the decrypted ones.
+authenticity; the ids are checked on the outer fields. Nothing authenticates the outer fields, so a refund notice
+may hold only the documented ones (``return_code``, ``return_msg``, ``appid``, ``mch_id``, ``nonce_str``,
+``req_info``, §3.5): any other (an ``out_trade_no`` or ``total_fee`` placed around a captured ``req_info``) is
+refused as ``unexpected_field``. The verified message is the decrypted fields plus the outer values wxgate checked
+(``return_code``, ``mch_id``, and ``appid`` when the route configures it), never an unchecked outer value. With
+``decrypt_for_backend`` a refund is forwarded as one flat ``<xml>`` holding exactly that message; without it the
+original body goes as sent, and it holds documented outer fields only.
+
+Both parses refuse any element seen twice (``xmlmsg.parse(lists=False)``): ``sign`` covers the flat view, so a
+second ``<out_trade_no>`` appended after the signed one would reach a backend that reads the last value.
 
 No freshness timestamp exists (``replay_key`` is None): idempotency on the business key is the replay defence.
 
@@ -14,11 +22,13 @@ Replies. Success: 200 + SUCCESS XML. Rejection: **200** + FAIL XML with one fixe
 which is what WeChat Pay's documentation and SDKs send; WeChat retries on it (so a real notice survives a key
 misconfiguration once fixed) and a forged caller learns neither the reason nor, from the status, that it was
 refused. Backend failure: the same FAIL form (WeChat Pay retries over 24 h). A backend 2xx with valid SUCCESS XML
-passes; valid FAIL XML is a failure (:meth:`WechatPayV2.is_backend_failure`); any other 2xx becomes SUCCESS XML.
+passes; valid FAIL XML or an HTML page (an error page served with 200) is a failure
+(:meth:`WechatPayV2.is_backend_failure`), kept and redelivered per the route's policy; any other 2xx (empty, plain
+text, JSON) becomes SUCCESS XML.
 
 Reasons: ``method_not_allowed``, ``return_code_not_success``, ``missing_sign``, ``unsupported_sign_type``,
-``bad_sign``, ``wrong_mch_id``, ``wrong_app_id``, ``bad_base64``, ``bad_length``, ``bad_padding``, and the
-:mod:`xmlmsg` reasons (also for the decrypted ``req_info``).
+``bad_sign``, ``wrong_mch_id``, ``wrong_app_id``, ``unexpected_field``, ``bad_base64``, ``bad_length``,
+``bad_padding``, and the :mod:`xmlmsg` reasons (also for the decrypted ``req_info``).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ SUCCESS_XML = xmlmsg.build({"return_code": "SUCCESS", "return_msg": "OK"})
 FAIL_XML = xmlmsg.build({"return_code": "FAIL", "return_msg": "签名失败"})
 BUSY_XML = xmlmsg.build({"return_code": "FAIL", "return_msg": "系统繁忙"})
 SIGN_TYPES = ("MD5", "HMAC-SHA256")
+REFUND_OUTER_FIELDS = frozenset({"return_code", "return_msg", "appid", "mch_id", "nonce_str", "req_info"})
 
 
 def sign_string(fields: Mapping[str, str]) -> str:
@@ -97,6 +108,12 @@ def return_code(body: bytes) -> str | None:
         return None
 
 
+def is_html(content_type: str, body: bytes) -> bool:
+    """An HTML page: ``text/html``, or a body opening with ``<!DOCTYPE`` or ``<html`` (an error page)."""
+    head = body.lstrip()[:9].lower()
+    return "html" in content_type.lower() or head.startswith((b"<!doctype", b"<html"))
+
+
 class WechatPayV2(Protocol):
     """One APIv2 ``notify_url`` (payment and refund notices of one merchant)."""
 
@@ -121,7 +138,7 @@ class WechatPayV2(Protocol):
     def verify(self, req: Inbound, now: float) -> Verified:
         if req.method != "POST":
             raise Rejected("method_not_allowed", 405)
-        fields = xmlmsg.parse(req.body)
+        fields = xmlmsg.parse(req.body, lists=False)
         if fields.get("return_code") != "SUCCESS":
             raise Rejected("return_code_not_success", 400)
         if "req_info" in fields:
@@ -155,15 +172,22 @@ class WechatPayV2(Protocol):
             raise Rejected("wrong_app_id", 403)
 
     def _verify_refund(self, outer: Mapping[str, str]) -> Verified:
+        if not REFUND_OUTER_FIELDS.issuperset(outer):
+            raise Rejected("unexpected_field", 400, "a refund notice holds only documented outer fields")
         failure: Rejected | None = None
         for key_id, key in self.api_keys:
             try:
-                inner = xmlmsg.parse(decrypt_req_info(key, outer["req_info"]), root="root")
+                inner = xmlmsg.parse(decrypt_req_info(key, outer["req_info"]), root="root", lists=False)
             except Rejected as e:
                 failure = failure or e
                 continue
             self._check_ids(outer)
-            message = {**{k: v for k, v in outer.items() if k != "req_info"}, **inner}
+            # Only what is authenticated: the decrypted fields, and the outer values just checked (mch_id
+            # equals the configured one, appid too when configured). return_msg and nonce_str are unchecked.
+            checked: dict[str, str] = {"return_code": "SUCCESS", "mch_id": self.mch_id}
+            if self.app_id is not None:
+                checked["appid"] = self.app_id
+            message = {**inner, **checked}
             backend = xmlmsg.build(dict(message)) if self.decrypt_for_backend else None
             return Verified(message=message, key_id=key_id, backend_body=backend)
         raise failure or Rejected("bad_padding", 403)
@@ -192,8 +216,13 @@ class WechatPayV2(Protocol):
         return Reply(200, BUSY_XML, XML_CONTENT_TYPE, "failure")
 
     def is_backend_failure(self, status: int, content_type: str, body: bytes) -> bool:
-        """A 2xx whose body is XML with a ``return_code`` other than SUCCESS: the backend refused the notice."""
-        code = return_code(body) if 200 <= status < 300 else None
+        """A 2xx that still means "not processed": XML with a ``return_code`` other than SUCCESS (the backend
+        refused the notice), or an HTML page (a framework's error page served with 200)."""
+        if not 200 <= status < 300:
+            return False
+        if is_html(content_type, body):
+            return True
+        code = return_code(body)
         return code is not None and code != "SUCCESS"
 
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:

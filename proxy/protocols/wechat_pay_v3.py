@@ -20,10 +20,13 @@ Dedup key (one string): the business key when the plaintext has one, both parts 
 as stable as ``id``.
 
 Replies: success 204 without a body (a backend's 200 empty stays 200); rejection 401 (authentication) or 400
-(content) with ``{"code":"FAIL","message":"失败"}`` whatever the reason; backend failure 500 + the same JSON.
+(content) with ``{"code":"FAIL","message":"失败"}`` whatever the reason; backend failure 500 + the same JSON. A
+backend 2xx whose JSON ``code`` is ``FAIL`` or ``ERROR``, or whose body is an HTML page, is a backend failure
+(:meth:`WechatPayV3.is_backend_failure`); an empty body or any other 2xx is a success.
 
 A v2 XML notice at this route (console refunds, §3.6; sniffed by ``<`` body or xml content type) is verified by
-the v2 protocol built from the route's ``api_key``, and its dedup key and replies follow v2.
+the v2 protocol built from the route's ``api_key`` (refund notices included: documented outer fields only, the
+message from the decrypted ``req_info``), and its dedup key and replies follow v2.
 
 Reasons: ``method_not_allowed``, ``missing_header``, ``unsupported_signature_type``, ``signature_probe``,
 timestamp reasons, ``unknown_serial``, ``bad_signature``, ``malformed_json``/``empty_body``, ``bad_resource``,
@@ -58,7 +61,7 @@ from proxy.protocols.base import (
     check_timestamp,
     constant_time_equal,
 )
-from proxy.protocols.wechat_pay_v2 import WechatPayV2, return_code
+from proxy.protocols.wechat_pay_v2 import WechatPayV2, is_html, return_code
 
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
@@ -66,6 +69,7 @@ ALGORITHM = "AEAD_AES_256_GCM"
 PUB_KEY_PREFIX = "PUB_KEY_ID_"
 HEADERS = ("wechatpay-timestamp", "wechatpay-nonce", "wechatpay-signature", "wechatpay-serial")
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+FAILURE_CODES = ("FAIL", "ERROR")
 FAIL_JSON = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False).encode()
 _HEX = re.compile(r"^[0-9A-Fa-f]{1,64}$")
 
@@ -280,13 +284,16 @@ class WechatPayV3(Protocol):
         return Reply(500, FAIL_JSON, JSON_CONTENT_TYPE, "failure")
 
     def is_backend_failure(self, status: int, content_type: str, body: bytes) -> bool:
-        """A 2xx whose body says FAIL: ``{"code":"FAIL"}`` JSON, or FAIL XML (v2 notices at this route)."""
+        """A 2xx that still means "not processed": ``{"code":"FAIL"}`` or ``"ERROR"`` JSON, an HTML page (an
+        error page served with 200), or FAIL XML (v2 notices at this route)."""
         if not 200 <= status < 300:
             return False
+        if is_html(content_type, body):
+            return True
         code = return_code(body)
         if code is not None:
             return code != "SUCCESS"
-        return _json_code(body) == "FAIL"
+        return _json_code(body) in FAILURE_CODES
 
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:
         if isinstance(verified.seal_context, V2Notice) and self.v2 is not None:

@@ -256,11 +256,23 @@ def test_normalize(
         (200, b"success", False),
         (200, b'{"code":"FAIL"}', False),
         (200, b"<xml><broken>", False),
+        (200, b"", False),
+        (
+            200,
+            b"<!DOCTYPE html><html><body>Internal error</body></html>",
+            True,
+        ),  # an error page served with 200
+        (200, b"\n<HTML><body>oops</body></HTML>", True),
         (500, FAIL_FROM_BACKEND, False),  # non-2xx is a failure before this is asked
     ],
 )
 def test_is_backend_failure(status: int, body: bytes, failure: bool) -> None:
     assert v2().is_backend_failure(status, "text/xml", body) is failure
+
+
+def test_an_html_content_type_is_a_backend_failure_whatever_the_body() -> None:
+    assert v2().is_backend_failure(200, "text/html; charset=utf-8", b"success")
+    assert not v2().is_backend_failure(200, "text/plain", b"success")
 
 
 def test_return_code_helper() -> None:
@@ -289,3 +301,69 @@ def test_correctly_signed_garbage_raises_only_rejected(fields: dict[str, str], r
         doc["req_info"] = req_info.replace("\x00", "")
     doc["sign"] = sign(doc, KEY)
     verify_or_reject(v2(), Inbound("POST", "/pay", {}, {}, xmlmsg.build(dict(doc))), 0)
+
+
+# -- what is authenticated -------------------------------------------------------------------------------------
+
+
+def refund_body(extra: dict[str, str | int], key: str = KEY) -> bytes:
+    """A genuine refund notice with ``extra`` outer fields placed around its (captured) ``req_info``."""
+    fields = xmlmsg.parse(refund().body if key == KEY else refund(key=key).body)
+    return xmlmsg.build({**fields, **extra})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"out_trade_no": "FORGED"},
+        {"total_fee": "100000"},
+        {"result_code": "SUCCESS"},
+        {"refund_status": "SUCCESS"},
+    ],
+)
+def test_a_refund_with_an_undocumented_outer_field_is_refused(extra: dict[str, str | int]) -> None:
+    req = Inbound("POST", "/pay", {}, {}, refund_body(extra))
+    for protocol in (v2(), v2(decrypt_for_backend=True)):
+        e = rejected(protocol, req, 0)
+        assert (e.reason, e.status) == ("unexpected_field", 400)
+        assert protocol.failure_reply(e.reason, e.status).body == FAIL_XML
+
+
+def test_a_refund_message_holds_only_authenticated_values() -> None:
+    body = refund_body({"return_msg": "OK"})
+    body = body.replace(
+        b"<nonce_str><![CDATA[nonce]]></nonce_str>", b"<nonce_str><![CDATA[chosen]]></nonce_str>"
+    )
+    for protocol in (v2(), v2(app_id=None), v2(decrypt_for_backend=True)):
+        verified = accepted(protocol, Inbound("POST", "/pay", {}, {}, body), 0)
+        outer = {"return_code": "SUCCESS", "mch_id": MCH} | ({"appid": APP} if protocol.app_id else {})
+        assert dict(verified.message) == {**REFUND, **outer}  # no nonce_str, return_msg, req_info
+        if verified.backend_body is not None:
+            assert xmlmsg.parse(verified.backend_body) == {**REFUND, **outer}
+        assert protocol.dedup_key(verified) == f"refund|{MCH}|{REFUND['refund_id']}|SUCCESS"
+
+
+def test_a_signed_notice_with_a_repeated_field_is_malformed() -> None:
+    signed = notify().body
+    appended = signed.replace(b"</xml>", b"<out_trade_no><![CDATA[OTHER]]></out_trade_no></xml>")
+    assert rejected(v2(), Inbound("POST", "/pay", {}, {}, appended), 0).reason == "malformed_xml"
+    # A path twice in a list is refused too: sign covers the flat view ({"g.i.e": "1"}), not the second item.
+    flat_sign = sign({**PAID, "g.i.e": "1"}, KEY)
+    listed = xmlmsg.build({**PAID, "sign": flat_sign}).replace(
+        b"</xml>", b"<g><i><e>1</e></i><i><e>2</e></i></g></xml>"
+    )
+    assert rejected(v2(), Inbound("POST", "/pay", {}, {}, listed), 0).reason == "malformed_xml"
+    single = xmlmsg.build({**PAID, "sign": flat_sign}).replace(b"</xml>", b"<g><i><e>1</e></i></g></xml>")
+    assert accepted(v2(), Inbound("POST", "/pay", {}, {}, single), 0).message["g.i.e"] == "1"
+
+
+def test_a_refund_whose_req_info_repeats_a_field_is_malformed() -> None:
+    inner = xmlmsg.build(dict(REFUND), root="root").replace(
+        b"</root>", b"<refund_fee>999</refund_fee></root>"
+    )
+    body = xmlmsg.build(
+        {"return_code": "SUCCESS", "appid": APP, "mch_id": MCH, "req_info": encrypt_req_info(KEY, inner)}
+    )
+    assert rejected(v2(), Inbound("POST", "/pay", {}, {}, body), 0).reason == "malformed_xml"
+    twice = refund().body.replace(b"</xml>", b"<mch_id><![CDATA[" + MCH.encode() + b"]]></mch_id></xml>")
+    assert rejected(v2(), Inbound("POST", "/pay", {}, {}, twice), 0).reason == "malformed_xml"

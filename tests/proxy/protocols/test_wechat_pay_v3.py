@@ -410,3 +410,34 @@ def test_correctly_signed_garbage_raises_only_rejected(body: bytes) -> None:
     if body.lstrip()[:1] == b"<":
         return
     verify_or_reject(v3(), inbound(signed_body(body)), NOW)
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "failure"),
+    [
+        ("application/json", b'{"code":"ERROR","message":"db down"}', True),
+        ("application/json", b'{"code":"error"}', True),
+        ("text/html", b"<html><body>500</body></html>", True),  # an error page served with 200
+        ("text/plain", b"<!DOCTYPE html><html><body>oops</body></html>", True),
+        ("", b"", False),
+        ("application/json", b'{"errcode":0}', False),
+        ("text/xml", SUCCESS_XML, False),
+    ],
+)
+def test_html_and_error_2xx_are_backend_failures(ctype: str, body: bytes, failure: bool) -> None:
+    assert v3().is_backend_failure(200, ctype, body) is failure
+
+
+def test_a_v2_refund_at_the_v3_route_holds_only_documented_outer_fields() -> None:
+    route = v3(v2=WechatPayV2([("current", V2_KEY)], MCH, app_id=APP))
+    refund = senders.pay_v2_refund_notify(
+        "/v3", V2_KEY, APP, MCH, {"refund_id": "r", "refund_status": "SUCCESS", "out_trade_no": "o1"}, "n"
+    )
+    forged = refund.body.replace(b"</xml>", b"<out_trade_no><![CDATA[FORGED]]></out_trade_no></xml>")
+    e = rejected(route, Inbound("POST", "/v3", {}, {"content-type": "text/xml"}, forged), NOW)
+    assert (e.reason, e.status) == ("unexpected_field", 400)
+    verified = accepted(route, refund, NOW)
+    assert verified.message["out_trade_no"] == "o1" and "nonce_str" not in verified.message
+    twice = refund.body.replace(b"</xml>", b"<mch_id>1</mch_id></xml>")
+    e = rejected(route, Inbound("POST", "/v3", {}, {"content-type": "text/xml"}, twice), NOW)
+    assert e.reason == "malformed_xml"
