@@ -1,11 +1,18 @@
-"""Generic in-house HMAC webhooks: every parameter signed, sorted ``k=v&k=v``, HMAC-SHA256 hex.
+"""Generic in-house HMAC webhooks: every parameter signed, percent-encoded and sorted ``k=v&k=v``, HMAC-SHA256 hex.
 
 The scheme (modelled on WeChat Pay v2's ``sign``, PROTOCOLS.md §3.2, with a real MAC and a timestamp)::
 
     params    = query parameters + body parameters, minus the signature parameter
     body      = form-urlencoded (every field) | a flat JSON object (every field) | empty
-    string    = "&".join(f"{k}={v}" for k in sorted(params))     # raw UTF-8 values, empty values included
+    enc(s)    = percent-encode the UTF-8 bytes of s, all but RFC 3986 unreserved A-Z a-z 0-9 - . _ ~ (upper hex)
+    string    = "&".join(f"{enc(k)}={enc(v)}" for (k, v) in sorted by enc(k))   # empty values included
     signature = lowercase_hex(HMAC_SHA256(secret, string))
+
+Names and values are percent-encoded as AWS SigV4 and OAuth 1.0 do, so a ``&`` or ``=`` inside a value can no
+longer read as a parameter boundary: with raw values, ``{"a": "1&b=2"}`` and ``{"a": "1", "b": "2"}`` signed the
+same string, and a signature captured for one parameter set verified another. This changed the wire format for
+in-house senders (docs/operations.md, "HMAC string to sign"); ``proxy.protocols.senders.hmac_request`` signs this
+way.
 
 JSON values are signed as written: strings unquoted, numbers as their text (``1.50`` stays ``1.50``), ``true``,
 ``false``, ``null``. Any other body (nested JSON, XML, binary) is refused as ``unsigned_body``: a body the signature
@@ -30,7 +37,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from proxy.protocols import idempotency, payload
 from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, check_timestamp
@@ -44,13 +51,20 @@ def _fail(message: str) -> bytes:
     return json.dumps({"code": "FAIL", "message": message}).encode()
 
 
+def _enc(text: str) -> str:
+    # quote() keeps only A-Z a-z 0-9 and "_.-~" with safe="": RFC 3986's unreserved set, upper-case hex.
+    return quote(text, safe="", encoding="utf-8", errors="surrogatepass")
+
+
 def string_to_sign(params: Mapping[str, str]) -> str:
-    return "&".join(f"{k}={params[k]}" for k in sorted(params))
+    """``enc(k)=enc(v)`` pairs joined by ``&``, sorted by encoded name; unambiguous whatever the values hold."""
+    pairs = sorted((_enc(k), _enc(v)) for k, v in params.items())
+    return "&".join(f"{k}={v}" for k, v in pairs)
 
 
 def signature(secret: str, params: Mapping[str, str]) -> str:
     """``lowercase_hex(HMAC_SHA256(secret, string_to_sign(params)))``."""
-    message = string_to_sign(params).encode("utf-8", "surrogatepass")
+    message = string_to_sign(params).encode("ascii")
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 

@@ -128,3 +128,35 @@ def test_round_trip(params: dict[str, str], body: str) -> None:
 def test_verify_raises_only_rejected(req: Inbound, now: int) -> None:
     verify_or_reject(hm(), req, now)
     verify_or_reject(hm(sign_header="x-signature"), req, now)
+
+
+def test_names_and_values_are_percent_encoded_so_no_value_reads_as_a_boundary() -> None:
+    # one parameter whose value holds "&b=2", and the two parameters it used to be indistinguishable from
+    assert string_to_sign({"a": "1&b=2"}) == "a=1%26b%3D2"
+    assert string_to_sign({"a": "1", "b": "2"}) == "a=1&b=2"
+    assert signature(SECRET, {"a": "1&b=2"}) != signature(SECRET, {"a": "1", "b": "2"})
+    assert signature(SECRET, {"a=1&b": "2"}) != signature(SECRET, {"a": "1", "b": "2"})
+    # RFC 3986 unreserved characters stay, everything else is UTF-8 percent-encoded in upper-case hex
+    assert (
+        string_to_sign({"x=y": "a~b.c_d-e", "note": "中 & x"}) == "note=%E4%B8%AD%20%26%20x&x%3Dy=a~b.c_d-e"
+    )
+    # printf 'note=%%E4%%B8%%AD%%20%%26%%20x&x%%3Dy=a~b.c_d-e' | openssl dgst -sha256 -hmac key
+    assert (
+        signature("key", {"x=y": "a~b.c_d-e", "note": "中 & x"})
+        == "00f3df302e324b1964c442564c829fa673fc6ebc26106f0dd74553630c01a65d"
+    )
+
+
+def test_a_signature_for_one_parameter_set_does_not_verify_another() -> None:
+    # signed for {"order": "1&state=paid"}: the same string once signed {"order": "1", "state": "paid"}
+    signed = senders.hmac_request("/h", SECRET, {"order": "1&state=paid"}, str(NOW), "n9")
+    assert accepted(hm(), signed, NOW).message["order"] == "1&state=paid"
+    sig = dict(p.split("=", 1) for p in signed.target.split("?", 1)[1].split("&"))["sign"]
+    split = Inbound(
+        "POST",
+        "/h",
+        {"timestamp": str(NOW), "nonce": "n9", "sign": sig},
+        {"content-type": "application/x-www-form-urlencoded"},
+        b"order=1&state=paid",
+    )
+    assert rejected(hm(), split, NOW).reason == "bad_signature"
