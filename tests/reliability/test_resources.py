@@ -441,6 +441,20 @@ def test_a_request_head_trickled_in_is_dropped_at_head_timeout(
     )
 
 
+def test_a_reload_changes_head_timeout_for_the_heads_that_start_after_it(
+    bounded: tuple[Sidecar, Backend, Catalog],
+) -> None:
+    sidecar, _, _ = bounded
+    sidecar.reload({"head_timeout": "0.8s"})
+    try:
+        outcome, seconds = asyncio.run(trickled_head(sidecar.port, HEAD_PATHS[1]))
+    finally:
+        sidecar.reload({"head_timeout": f"{HEAD_TIMEOUT}s"})
+    assert outcome == "408" and 0.7 <= seconds < HEAD_TIMEOUT - 0.5, (outcome, seconds)
+    outcome, seconds = asyncio.run(trickled_head(sidecar.port, HEAD_PATHS[1]))
+    assert outcome == "408" and seconds >= HEAD_TIMEOUT - 0.1, (outcome, seconds)
+
+
 def test_the_tls_listener_bounds_request_heads_too(tmp_path: Path) -> None:
     ca = authority()
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
