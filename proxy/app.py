@@ -45,14 +45,14 @@ from proxy.logs import UserRef
 from proxy.metrics import Metrics
 from proxy.outbox import OutboxCounters, OutboxWorker, StoreSettlement
 from proxy.probes import Probes
-from proxy.reload import Loaded, Reloader, load_tls
+from proxy.reload import Loaded, Reloader, prepare
 from proxy.routes import RouteTable
 from proxy.settlement import Settlement
 from proxy.stores import open_store
 from proxy.stores.base import Store, StoreUnavailable
 from proxy.tasks import BackgroundTasks
 from proxy.tls import ServerCertificate
-from proxy.tracing import Tracing, provider_from_env
+from proxy.tracing import Tracing
 from proxy.upstream import UpstreamClient
 
 logger = logging.getLogger("wxgate")
@@ -85,9 +85,9 @@ def build_runtime(
     disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    table = RouteTable.from_config(config)
+    loaded, provider = prepare(config, os.environ if environ is None else environ)  # what check builds too
+    table = loaded.table
     metrics.init_routes((r.name, r.protocol_name) for r in table.routes)
-    provider = provider_from_env(os.environ if environ is None else environ)
     tracing = Tracing(provider) if provider is not None else None
     rt = Runtime(
         config=config,
@@ -98,7 +98,7 @@ def build_runtime(
         client=UpstreamClient(config.upstream_pool_size, config.upstream_connect_timeout),
         tracer_provider=provider,
         tracing=tracing,
-        tls=load_tls(config),
+        tls=loaded.tls,
     )
     metrics.track_background_tasks(lambda: len(rt.tasks))
     metrics.tls_certificate(rt.tls.not_after if rt.tls else None)

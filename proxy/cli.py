@@ -24,12 +24,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logs.setup(config.log_level)
     from proxy.app import serve
+    from proxy.stores import StoreUnavailable
 
-    return asyncio.run(serve(config, Path(args.config)))
+    try:
+        return asyncio.run(serve(config, Path(args.config)))
+    except StoreUnavailable as e:  # an embedded store that cannot open (a shared one is waited for)
+        print(f"wxgate: cannot open the store: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from proxy.reload import prepare
+
     config = _load(args.config)
+    # Build what `run` builds (route table with every key, TLS context, tracer provider) but open nothing.
+    _, provider = prepare(config, os.environ)
+    if provider is not None:
+        provider.shutdown()
     print(f"{args.config}: ok ({len(config.routes)} routes)")
     print(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), end="")
     return 0

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from proxy.config import Config, ConfigError, load_config
 from proxy.metrics import Metrics
 from proxy.routes import RouteTable
@@ -53,8 +55,19 @@ def load_tls(config: Config) -> ServerCertificate | None:
 
 
 def build(config: Config) -> Loaded:
-    """Build the route table and the TLS context of ``config`` (blocking: reads key and certificate files)."""
+    """Build the route table (protocols with their keys) and the TLS context of ``config`` (blocking: reads key
+    and certificate files). The one place these are made: for ``wxgate run``, ``wxgate check`` and a reload."""
     return Loaded(config, RouteTable.from_config(config), load_tls(config))
+
+
+def prepare(config: Config, environ: Mapping[str, str]) -> tuple[Loaded, TracerProvider | None]:
+    """Everything ``wxgate run`` builds from its configuration and ``OTEL_*`` environment before it opens a
+    socket or the store: :func:`build` and the tracer provider. ``wxgate check`` builds the same and drops it;
+    any problem is a :class:`ConfigError`."""
+    from proxy.tracing import provider_from_env
+
+    loaded = build(config)
+    return loaded, provider_from_env(environ)
 
 
 def merge(running: Config, new: Config) -> tuple[Config, tuple[str, ...]]:

@@ -93,11 +93,19 @@ def server_certificate(cert_file: Path, key_file: Path, min_version: str = "1.2"
     ctx.set_min_proto_version(MIN_VERSIONS[min_version])
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)
     ctx.set_cipher_list(CIPHERS_TLS12)
-    ctx.use_certificate(chain[0])
-    for intermediate in chain[1:]:
-        ctx.add_extra_chain_cert(intermediate)
-    ctx.use_privatekey(key)
-    ctx.check_privatekey()
+    try:
+        ctx.use_certificate(chain[0])
+        for intermediate in chain[1:]:
+            ctx.add_extra_chain_cert(intermediate)
+        ctx.use_privatekey(key)
+        ctx.check_privatekey()
+    except SSL.Error as e:
+        # OpenSSL's security level refuses weak material, e.g. "ee key too small" for RSA below 2048 bits.
+        reasons = "; ".join(str(r[-1]) for r in e.args[0] if isinstance(r, tuple)) if e.args else ""
+        raise ValueError(
+            f"OpenSSL refuses the certificate in {cert_file} or its key ({reasons or e}); "
+            "use an RSA key of at least 2048 bits or an EC key, signed with SHA-256 or better"
+        ) from None
     ctx.set_alpn_select_callback(select_alpn)
     leaf = chain[0]
     return ServerCertificate(ctx, leaf.not_valid_after_utc.timestamp(), leaf.subject.rfc4514_string())
