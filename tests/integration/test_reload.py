@@ -103,6 +103,28 @@ def test_an_invalid_file_is_rejected_and_the_running_configuration_kept(
     assert sidecar.metric("wxgate_config_reloads_total", result="failure") == failures + 2
 
 
+def test_an_empty_or_placeholder_secret_file_is_rejected_on_reload(
+    sidecar: Sidecar, secrets_dir: Path, fresh_backend: Backend
+) -> None:
+    failures = sidecar.metric("wxgate_config_reloads_total", result="failure")
+    for content in (
+        "",
+        "  \n",
+        "replace-with-the-official-account-token\n",
+    ):  # half-written, blank, placeholder
+        (secrets_dir / "token").write_text(content)
+        sidecar.reload(expect="failure")
+        line = last(sidecar, "error")
+        assert "reload rejected, the running configuration is kept" in line
+        assert "routes[0].token_file" in line and ("is empty" in line or "still holds a placeholder" in line)
+        assert "replace-with-the-official" not in line
+        assert send(sidecar, text("", 20)) == 403  # a signature keyed with the empty token forges nothing
+        assert send(sidecar, text("token-one", 21 + len(content))) == 200  # the running token still verifies
+    assert sidecar.metric("wxgate_config_reloads_total", result="failure") == failures + 3
+    assert sidecar.metric("wxgate_config_last_reload_successful") == 0
+    assert fresh_backend.stats()["count"] == 3
+
+
 def test_restart_only_keys_keep_their_running_value_and_are_reported(
     sidecar: Sidecar, tmp_path: Path
 ) -> None:
