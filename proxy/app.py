@@ -48,7 +48,6 @@ from proxy.probes import Probes
 from proxy.reload import Loaded, Reloader, prepare
 from proxy.routes import RouteTable
 from proxy.settlement import Settlement
-from proxy.stores import open_store
 from proxy.stores.base import Store, StoreUnavailable
 from proxy.tasks import BackgroundTasks
 from proxy.tls import ServerCertificate
@@ -85,7 +84,8 @@ def build_runtime(
     disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    loaded, provider = prepare(config, os.environ if environ is None else environ)  # what check builds too
+    # The same build `wxgate check` makes: routes and keys, TLS, tracer provider, the (unopened) store.
+    loaded, provider, store = prepare(config, os.environ if environ is None else environ)
     table = loaded.table
     metrics.init_routes((r.name, r.protocol_name) for r in table.routes)
     tracing = Tracing(provider) if provider is not None else None
@@ -93,7 +93,7 @@ def build_runtime(
         config=config,
         registry=registry,
         metrics=metrics,
-        store=InstrumentedStore(open_store(config.store), metrics, tracing),
+        store=InstrumentedStore(store, metrics, tracing),
         table=table,
         client=UpstreamClient(config.upstream_pool_size, config.upstream_connect_timeout),
         tracer_provider=provider,

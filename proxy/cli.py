@@ -37,8 +37,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from proxy.reload import prepare
 
     config = _load(args.config)
-    # Build what `run` builds (route table with every key, TLS context, tracer provider) but open nothing.
-    _, provider = prepare(config, os.environ)
+    # Build what `run` builds (route table with every key, TLS context, tracer provider, store) but open nothing.
+    _, provider, _ = prepare(config, os.environ)
     if provider is not None:
         provider.shutdown()
     print(f"{args.config}: ok ({len(config.routes)} routes)")

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from proxy.config import Config, ConfigError, load_config
 from proxy.metrics import Metrics
 from proxy.routes import RouteTable
+from proxy.stores.base import Store
 from proxy.tls import ServerCertificate, server_certificate
 
 logger = logging.getLogger("wxgate")
@@ -60,14 +61,19 @@ def build(config: Config) -> Loaded:
     return Loaded(config, RouteTable.from_config(config), load_tls(config))
 
 
-def prepare(config: Config, environ: Mapping[str, str]) -> tuple[Loaded, TracerProvider | None]:
+def prepare(config: Config, environ: Mapping[str, str]) -> tuple[Loaded, TracerProvider | None, Store]:
     """Everything ``wxgate run`` builds from its configuration and ``OTEL_*`` environment before it opens a
-    socket or the store: :func:`build` and the tracer provider. ``wxgate check`` builds the same and drops it;
-    any problem is a :class:`ConfigError`."""
+    socket or the store: :func:`build`, the tracer provider and the (unopened) store. ``wxgate check`` builds
+    the same and drops it; any problem is a :class:`ConfigError`."""
+    from proxy.stores import open_store
     from proxy.tracing import provider_from_env
 
     loaded = build(config)
-    return loaded, provider_from_env(environ)
+    try:
+        store = open_store(config.store)
+    except ValueError as e:
+        raise ConfigError(f"store: {e}") from None
+    return loaded, provider_from_env(environ), store
 
 
 def merge(running: Config, new: Config) -> tuple[Config, tuple[str, ...]]:

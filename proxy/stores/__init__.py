@@ -46,7 +46,19 @@ def open_store(url: str, **kw: Any) -> Store:
             )
         return SqliteStore(path, **kw)
     if url.startswith(_REDIS_SCHEMES):
-        return RedisStore(url, **kw)
+        try:
+            store = RedisStore(url, **kw)
+            if url.startswith(("redis://", "rediss://")) and "?" in url:
+                # redis-py reads query options only when it makes a connection: make one (unconnected) now
+                # so a bad option fails at start (and in `wxgate check`), not on the first request.
+                from redis.asyncio import Redis
+
+                pool = Redis.from_url(url).connection_pool
+                pool.connection_class(**pool.connection_kwargs)
+            return store
+        except (ValueError, TypeError) as e:  # redis-py's own URL parsing: a query option it cannot take
+            # Its messages name the option, never the value; the URL itself is never echoed.
+            raise ValueError(f"{url.partition('://')[0]}:// store URL is not usable: {e}") from None
     # Only the scheme is echoed: the rest of a URL may hold a password.
     scheme = repr(url.partition("://")[0]) if "://" in url else "(none)"
     raise ValueError(

@@ -170,6 +170,20 @@ CASES: list[tuple[str, Any, dict[str, str], str, str | None]] = [
         "store: redis:// URL has no valid host:port",
         "hunter2",
     ),
+    (
+        "store url option redis cannot take",
+        lambda t: {"store": "redis://:hunter2@127.0.0.1:6379/0?socket_timeout=soon"},
+        {},
+        "store: redis:// store URL is not usable: Invalid value for 'socket_timeout'",
+        "hunter2",
+    ),
+    (
+        "unknown store url option",
+        lambda t: {"store": "redis://:hunter2@127.0.0.1:6379/0?bogus=1"},
+        {},
+        "store: redis:// store URL is not usable",
+        "hunter2",
+    ),
 ]
 
 

@@ -37,7 +37,8 @@ async def test_redis_url_builds_a_redis_store(redis_server: RedisServer) -> None
 
 
 @pytest.mark.parametrize(
-    "url", ["rediss://cache:6380/0", "redis+cluster://a:7000,b:7001", "redis+sentinel://s1:26379,s2:26379/mymaster"]
+    "url",
+    ["rediss://cache:6380/0", "redis+cluster://a:7000,b:7001", "redis+sentinel://s1:26379,s2:26379/mymaster"],
 )
 def test_every_redis_scheme_builds_a_redis_store_without_connecting(url: str) -> None:
     assert isinstance(open_store(url), RedisStore)
@@ -53,3 +54,11 @@ def test_an_unknown_scheme_lists_the_accepted_ones_without_echoing_secrets(url: 
     with pytest.raises(ValueError, match=r"redis\+cluster://") as error:
         open_store(url)
     assert "hunter2" not in str(error.value)
+
+
+def test_redis_query_options_are_checked_when_the_store_is_built() -> None:
+    assert isinstance(open_store("redis://:hunter2@127.0.0.1:6379/0?socket_timeout=2"), RedisStore)
+    for url in ("redis://:hunter2@127.0.0.1:6379/0?socket_timeout=soon", "redis://:hunter2@h:6379/0?bogus=1"):
+        with pytest.raises(ValueError, match=r"^redis:// store URL is not usable") as error:
+            open_store(url)
+        assert "hunter2" not in str(error.value)
