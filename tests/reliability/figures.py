@@ -234,9 +234,11 @@ duplicate, never a loss).
   complete request head, so a slowloris client that trickles a byte now and then holds its file descriptor
   for as long as it likes. Verified traffic is unaffected until the descriptor limit (`ulimit -n`); front a
   public listener with a load balancer that enforces client timeouts.
-- An outbox item leased by a replica that is then SIGKILLed waits for the worker lease (60 s) before another
+- An outbox item leased by a replica that is then SIGKILLed waits for the worker lease (60 s, or the longest
+  `backend_timeout` + 5 s when that is longer, so that a slow redelivery is never sent twice) before another
   replica redelivers it; so does one leased by a command that timed out while Redis hung and was applied when
-  it resumed (the slowest drains above).
+  it resumed (the slowest drains above). A SIGTERM is different: the worker stops leasing, lets running
+  redeliveries finish within `drain_timeout` and hands back what it had to cut short.
 - When the store refuses the outbox write and the backend fails too, an `ack` route answers retry-me (nothing
   is acknowledged that is not durable); an Official Account or WeCom sender gives up after its fourth
   delivery, so such a notification never arrives (the *never acknowledged* counts in the notes).
