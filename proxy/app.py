@@ -182,7 +182,9 @@ class Sidecar:
         cfg = self.rt.config
         host, port = cfg.listen_addr
         m = embedded_master(options.Options())
-        bound_request_heads(cfg.head_timeout, self.rt.metrics.connection_dropped)
+        bound_request_heads(
+            cfg.head_timeout, self.rt.metrics.connection_dropped, cfg.body_timeout, cfg.body_size_limit
+        )
         m.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
@@ -277,7 +279,7 @@ class Sidecar:
             self.outbox_worker.use(loaded.table)
         if self.master is not None:
             self.master.options.update(body_size_limit=str(cfg.body_size_limit))
-        bound_request_heads(cfg.head_timeout)
+        bound_request_heads(cfg.head_timeout, None, cfg.body_timeout, cfg.body_size_limit)
         logging.getLogger().setLevel(cfg.log_level.upper())
 
     async def run(self) -> int:

@@ -454,6 +454,9 @@ class Config(_Strict):
     head_timeout: Duration = Field(10.0, gt=0)
     """How long a request head (request line and headers) may take to arrive once it has started; a slower
     one is answered 408 and its connection closed (heads over 64 KiB: 431, as soon as they are)."""
+    body_timeout: Duration = Field(30.0, gt=0)
+    """How long a request body may take to arrive once its first part has; a slower one is answered 408 and its
+    connection closed."""
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     """CIDRs of proxies in front of wxgate whose `X-Forwarded-For` is believed (for `allow_cidrs`) and appended
     to; from any other peer it is replaced by the peer's address, and `Forwarded`/`X-Real-IP` are dropped."""

@@ -1,30 +1,34 @@
-"""Bounded request heads: a head over :data:`MAX_HEAD` bytes, or one not complete ``head_timeout`` seconds after
-its first partial read, is dropped before it is buffered any further.
+"""Bounded request heads and bodies: a head over :data:`MAX_HEAD` bytes, or one not complete ``head_timeout``
+seconds after its first partial read, is dropped before it is buffered any further; so is a body not complete
+``body_timeout`` seconds after its first partial read, and a flood sent while a request is being answered.
 
 mitmproxy's HTTP/1 server layer (``Http1Server.read_headers``) appends every byte a client sends to its receive
 buffer until a blank line ends the head, with no size limit and no deadline (its own ``FIXME: protect against
 header size DoS``), and before any addon sees the request: wxgate's admission check (431 above 64 KiB) only ran
 once the whole head had been buffered (one 16 MB head added ~140 MB to the resident set), and a client
 trickling a byte now and then held its connection and buffer until mitmproxy's idle timeout (600 s without a
-byte), which each byte resets. This bounds both at the layer that accumulates the head, on every path (routed,
-unmatched, passthrough) and on both listeners (TLS terminates below this layer):
+byte), which each byte resets. Bodies had the same missing deadline (their size is capped by
+``body_size_limit``), and whatever a client sends while its request is answered (a pipelined next request) was
+buffered without any limit. This bounds all of them at the layer that accumulates the bytes, on every path
+(routed, unmatched, passthrough) and on both listeners (TLS terminates below this layer):
 
-- **size**: on each read while a head is incomplete, a buffer over :data:`MAX_HEAD` bytes with no end of head
-  within its first :data:`MAX_HEAD` bytes is answered 431 and the connection closed (the client may see the
-  close before the answer when it is still sending);
-- **time**: a head still incomplete after its first read arms one timer (mitmproxy's ``RequestWakeup``); if the
-  same head is still incomplete when it fires, 408 and close.
+- **head size**: on each read while a head is incomplete, a buffer over :data:`MAX_HEAD` bytes with no end of
+  head within its first :data:`MAX_HEAD` bytes is answered 431 and the connection closed (a client still
+  sending may see the close before the answer);
+- **head time**: a head still incomplete after its first read arms one timer (mitmproxy's ``RequestWakeup``);
+  if the same head is still incomplete when it fires, 408 and close;
+- **body time**: the same for a body (``body_timeout``); the addons, which saw the request's head, see the
+  request fail as when a client disconnects mid-body (no access line of a finished request, the error hook);
+- **pipelined**: while a request is answered, at most :data:`MAX_HEAD` plus ``body_size_limit`` more bytes are
+  buffered; beyond, the connection is closed (no answer can precede the pending one).
 
-Each drop counts ``wxgate_connections_dropped_total{reason="head_too_large"|"head_timeout"}`` and logs one
-line without the head's bytes. A head that arrives in one read (every real callback) costs one length check and
-arms no timer, so the hot path is unchanged.
-
-Not bounded here: a body that trickles in. Its size is capped by ``body_size_limit`` (mitmproxy refuses it
-while reading), its time only by mitmproxy's idle timeout; see docs/reliability.md "Limits".
+Each drop counts ``wxgate_connections_dropped_total{reason}`` (``head_too_large``, ``head_timeout``,
+``body_timeout``, ``pipelined_too_large``) and logs one line without the bytes. A request that arrives in one
+read (every real callback, and every benchmark request) costs a few length checks and arms no timer.
 
 :func:`bound_request_heads` installs it, once per process, by making :class:`BoundedHttp1Server` the class
 mitmproxy's ``HttpLayer`` instantiates for each HTTP/1 client connection; calling it again (a configuration
-reload) changes the deadline for heads that start afterwards.
+reload) changes the limits for heads and bodies that start afterwards.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ logger = logging.getLogger("wxgate")
 
 MAX_HEAD = 64 * 1024  # request line, header fields and the blank line; WeChat's heads are under 1 KiB
 DEFAULT_HEAD_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_BODY_LIMIT = 1024 * 1024
 _END_OF_HEAD = re.compile(rb"\n\r?\n")  # what h11's ReceiveBuffer.maybe_extract_lines looks for
 
 
@@ -56,7 +62,8 @@ def _answer(status: int, reason: str, text: str) -> bytes:
 
 
 TOO_LARGE = _answer(431, "Request Header Fields Too Large", f"request head larger than {MAX_HEAD} bytes\n")
-TIMEOUT = _answer(408, "Request Timeout", "request head not complete in time\n")
+HEAD_TIMEOUT = _answer(408, "Request Timeout", "request head not complete in time\n")
+BODY_TIMEOUT = _answer(408, "Request Timeout", "request body not complete in time\n")
 
 
 def _ignore(reason: str) -> None:
@@ -71,17 +78,30 @@ class _Discard(ReceiveBuffer):
 
 
 class BoundedHttp1Server(Http1Server):
-    """mitmproxy's HTTP/1 server layer with a size limit and a deadline on each request head."""
+    """mitmproxy's HTTP/1 server layer with a size limit and a deadline on each request head, a deadline on each
+    request body, and a limit on what a client may send while its request is being answered."""
 
     head_timeout: ClassVar[float] = DEFAULT_HEAD_TIMEOUT
+    body_timeout: ClassVar[float] = DEFAULT_BODY_TIMEOUT
+    max_waiting: ClassVar[int] = MAX_HEAD + DEFAULT_BODY_LIMIT
     on_drop: ClassVar[Callable[[str], None]] = _ignore
     # The timer armed for the head of stream ``_timer_stream`` (one per incomplete head; stale ones are ignored).
     _timer: commands.RequestWakeup | None = None
     _timer_stream: int = 0
+    _body_timer: commands.RequestWakeup | None = None  # the same for the body of stream ``_body_stream``
+    _body_stream: int = 0
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if type(event) is events.Wakeup:
             return self._deadline(event)
+        if (
+            type(event) is events.DataReceived
+            and len(self.buf) + len(event.data) > self.max_waiting
+            and self.state == self.wait
+        ):
+            # mitmproxy buffers what arrives while a request is answered (the next, pipelined, request): at most
+            # one more request's head and body. No answer is possible before the pending one: close.
+            return self._drop("pipelined_too_large", b"", stream_open=True)
         return super()._handle_event(event)
 
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
@@ -99,6 +119,14 @@ class BoundedHttp1Server(Http1Server):
             self._timer_stream = self.stream_id
             yield self._timer
 
+    def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from super().read_body(event)
+        # Still reading this body after a read: its deadline starts.
+        if self._body_stream != self.stream_id and self.state == self.read_body:
+            self._body_timer = commands.RequestWakeup(self.body_timeout)
+            self._body_stream = self.stream_id
+            yield self._body_timer
+
     def _deadline(self, event: events.Wakeup) -> layer.CommandGenerator[None]:
         if (
             event.command is self._timer
@@ -106,32 +134,49 @@ class BoundedHttp1Server(Http1Server):
             and self.state == self.read_headers
             and self.buf
         ):
-            yield from self._drop("head_timeout", TIMEOUT)
+            yield from self._drop("head_timeout", HEAD_TIMEOUT)
+        elif (
+            event.command is self._body_timer
+            and self._body_stream == self.stream_id
+            and self.state == self.read_body
+        ):
+            yield from self._drop("body_timeout", BODY_TIMEOUT, stream_open=True)
 
-    def _drop(self, reason: str, answer: bytes) -> layer.CommandGenerator[None]:
+    def _drop(self, reason: str, answer: bytes, stream_open: bool = False) -> layer.CommandGenerator[None]:
+        """Close the connection after ``answer``. With ``stream_open`` (the addons have seen the request's head)
+        the layer stays in its state, so that the connection's end reaches the request as a client's disconnect
+        does (mitmproxy's own path: the error hook, no request left in flight)."""
         size = len(self.buf)
-        self._timer = None
-        # Release the partial head now, and keep nothing that still arrives before the close takes effect (the
+        self._timer = self._body_timer = None
+        # Release the buffered bytes now, and keep nothing that still arrives before the close takes effect (the
         # layer lives until the connection's objects are collected).
         self.buf = _Discard()
-        self.state = self.done
+        if not stream_open:
+            self.state = self.done
         type(self).on_drop(reason)
         logger.warning(
-            "request head dropped (%s) after %d bytes from %s",
+            "client connection dropped (%s) with %d bytes buffered, from %s",
             reason,
             size,
             human.format_address(self.conn.peername),
         )
-        yield commands.SendData(self.conn, answer)
+        if answer:
+            yield commands.SendData(self.conn, answer)
         yield commands.CloseConnection(self.conn)
 
 
 def bound_request_heads(
-    head_timeout: float = DEFAULT_HEAD_TIMEOUT, on_drop: Callable[[str], None] | None = None
+    head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+    on_drop: Callable[[str], None] | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    body_limit: int = DEFAULT_BODY_LIMIT,
 ) -> None:
-    """Make mitmproxy's HTTP layer use :class:`BoundedHttp1Server` for new client connections, with this
-    deadline for heads that start from now on; ``on_drop(reason)`` is called for each dropped head."""
+    """Make mitmproxy's HTTP layer use :class:`BoundedHttp1Server` for new client connections, with these
+    deadlines for heads and bodies that start from now on (``body_limit``: ``body_size_limit``, what a pipelined
+    request may add); ``on_drop(reason)`` is called for each dropped connection."""
     BoundedHttp1Server.head_timeout = head_timeout
+    BoundedHttp1Server.body_timeout = body_timeout
+    BoundedHttp1Server.max_waiting = MAX_HEAD + body_limit
     if on_drop is not None:
         BoundedHttp1Server.on_drop = on_drop
     http_layers.Http1Server = BoundedHttp1Server  # type: ignore[attr-defined]

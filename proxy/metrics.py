@@ -94,7 +94,8 @@ STORE_OPERATIONS = (
     "outbox_stats",
 )
 PROBE_REASONS = frozenset({"signature_probe"})  # WeChat Pay's deliberate bad signatures (PROTOCOLS.md §4.7)
-DROP_REASONS = ("head_too_large", "head_timeout")  # proxy.headlimit: a request head refused before it is read
+# proxy.headlimit: why a client connection was closed before its request was read
+DROP_REASONS = ("head_too_large", "head_timeout", "body_timeout", "pipelined_too_large")
 UNMATCHED = ("unmatched", "none")  # the route/protocol labels of requests no route matched
 
 
@@ -161,8 +162,8 @@ class Metrics:
         self.in_flight = Gauge("wxgate_requests_in_flight", "Inbound requests being handled", registry=r)
         self.connections_dropped = Counter(
             "wxgate_connections_dropped",
-            "Client connections closed before their request head was read, by reason: head_too_large (431, "
-            "over 64 KiB), head_timeout (408, not complete within head_timeout)",
+            "Client connections closed before their request was read, by reason: head_too_large (431, over 64 "
+            "KiB), head_timeout (408), body_timeout (408), pipelined_too_large (sent too much while answered)",
             ["reason"],
             registry=r,
         )

@@ -12,7 +12,12 @@ from mitmproxy import http, options
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import http as http_layers
-from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseEndOfMessage, ResponseHeaders
+from mitmproxy.proxy.layers.http._events import (
+    RequestHeaders,
+    RequestProtocolError,
+    ResponseEndOfMessage,
+    ResponseHeaders,
+)
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
@@ -23,13 +28,15 @@ HEAD = b"POST /mp?signature=1 HTTP/1.1\r\nHost: wxgate.test\r\nContent-Length: 2
 
 @pytest.fixture
 def drops() -> Iterator[list[str]]:
-    """Installs the bounded layer (deadline 3 s) and restores mitmproxy's afterwards; yields the drop reasons."""
-    saved = (http_layers.Http1Server, BoundedHttp1Server.head_timeout, BoundedHttp1Server.on_drop)
+    """Installs the bounded layer (head deadline 3 s, body deadline 5 s, body limit 1000 bytes) and restores
+    mitmproxy's afterwards; yields the drop reasons."""
+    cls = BoundedHttp1Server
+    saved = (http_layers.Http1Server, cls.head_timeout, cls.body_timeout, cls.max_waiting, cls.on_drop)
     seen: list[str] = []
-    bound_request_heads(3.0, seen.append)
+    bound_request_heads(3.0, seen.append, 5.0, 1000)
     yield seen
-    http_layers.Http1Server, BoundedHttp1Server.head_timeout = saved[0], saved[1]
-    BoundedHttp1Server.on_drop = saved[2]
+    http_layers.Http1Server, cls.head_timeout, cls.body_timeout, cls.max_waiting = saved[:4]
+    cls.on_drop = saved[4]
 
 
 def server() -> tuple[BoundedHttp1Server, Context]:
@@ -53,6 +60,10 @@ def closed(cmds: list[commands.Command]) -> bool:
 
 def wakeups(cmds: list[commands.Command]) -> list[commands.RequestWakeup]:
     return [c for c in cmds if isinstance(c, commands.RequestWakeup)]
+
+
+def failed(cmds: list[commands.Command]) -> list[RequestProtocolError]:
+    return [c.event for c in cmds if isinstance(getattr(c, "event", None), RequestProtocolError)]  # type: ignore[attr-defined]
 
 
 def heads(cmds: list[commands.Command]) -> list[RequestHeaders]:
@@ -152,3 +163,40 @@ def test_a_reload_changes_the_deadline_of_later_heads(drops: list[str]) -> None:
     assert timer.delay == 0.5
     list(layer.handle_event(events.Wakeup(timer)))
     assert drops == ["head_timeout"]  # the drop callback given at start is kept
+
+
+def test_a_body_still_incomplete_at_its_deadline_is_answered_408_and_its_request_fails(
+    drops: list[str],
+) -> None:
+    layer, ctx = server()
+    cmds = feed(layer, ctx, HEAD + b"o")
+    assert len(heads(cmds)) == 1
+    [timer] = wakeups(cmds)
+    assert timer.delay == 5.0
+    assert wakeups(feed(layer, ctx, b"")) == []  # one deadline per body
+    cmds = list(layer.handle_event(events.Wakeup(timer)))
+    assert sent(cmds).startswith(b"HTTP/1.1 408 ") and closed(cmds) and drops == ["body_timeout"]
+    assert feed(layer, ctx, b"k" * 10) == [] and len(layer.buf) == 0  # nothing more is read
+    # the connection's end reaches the request as a client's disconnect does: the addons see it fail
+    cmds = list(layer.handle_event(events.ConnectionClosed(ctx.client)))
+    assert [e.stream_id for e in failed(cmds)] == [1]
+
+
+def test_a_body_completed_before_its_deadline_is_kept(drops: list[str]) -> None:
+    layer, ctx = server()
+    [timer] = wakeups(feed(layer, ctx, HEAD + b"o"))
+    assert not closed(feed(layer, ctx, b"k"))
+    assert list(layer.handle_event(events.Wakeup(timer))) == [] and drops == []
+
+
+def test_a_client_that_floods_while_its_request_is_answered_is_closed(drops: list[str]) -> None:
+    layer, ctx = server()
+    feed(layer, ctx, HEAD + b"ok")
+    assert feed(layer, ctx, HEAD + b"ok") == []  # a pipelined request waits for the answer to the first
+    cmds: list[commands.Command] = []
+    while not drops:
+        cmds = feed(layer, ctx, b"a" * 100)
+        assert len(layer.buf) <= MAX_HEAD + 1000
+    assert drops == ["pipelined_too_large"] and closed(cmds) and sent(cmds) == b"" and len(layer.buf) == 0
+    cmds = list(layer.handle_event(events.ConnectionClosed(ctx.client)))
+    assert [e.stream_id for e in failed(cmds)] == [1]  # the pending request fails as on a client's disconnect

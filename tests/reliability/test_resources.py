@@ -24,7 +24,7 @@ from tests.reliability.conftest import Figures
 from tests.reliability.figures import Row
 from tests.reliability.fleet import ENV, Catalog, Timing
 from tests.support.certs import authority, server_cert
-from tests.support.procs import Backend, Sidecar
+from tests.support.procs import Backend, Sidecar, wait_until
 
 pytestmark = pytest.mark.integration
 REJECTIONS = int(os.environ.get("WXGATE_REJECTIONS", "20000"))
@@ -233,6 +233,7 @@ def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar,
         "routes": catalog.routes_config,
         "unmatched": "passthrough",
         "head_timeout": f"{HEAD_TIMEOUT}s",
+        "body_timeout": f"{HEAD_TIMEOUT}s",
         "store": "sqlite://:memory:",
     }
     sidecar = Sidecar(tmp, config, env=ENV, name="heads")
@@ -289,10 +290,20 @@ async def oversized_head(port: int, target: str, size: int, tls: ssl.SSLContext 
 async def trickled_head(port: int, target: str, tls: ssl.SSLContext | None = None) -> tuple[str, float]:
     """Sends the request line at once, then a header one byte every 0.5 s; returns how the proxy ended it and
     after how many seconds (``"open"`` when it still had not after ``HEAD_TIMEOUT + 4`` s)."""
+    return await trickled(port, f"POST {target} HTTP/1.1\r\nHost: wxgate.test\r\nX-Slow: ".encode(), tls)
+
+
+async def trickled_body(port: int, target: str) -> tuple[str, float]:
+    """Sends a head announcing a 1,000-byte body at once, then the body one byte every 0.5 s."""
+    head = f"POST {target} HTTP/1.1\r\nHost: wxgate.test\r\nContent-Type: text/xml\r\nContent-Length: 1000\r\n\r\n"
+    return await trickled(port, head.encode())
+
+
+async def trickled(port: int, prefix: bytes, tls: ssl.SSLContext | None = None) -> tuple[str, float]:
     reader, writer = await connect(port, tls)
     started = time.monotonic()
     try:
-        writer.write(f"POST {target} HTTP/1.1\r\nHost: wxgate.test\r\nX-Slow: ".encode())
+        writer.write(prefix)
         while time.monotonic() - started < HEAD_TIMEOUT + 4:
             writer.write(b"a")
             await writer.drain()
@@ -439,6 +450,60 @@ def test_a_request_head_trickled_in_is_dropped_at_head_timeout(
             notes=f"all answered 408 and closed after {seconds[0]:.2f}-{seconds[-1]:.2f} s; the backend got none.",
         )
     )
+
+
+def test_a_request_body_trickled_in_is_dropped_at_body_timeout(
+    bounded: tuple[Sidecar, Backend, Catalog],
+) -> None:
+    sidecar, backend, catalog = bounded
+    forwarded, dropped = backend.stats()["count"], sidecar.metric(DROPPED, reason="body_timeout")
+    answered = sidecar.metric("wxgate_requests_total")
+
+    async def run() -> list[tuple[str, float]]:
+        return await asyncio.gather(*(trickled_body(sidecar.port, HEAD_PATHS[i % 2]) for i in range(4)))
+
+    results = asyncio.run(run())
+    assert {outcome for outcome, _ in results} == {"408"}, results
+    assert all(HEAD_TIMEOUT - 0.1 <= seconds <= HEAD_TIMEOUT + 1.5 for _, seconds in results), results
+    assert sidecar.metric(DROPPED, reason="body_timeout") == dropped + 4
+    assert backend.stats()["count"] == forwarded
+    # the addons saw the requests' heads: each ends as a failed request, not as one left in flight
+    wait_until(lambda: sidecar.metric("wxgate_requests_in_flight") == 0, 5, "no request in flight")
+    assert sidecar.metric("wxgate_requests_total") == answered + 4
+    still_serving(sidecar, backend, catalog)
+
+
+def test_a_client_that_floods_while_its_request_is_answered_is_closed(
+    bounded: tuple[Sidecar, Backend, Catalog],
+) -> None:
+    sidecar, backend, catalog = bounded
+    dropped = sidecar.metric(DROPPED, reason="pipelined_too_large")
+    backend.set_mode("slow:3")
+
+    async def run() -> tuple[str, float]:
+        reader, writer = await connect(sidecar.port)
+        started = time.monotonic()
+        try:
+            writer.write(b"GET /legacy/slow HTTP/1.1\r\nHost: wxgate.test\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.3)  # the request is with the backend, for 3 s
+            for _ in range(64):  # 4 MiB more
+                writer.write(b"a" * 65536)
+                await writer.drain()
+            outcome = await answer_or_close(reader, 5.0)
+        except (ConnectionError, ssl.SSLError):
+            outcome = "closed"
+        finally:
+            await close(writer)
+        return outcome, time.monotonic() - started
+
+    try:
+        outcome, seconds = asyncio.run(run())
+    finally:
+        backend.set_mode("passive")
+    assert outcome == "closed" and seconds < 2.5, (outcome, seconds)  # closed before the backend answered
+    assert sidecar.metric(DROPPED, reason="pipelined_too_large") == dropped + 1
+    still_serving(sidecar, backend, catalog)
 
 
 def test_a_reload_changes_head_timeout_for_the_heads_that_start_after_it(
