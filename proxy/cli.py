@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import secrets
 import sys
@@ -30,6 +31,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(config, Path(args.config)))
     except StoreUnavailable as e:  # an embedded store that cannot open (a shared one is waited for)
         print(f"wxgate: cannot open the store: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        # The admin port taken or not ours to bind (the listener's own failure is reported by mitmproxy).
+        print(f"wxgate: cannot listen: {e}", file=sys.stderr)
         return 1
 
 

@@ -520,6 +520,14 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _distinct_ports(self) -> Config:
+        (lhost, lport), (ahost, aport) = self.listen_addr, self.admin_addr
+        wildcard = {"0.0.0.0", "::"}  # noqa: S104 - comparing, not binding
+        if lport == aport != 0 and (lhost == ahost or lhost in wildcard or ahost in wildcard):
+            raise ValueError(f"listen and admin both bind port {lport}; give admin its own port")
+        return self
+
+    @model_validator(mode="after")
     def _unique_routes(self) -> Config:
         seen_names: set[str] = set()
         seen_paths: set[str] = set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,13 @@ def test_a_running_sidecar_with_an_empty_secret_is_never_started(tmp_path: Path)
         s.start()
     assert s.stop() == 2
     assert "routes[0].token: is empty" in s.logs()
+
+
+def test_run_reports_a_taken_admin_port_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        out = wxgate(tmp_path, {"admin": f"127.0.0.1:{taken.getsockname()[1]}"}, "run", {})
+    assert out.returncode == 1
+    assert "wxgate: cannot listen: [Errno 98]" in out.stderr and "address already in use" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -230,3 +230,20 @@ def test_log_hash_key_is_a_secret_of_at_least_16_characters(tmp_path: Path) -> N
     cfg = parse_config({"log_hash_key_file": str(tmp_path / "hash-key")}, {})
     assert cfg.log_hash_key == Secret("0123456789abcdef0123456789abcdef")
     assert redacted(cfg)["log_hash_key"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("listen", "admin", "ok"),
+    [
+        ("0.0.0.0:8080", "127.0.0.1:8080", False),
+        ("127.0.0.1:8080", "127.0.0.1:8080", False),
+        ("10.0.0.5:8080", "127.0.0.1:8080", True),
+        ("0.0.0.0:8080", "127.0.0.1:9090", True),
+    ],
+)
+def test_listen_and_admin_cannot_share_a_port(listen: str, admin: str, ok: bool) -> None:
+    raw = {"listen": listen, "admin": admin}
+    if ok:
+        assert parse_config(raw, {}).admin == admin
+    else:
+        assert "listen and admin both bind port 8080" in errors(raw)
