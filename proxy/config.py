@@ -683,6 +683,18 @@ def parse_config(
 def redacted(config: Config) -> dict[str, Any]:
     """The effective configuration with every secret shown as ``***`` (for ``wxgate check``)."""
     out = config.model_dump(mode="json", exclude_none=True)
-    # A Redis URL may carry a password (redis://:${REDIS_PASSWORD}@host:6379/0).
-    out["store"] = re.sub(r"(://[^/@]*?:)[^/@]+@", r"\1***@", out["store"])
+    # A Redis URL may carry a password (redis://:${REDIS_PASSWORD}@host:6379/0), and in its query string too.
+    out["store"] = redact_url(out["store"])
     return out
+
+
+def redact_url(url: str) -> str:
+    """``url`` with everything after the user name in its user info, and any ``password=``, shown as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if scheme == "sqlite":
+        return url
+    userinfo, at, hosts = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:***@{hosts}" if colon else f"***@{hosts}"
+    return scheme + sep + re.sub(r"(?i)(password=)[^&#]*", r"\1***", rest)

@@ -15,6 +15,7 @@ one is picked up by the next call.
 from __future__ import annotations
 
 import contextlib
+import re
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,6 +89,12 @@ def parse_redis_url(url: str) -> RedisTarget:
     if not sep or scheme not in ("redis", "rediss", "redis+cluster", "redis+sentinel"):
         raise ValueError(
             f"not a redis store URL: {scheme}://… (expected redis, rediss, redis+cluster or redis+sentinel)"
+        )
+    if "@" in "".join(re.split(r"[/?#]", rest, maxsplit=1)[1:]):
+        # `redis://:ab/cd@host` would otherwise be host "localhost" with the password's tail as its path
+        raise ValueError(
+            f"{scheme}:// URL has an '@' after its host part: a password holding / ? # or @ must be "
+            "percent-encoded"
         )
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")

@@ -168,7 +168,7 @@ CASES: list[tuple[str, Any, dict[str, str], str, str | None]] = [
         "mistyped store url",
         lambda t: {"store": "redis://:hunter2/secret@127.0.0.1:6379/0"},
         {},
-        "store: redis:// URL has no valid host:port",
+        "store: redis:// URL has an '@' after its host part",
         "hunter2",
     ),
     (

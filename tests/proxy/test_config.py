@@ -205,8 +205,11 @@ def test_the_default_dedup_ttl_outlasts_a_long_window() -> None:
         ("redis:/:hunter2pw@127.0.0.1:6379/0", "store: expected one of"),
         ("rediss//:hunter2pw@127.0.0.1:6379/0", "store: expected one of"),
         ("mysql://root:hunter2pw@db/0", "got mysql://…"),
-        ("redis://:hunter2pw/x@127.0.0.1:6379/0", "store: redis:// URL has no valid host:port"),
-        ("redis+cluster://:hunter2pw/x@127.0.0.1:7000", "store: a node has no host"),
+        ("redis://:hunter2pw/x@127.0.0.1:6379/0", "store: redis:// URL has an '@' after its host part"),
+        ("redis://:hunter2pw@127.0.0.1:63x9/0", "store: redis:// URL has no valid host:port"),
+        ("redis+cluster://:hunter2pw/x@127.0.0.1:7000", "store: redis+cluster:// URL has an '@' after"),
+        ("redis+cluster://:hunter2pw@", "store: redis+cluster:// needs at least one seed node"),
+        ("redis+cluster://:hunter2pw@h:7x", "store: a node's port is not a number"),
         ("sqlite://hunter2pw", "store: expected sqlite:///absolute/path"),
         ("redis://:@127.0.0.1:6379/0", "store: the URL's password is empty"),
         (
@@ -247,3 +250,28 @@ def test_listen_and_admin_cannot_share_a_port(listen: str, admin: str, ok: bool)
         assert parse_config(raw, {}).admin == admin
     else:
         assert "listen and admin both bind port 8080" in errors(raw)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("redis://app:hunter2pw@cache:6379/0", "redis://app:***@cache:6379/0"),
+        ("rediss://:p%2Fhunter2pw@cache:6380/0", "rediss://:***@cache:6380/0"),
+        ("redis://:a@hunter2pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        (
+            "redis+sentinel://:hunter2pw@s1:26379,s2:26379/mymaster",
+            "redis+sentinel://:***@s1:26379,s2:26379/mymaster",
+        ),
+        ("redis://cache:6379/0?password=hunter2pw&db=1", "redis://cache:6379/0?password=***&db=1"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+    ],
+)
+def test_check_shows_the_store_url_without_its_password(url: str, shown: str) -> None:
+    assert redacted(parse_config({"store": url}, {}))["store"] == shown
+
+
+def test_a_password_with_an_unencoded_slash_is_refused_not_misread() -> None:
+    # it would otherwise parse as host "localhost" (the default) with the password's tail as the path
+    text = errors({"store": "redis://:1234/hunter2pw@cache:6379/0"})
+    assert "must be percent-encoded" in text and "hunter2pw" not in text

@@ -221,12 +221,15 @@ def test_urls_parse_and_their_safe_form_has_no_password(
     [
         ("redis+cluster://", "at least one seed node"),
         ("redis+sentinel://s1:26379", "service"),
-        ("redis+cluster://a:70x0", "bad port"),
+        ("redis+cluster://a:70x0", "port is not a number"),
+        ("redis+cluster://:hunter2@:7000", "a node has no host"),
+        ("redis://:hun/ter2@cache:6379/0", r"password holding / \? # or @ must be percent-encoded"),
     ],
 )
 def test_bad_urls_say_what_is_expected(url: str, error: str) -> None:
-    with pytest.raises(ValueError, match=error):
+    with pytest.raises(ValueError, match=error) as e:
         parse_redis_url(url)
+    assert "ter2" not in str(e.value)  # never a piece of the URL: it may be the password
 
 
 def _lost_transport_write() -> None:
