@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import Config, ConfigError, load_config
 from proxy.metrics import Metrics
-from proxy.routes import RouteTable
+from proxy.routes import RouteTable, build_route
 from proxy.stores.base import Store
 from proxy.tls import ServerCertificate, server_certificate
 
@@ -58,7 +58,19 @@ def load_tls(config: Config) -> ServerCertificate | None:
 def build(config: Config) -> Loaded:
     """Build the route table (protocols with their keys) and the TLS context of ``config`` (blocking: reads key
     and certificate files). The one place these are made: for ``wxgate run``, ``wxgate check`` and a reload."""
-    return Loaded(config, RouteTable.from_config(config), load_tls(config))
+    routes, problems = [], []
+    for route in config.routes:  # every broken route is reported, not only the first
+        try:
+            routes.append(build_route(config, route))
+        except ConfigError as e:
+            problems.append(str(e))
+    try:
+        tls = load_tls(config)
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return Loaded(config, RouteTable(routes), tls)
 
 
 def prepare(config: Config, environ: Mapping[str, str]) -> tuple[Loaded, TracerProvider | None, Store]:

@@ -253,3 +253,21 @@ def test_run_reports_a_taken_admin_port_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "wxgate: cannot listen: [Errno 98]" in out.stderr and "address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_check_lists_every_broken_route_and_the_certificate(tmp_path: Path) -> None:
+    config = {
+        "tls": rsa1024_certificate(tmp_path),
+        "routes": [
+            {**MP, "app_id": "wx0123456789abcdef", "encoding_aes_key": "${A}"},
+            {"name": "sw", "path": "/sw", "protocol": "standard-webhooks", "secret": "${S}"},
+        ],
+    }
+    out = wxgate(tmp_path, config, "check", {"A": "short", "S": "whsec_not!base64"})
+    assert out.returncode == 2
+    for problem in (
+        "route mp: an EncodingAESKey",
+        "route sw: a Standard Webhooks secret",
+        "tls: OpenSSL refuses",
+    ):
+        assert problem in out.stderr
