@@ -21,7 +21,7 @@ class MetricsAddon:
         self.user_ref = user_ref if user_ref is not None else UserRef()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        ensure_exchange(flow)
+        ensure_exchange(flow).counted = True
         self.metrics.in_flight.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -35,7 +35,8 @@ class MetricsAddon:
         if ex is None or ex.finished:
             return
         ex.finished = True
-        self.metrics.in_flight.dec()
+        if ex.counted:  # not when a hook failed before this addon counted it in
+            self.metrics.in_flight.dec()
         o = ex.outcome
         o.status = answered_status(flow)
         o.duration_seconds = time.perf_counter() - ex.started

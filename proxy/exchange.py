@@ -75,6 +75,7 @@ class Exchange:
     replay: Replay | None = None  # the replay-cache check verify left to the dedup claim (one store call)
     traceparent: str | None = None
     span: Any = None
+    counted: bool = False  # counted in the in-flight gauge (by the metrics addon)
     finished: bool = False
 
 
