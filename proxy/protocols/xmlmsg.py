@@ -3,7 +3,9 @@
 Every XML body wxgate reads goes through :func:`parse`. It drives :mod:`xml.parsers.expat` directly: the start
 and end handlers keep a stack of open elements and write each leaf's text into the flat ``{tag: text}`` dict
 as the leaf closes, so no element tree is ever built. Nested elements are flattened as ``Parent.Child``; an
-element with children records only its children.
+element with children records only its children, and text beside child elements (mixed content, which WeChat
+never sends) is ``malformed_xml``: ``<total_fee>888800<x/></total_fee>`` would be an empty ``total_fee.x`` to
+wxgate, left out of Pay v2's string to sign, and ``888800`` to a backend reading the element's text.
 
 Repeated elements. A flat dict keeps one value per name while a backend may read another (many read the last),
 so a name that could shadow a checked value is refused as ``malformed_xml``:
@@ -18,7 +20,8 @@ Repeated *containers* below the top level are lists WeChat really sends (MP ``Se
 recurs in sibling containers and the first container's value is the one recorded. That is safe because no
 check relies on such a path: MP and WeCom authenticate the raw body or ciphertext as a whole, and their dedup
 keys read top-level fields, a nested id only when its list has one item, or a digest of the whole message. A protocol that authenticates the flat view field by
-field (Pay v2's ``sign``, the ``req_info`` ids) passes ``lists=False``, and then any path seen twice is refused.
+field (Pay v2's ``sign``, the ``req_info`` ids) passes ``lists=False``: then the message must be flat (no element
+below the root's children) and so no path can be seen twice.
 
 It keeps the guarantees defusedxml gave with ``forbid_dtd=True``, handler for handler: the DOCTYPE handler
 raises as soon as ``<!DOCTYPE`` is read, before any internal subset, so XXE (the 2018 WeChat Pay SDK
@@ -94,6 +97,10 @@ def _handlers(
         depth = len(open_tags)
         if depth >= _OPEN_LIMIT:
             raise Rejected("malformed_xml", 400, "nested too deeply")
+        if depth and _has_text(text):
+            raise Rejected("malformed_xml", 400, "text beside child elements")
+        if depth >= 2 and not lists:
+            raise Rejected("malformed_xml", 400, "nested element in a flat message")
         if not depth and root is not None and _fixname(tag) != root:
             raise Rejected("malformed_xml", 400, f"root element is not <{root}>")
         if depth == 1:
@@ -110,20 +117,19 @@ def _handlers(
         nonlocal leaf
         tag = open_tags.pop()
         parents.pop()
-        if not leaf:  # it had children, which recorded themselves
+        if not leaf:  # it had children, which recorded themselves; text after the last one is mixed content
+            if _has_text(text):
+                raise Rejected("malformed_xml", 400, "text beside child elements")
             return
         leaf = False
+        value = "".join(text)
+        text.clear()  # what follows this leaf inside its parent is the parent's text
         depth = len(open_tags)
-        if depth == 1:
-            name = tag
-        elif depth:
-            name = ".".join(open_tags[1:]) + "." + tag
-        else:  # the root is never a field
+        if not depth:  # the root is never a field
             return
-        if "}" in name:  # namespace processing reports "uri}local"; a URI may hold dots, so fix each name
-            name = ".".join(_fixname(t) for t in [*open_tags[1:], tag])
+        name = _leaf_name(open_tags, tag)
         if name not in out:
-            out[name] = "".join(text)
+            out[name] = value
             if len(out) > MAX_FIELDS:
                 raise Rejected("malformed_xml", 400, "too many fields")
             if depth > 1:
@@ -136,6 +142,19 @@ def _handlers(
             leaf_parent[name] = parents[-1]
 
     return start, end
+
+
+def _leaf_name(open_tags: list[str], tag: str) -> str:
+    """``Parent.Child`` below the root (whose name is no part of it)."""
+    name = tag if len(open_tags) == 1 else ".".join(open_tags[1:]) + "." + tag
+    if "}" in name:  # namespace processing reports "uri}local"; a URI may hold dots, so fix each name
+        name = ".".join(_fixname(t) for t in [*open_tags[1:], tag])
+    return name
+
+
+def _has_text(text: list[str]) -> bool:
+    """Character data other than white space (the indentation between elements)."""
+    return any(not t.isspace() for t in text if t)
 
 
 def _guarded_parser() -> expat.XMLParserType:

@@ -22,7 +22,7 @@ from tests.support.hostile_xml import EXTERNAL_DTD, INTERNAL, LAUGHS, XXE, quadr
 def reference_parse(body: bytes, root: str | None = "xml") -> dict[str, str]:
     """``xmlmsg.parse`` as it was (defusedxml's ElementTree with DTDs forbidden, then a flattening pass), plus
     the refusal of repeated elements written over the tree: no two children of the root share a name, and no
-    element has two leaf children of one name."""
+    element has two leaf children of one name; and of mixed content (text beside child elements)."""
     if not body.strip():
         raise Rejected("empty_body", 400)
     try:
@@ -47,6 +47,8 @@ def _reference_flatten(node: Element, prefix: str, out: dict[str, str], depth: i
     leaves = [child.tag for child in node if not len(child)]
     if len(set(tags) if not depth else set(leaves)) < (len(tags) if not depth else len(leaves)):
         raise Rejected("malformed_xml", 400, "repeated element")
+    if len(node) and ((node.text or "").strip() or any((child.tail or "").strip() for child in node)):
+        raise Rejected("malformed_xml", 400, "text beside child elements")
     for child in node:
         name = f"{prefix}{child.tag}"
         if len(child):
@@ -241,8 +243,23 @@ def test_nested_elements_are_flattened() -> None:
 
 
 def test_an_element_with_children_records_only_its_children() -> None:
-    body = b"<xml><a>before<b>1</b>between<c/>after</a>tail<d><a>leaf</a><e><f>x</f></e><e>y</e></d></xml>"
+    body = b"<xml><a>\n  <b>1</b>\n\t<c/> </a>\n<d><a>leaf</a><e><f>x</f></e><e>y</e></d></xml>"
     assert fields(body) == {"a.b": "1", "a.c": "", "d.a": "leaf", "d.e.f": "x", "d.e": "y"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<xml><total_fee>888800<x/></total_fee></xml>",  # text, then a child: total_fee.x to wxgate
+        b"<xml><total_fee><x/>888800</total_fee></xml>",  # a child, then text
+        b"<xml><a><b>1</b>between<c/></a></xml>",
+        b"<xml><a>1</a>tail</xml>",  # text of the root beside its children
+        b"<xml>head<a>1</a></xml>",
+        b"<xml><List><a>1</a></List><List><a>2</a>x</List></xml>",
+    ],
+)
+def test_text_beside_child_elements_is_malformed(body: bytes) -> None:
+    assert refused(body) == "malformed_xml"
 
 
 # -- repeated elements ---------------------------------------------------------------------------------------
@@ -300,9 +317,12 @@ def test_lists_of_containers_are_accepted_and_refused_where_each_field_is_checke
     assert e.value.reason == "malformed_xml"
 
 
-def test_without_lists_distinct_nested_paths_still_parse() -> None:
-    body = b"<xml><a><b>1</b></a><c><b>2</b></c><d>3</d></xml>"
-    assert xmlmsg.parse(body, lists=False) == {"a.b": "1", "c.b": "2", "d": "3"}
+def test_without_lists_a_message_must_be_flat() -> None:
+    assert xmlmsg.parse(b"<xml><a>1</a>\n<d>3</d></xml>", lists=False) == {"a": "1", "d": "3"}
+    with pytest.raises(Rejected) as e:
+        xmlmsg.parse(b"<xml><a><b>1</b></a><d>3</d></xml>", lists=False)
+    assert e.value.reason == "malformed_xml"
+    assert xmlmsg.parse(b"<xml><a><b>1</b></a><d>3</d></xml>") == {"a.b": "1", "d": "3"}
 
 
 def test_leaf_text_joins_text_cdata_and_references_and_skips_comments_and_pis() -> None:
