@@ -37,6 +37,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 from cryptography.hazmat.primitives import padding
@@ -57,6 +58,73 @@ REFUND_OUTER_FIELDS = frozenset({"return_code", "return_msg", "appid", "mch_id",
 def sign_string(fields: Mapping[str, str]) -> str:
     """``k1=v1&k2=v2`` over the non-empty fields but ``sign``, in ASCII order of the names (values raw)."""
     return "&".join(f"{k}={fields[k]}" for k in sorted(fields) if k != "sign" and fields[k] != "")
+
+
+# Field names of payment and refund notices (§3.3, §3.5): the ones a spliced value could hide.
+NOTICE_FIELDS = frozenset(
+    [
+        "appid",
+        "mch_id",
+        "sub_appid",
+        "sub_mch_id",
+        "device_info",
+        "nonce_str",
+        "sign",
+        "sign_type",
+        "result_code",
+        "err_code",
+        "err_code_des",
+        "openid",
+        "sub_openid",
+        "is_subscribe",
+        "sub_is_subscribe",
+        "trade_type",
+        "bank_type",
+        "total_fee",
+        "settlement_total_fee",
+        "fee_type",
+        "cash_fee",
+        "cash_fee_type",
+        "coupon_fee",
+        "coupon_count",
+        "transaction_id",
+        "out_trade_no",
+        "attach",
+        "time_end",
+        "return_code",
+        "return_msg",
+        "req_info",
+        "out_refund_no",
+        "refund_id",
+        "refund_fee",
+        "settlement_refund_fee",
+        "refund_status",
+        "success_time",
+        "refund_recv_accout",
+        "refund_account",
+        "refund_request_source",
+    ]
+)
+_HIDDEN = re.compile(r"&([A-Za-z0-9_]+)=")
+
+
+def _refuse_spliced(fields: Mapping[str, str]) -> None:
+    """Refuse a notice whose signature only holds because a signed ``k=v`` was moved into another field's value.
+
+    The string to sign joins raw values with ``&`` (the protocol's, not ours to change), so ``<openid>o&out_
+    trade_no=X</openid>`` without an ``<out_trade_no>`` element signs exactly like the genuine pair: a captured
+    notice can be reshuffled to hide its ids (and slip past deduplication). A documented field name that appears
+    as ``&name=`` inside a value while the notice has no such field is that splice; a merchant's ``attach`` may
+    hold ``&`` and ``=`` freely otherwise."""
+    for value in fields.values():
+        if "&" not in value:
+            continue
+        for name in _HIDDEN.findall(value):
+            if (name in NOTICE_FIELDS or _COUPON.fullmatch(name)) and not fields.get(name):
+                raise Rejected("malformed_xml", 400, "a signed field is spliced into another value")
+
+
+_COUPON = re.compile(r"coupon_(?:type|id|fee)_\d+")
 
 
 def sign(fields: Mapping[str, str], api_key: str, sign_type: str = "MD5") -> str:
@@ -144,6 +212,7 @@ class WechatPayV2(Protocol):
         if "req_info" in fields:
             return self._verify_refund(fields)
         key_id = self._check_sign(fields)
+        _refuse_spliced(fields)
         self._check_ids(fields)
         return Verified(message=fields, key_id=key_id)
 

@@ -247,3 +247,63 @@ def test_an_hmac_signature_over_one_value_does_not_sign_two_parameters(
     assert fresh_backend.stats()["count"] == 0
     assert send(sidecar, signed)[0] == 200
     assert fresh_backend.stats()["count"] == 1
+
+
+# -- a captured Pay v2 notice reshuffled: mixed content and spliced values ------------------------------------
+
+
+def reshuffled(signed: dict[str, str], forged: dict[str, str], mixed: bool) -> bytes:
+    """A captured notice rebuilt without its key: each forged field's signed ``k=v`` moved into the value of the
+    field sorted just before it (the string to sign is unchanged), the field itself carrying the forged value as
+    text beside a child element (``mixed``) or left out."""
+    out: dict[str, str | None] = dict(signed)
+    names = sorted(k for k in signed if k != "sign")
+    for k in sorted(forged, reverse=True):
+        before = names[names.index(k) - 1]
+        out[before] = f"{out[before]}&{k}={out[k]}"
+        out[k] = None
+    parts = ["<xml>"]
+    for k, v in out.items():
+        if v is not None:
+            parts.append(f"<{k}>{xmlmsg.cdata(v)}</{k}>")
+        elif mixed:
+            parts.append(f"<{k}>{forged[k]}<x/></{k}>")
+    return "".join([*parts, "</xml>"]).encode()
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_a_captured_notice_reshuffled_to_other_ids_and_amounts_is_refused(
+    sidecar: Sidecar, fresh_backend: Backend, mixed: bool
+) -> None:
+    """What ElementTree/minidom read from the forgery is another order (EXPENSIVE, 888800); wxgate's flat view
+    signs exactly like the captured 1-fen notice. Refused, and the genuine retry is still answered from dedup."""
+    genuine = senders.pay_v2_notify(
+        "/pay/v2",
+        PAY_KEY,
+        {
+            **pay_fields(f"420077{int(mixed)}"),
+            "openid": "oUser",
+            "cash_fee": "1",
+            "time_end": "20261204120000",
+        },
+    )
+    assert send(sidecar, genuine) == (200, SUCCESS_XML)
+    signed = xmlmsg.parse(genuine.body, lists=False)
+    forged = {"out_trade_no": "EXPENSIVE-9999", "transaction_id": "4200999", "total_fee": "888800"}
+    if not mixed:
+        forged["cash_fee"] = ""
+    body = reshuffled(signed, forged, mixed)
+    before = sidecar.metric("wxgate_verifications_total", route="pay2", reason="malformed_xml")
+    assert refused(send(sidecar, genuine, body), "/pay/v2")
+    assert sidecar.metric("wxgate_verifications_total", route="pay2", reason="malformed_xml") == before + 1
+    assert send(sidecar, genuine) == (200, SUCCESS_XML)  # the real retry: from dedup
+    (delivered,) = fresh_backend.requests()
+    assert f"<out_trade_no><![CDATA[T420077{int(mixed)}]]></out_trade_no>" in delivered["body"]
+
+
+def test_an_attach_holding_ampersands_and_equals_is_still_accepted(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    fields = {**pay_fields("4200778"), "attach": "a=1&b=2&total=3&out_trade_no=T4200778"}
+    assert send(sidecar, senders.pay_v2_notify("/pay/v2", PAY_KEY, fields)) == (200, SUCCESS_XML)
+    assert fresh_backend.stats()["count"] == 1

@@ -353,8 +353,9 @@ def test_a_signed_notice_with_a_repeated_field_is_malformed() -> None:
         b"</xml>", b"<g><i><e>1</e></i><i><e>2</e></i></g></xml>"
     )
     assert rejected(v2(), Inbound("POST", "/pay", {}, {}, listed), 0).reason == "malformed_xml"
+    # Notices are flat: any nested element is refused (an SDK reading direct children would not sign it).
     single = xmlmsg.build({**PAID, "sign": flat_sign}).replace(b"</xml>", b"<g><i><e>1</e></i></g></xml>")
-    assert accepted(v2(), Inbound("POST", "/pay", {}, {}, single), 0).message["g.i.e"] == "1"
+    assert rejected(v2(), Inbound("POST", "/pay", {}, {}, single), 0).reason == "malformed_xml"
 
 
 def test_a_refund_whose_req_info_repeats_a_field_is_malformed() -> None:
@@ -367,3 +368,28 @@ def test_a_refund_whose_req_info_repeats_a_field_is_malformed() -> None:
     assert rejected(v2(), Inbound("POST", "/pay", {}, {}, body), 0).reason == "malformed_xml"
     twice = refund().body.replace(b"</xml>", b"<mch_id><![CDATA[" + MCH.encode() + b"]]></mch_id></xml>")
     assert rejected(v2(), Inbound("POST", "/pay", {}, {}, twice), 0).reason == "malformed_xml"
+
+
+@pytest.mark.parametrize(
+    ("moved", "into"),
+    [
+        ("out_trade_no", "openid"),
+        ("transaction_id", "trade_type"),
+        ("cash_fee", "bank_type"),
+        ("coupon_fee_0", "cash_fee"),
+    ],
+)
+def test_a_signed_field_spliced_into_the_value_before_it_is_refused(moved: str, into: str) -> None:
+    """``k=v`` moved into the preceding value keeps the string to sign (raw ``&``-joined): a captured notice
+    reshuffled to hide its ids. The signature matches; the notice is refused all the same."""
+    genuine = xmlmsg.parse(notify().body, lists=False)
+    forged = {k: v for k, v in genuine.items() if k != moved}
+    forged[into] = f"{genuine[into]}&{moved}={genuine[moved]}"
+    assert wechat_pay_v2.sign_string(forged) == wechat_pay_v2.sign_string(genuine)
+    body = xmlmsg.build(dict(forged))
+    assert rejected(v2(), Inbound("POST", "/pay", {}, {}, body), 0).reason == "malformed_xml"
+
+
+def test_an_attach_with_ampersands_and_equals_is_accepted() -> None:
+    fields = {**PAID, "attach": "a=1&b=2&out_trade_no=1409811653&x_y=z"}
+    assert accepted(v2(), notify(fields), 0).message["attach"] == fields["attach"]
