@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from proxy.config import Config, RouteBase, default_dedup_ttl, default_policy
 from proxy.protocols import build_protocol
@@ -60,23 +60,6 @@ def build_route(config: Config, route: RouteBase) -> RouteRuntime:
     )
 
 
-# Extensions of scripts a web server runs for a longer path too (``/notify.php/x`` runs notify.php with PATH_INFO).
-_SCRIPTS = (
-    ".php",
-    ".php5",
-    ".phtml",
-    ".asp",
-    ".aspx",
-    ".ashx",
-    ".jsp",
-    ".jspx",
-    ".do",
-    ".action",
-    ".cgi",
-    ".pl",
-)
-
-
 def path_segments(target: str) -> tuple[str, ...]:
     """The segments a lenient web framework would route ``target`` by: the spelling-independent form of a path.
 
@@ -120,13 +103,13 @@ class RouteTable:
         self.routes = tuple(routes)
         self._by_path: dict[str, RouteRuntime] = {}
         self._by_stem: dict[tuple[str, ...], RouteRuntime] = {}
-        self._scripts: list[tuple[tuple[str, ...], RouteRuntime]] = []
+        self._prefixes: list[tuple[tuple[str, ...], RouteRuntime]] = []
         for r in routes:
             self._by_path.setdefault(r.config.path, r)
             segments = path_segments(r.config.path)
             self._by_stem.setdefault(_stem(segments), r)
-            if segments and segments[-1].endswith(_SCRIPTS):
-                self._scripts.append((segments, r))
+            if segments:
+                self._prefixes.append((segments, r))
 
     @classmethod
     def from_config(cls, config: Config) -> RouteTable:
@@ -135,15 +118,34 @@ class RouteTable:
     def match(self, path: str) -> RouteRuntime | None:
         return self._by_path.get(path.split("?", 1)[0])
 
-    def impersonated(self, path: str) -> RouteRuntime | None:
-        """The route a path that :meth:`match` did not match would reach at a lenient backend: its canonical form
-        (:func:`path_segments`, extension of the last segment aside) equals a route's, or it runs a route's
-        script with extra path info. Such a request is no legacy traffic to pass through unverified."""
-        segments = path_segments(path)
+    def impersonated(self, target: str) -> RouteRuntime | None:
+        """The route a request target that :meth:`match` did not match could reach at a lenient backend. Such a
+        request is no legacy traffic to pass through unverified:
+
+        - its path's canonical form (:func:`path_segments`, extension of the last segment aside) equals a
+          route's, or lies below it (``/wechat/callback/x``: a mounted handler — Express ``app.use``, Go's
+          ``ServeMux`` subtrees, Spring ``/**`` — or a script's path info, ``/notify.php/x``);
+        - a query name or value that is a path names a route the same way (ThinkPHP's ``?s=/wechat/callback``,
+          CodeIgniter's ``?/wechat/callback``, front controllers that route by a parameter)."""
+        path, _, query = target.partition("?")
+        route = self._names(path_segments(path))
+        if route is not None or not query:
+            return route
+        for name, value in parse_qsl(
+            query.partition("#")[0], keep_blank_values=True, errors="surrogateescape"
+        ):
+            for part in (name, value):
+                if "/" in part or "\\" in part:
+                    route = self._by_path.get(part) or self._names(path_segments(part))
+                    if route is not None:
+                        return route
+        return None
+
+    def _names(self, segments: tuple[str, ...]) -> RouteRuntime | None:
         route = self._by_stem.get(_stem(segments))
         if route is not None:
             return route
-        for script, r in self._scripts:
-            if segments[: len(script)] == script:
+        for prefix, r in self._prefixes:
+            if segments[: len(prefix)] == prefix:
                 return r
         return None

@@ -80,13 +80,40 @@ def test_another_spelling_of_a_route_path_is_refused_under_that_route(path: str)
     )
 
 
-@pytest.mark.parametrize("path", ["/wxa", "/w/x", "/wx/more", "/x/wx", "/", "/elsewhere;jsessionid=1"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/wxa",
+        "/w/x",
+        "/x/wx",
+        "/",
+        "/elsewhere;jsessionid=1",
+        "/x?next=/other",
+        "/x?a=wx",
+        "/x?u=http://h/wxa",
+    ],
+)
 def test_paths_that_are_not_a_spelling_of_a_route_pass_through(path: str) -> None:
     f = tflow.tflow()
     f.request.path = path
     Routing(table()).requestheaders(f)
     ex = exchange(f)
     assert f.response is None and ex is not None and ex.outcome.verdict == "passthrough"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/wx/more",  # a mounted handler (Express app.use, ServeMux subtree, Spring /**)
+        "/WX/a/b",
+        "/index.php?s=/wx",  # ThinkPHP's path variable
+        "/index.php?/wx",  # CodeIgniter's query-string routing
+        "/index.php?r=%2Fwx%2F",
+        "/x?route=/wx/sub",
+    ],
+)
+def test_a_path_below_a_route_or_a_route_named_by_the_query_is_refused(target: str) -> None:
+    assert table().impersonated(target) is not None
 
 
 def test_a_script_route_also_claims_its_path_info() -> None:
