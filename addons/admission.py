@@ -41,7 +41,8 @@ def head_problem(fields: Sequence[tuple[bytes, bytes]]) -> tuple[str, int] | Non
 
 
 # Forwarding headers only a trusted proxy may set (X-Forwarded-For is rewritten, not dropped).
-_UNTRUSTED_FORWARDING = frozenset({b"forwarded", b"x-real-ip"})
+# X-Original-URL and X-Rewrite-URL re-route a request inside IIS URL Rewrite, Symfony and Laminas backends.
+_UNTRUSTED_FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-original-url", b"x-rewrite-url"})
 
 
 def _trusted(peer: str, trusted: Sequence[IpNetwork]) -> bool:
@@ -83,10 +84,13 @@ class Admission:
         if flow.response or flow.error or not flow.live:
             return
         ex = exchange(flow)
-        if ex is None or ex.route is None:
+        if ex is None:
             return
         if problem := head_problem(flow.request.headers.fields):
+            # Passed through too: a backend would read a folded line as a header of its own.
             return reject(flow, ex, *problem)
+        if ex.route is None:
+            return
         cfg = ex.route.config
         if flow.request.method not in ex.route.methods:
             return reject(flow, ex, "method_not_allowed", 405)
@@ -105,8 +109,9 @@ class Admission:
 
         Drops every ``X-Wxgate-*`` name however it is spelled (case, ``_`` for ``-``: the backend trusts them).
         ``X-Forwarded-For`` is what a reverse proxy makes it: the peer appended when the peer is a trusted
-        proxy, else the peer alone (a client's own list is never forwarded as written), and ``Forwarded`` /
-        ``X-Real-IP`` from an untrusted peer are dropped (they would say the same thing unchecked)."""
+        proxy, else the peer alone (a client's own list is never forwarded as written), and ``Forwarded``,
+        ``X-Real-IP``, ``X-Original-URL`` and ``X-Rewrite-URL`` from an untrusted peer are dropped (the first two
+        would say the same thing unchecked; the last two re-route the request inside the backend)."""
         fields = headers.fields
         trusted_peer = self.trusted and _trusted(peer, self.trusted)
         kept: list[tuple[bytes, bytes]] = []

@@ -49,6 +49,8 @@ IMPERSONATIONS = [
     "/wechat/callback%23frag",
     "/%EF%BD%97echat/callback",  # full-width w (NFKC)
     "/wechat%5Ccallback",
+    "/wechat/callback/x",  # a mounted handler: Express app.use, Go ServeMux subtrees, Spring /**
+    "/WeChat/Callback/a/b",
 ]
 # Paths that are not spellings of PATH: legacy traffic that passes through as it is.
 LEGACY = ["/other", "/wechat/callbacks", "/wechat/status;jsessionid=1", "/wechat/callback2", "/wechat"]
@@ -103,6 +105,34 @@ def test_a_scripts_path_info_and_spellings_are_refused(
     answer = raw(sidecar, target, signed("/pay/notify.php", 62_000 + len(target)))
     assert answer.status == 400, (target, answer)
     assert fresh_backend.stats()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    "route_in_query", ["s=/wechat/callback", "/wechat/callback", "r=%2Fwechat%2Fcallback%2F"]
+)
+def test_a_route_named_in_the_query_of_another_path_is_refused(
+    sidecar: Sidecar, fresh_backend: Backend, route_in_query: str
+) -> None:
+    """ThinkPHP routes /index.php?s=/a/b, CodeIgniter /index.php?/a/b, other front controllers a parameter."""
+    req = signed(PATH, 66_000 + len(route_in_query))
+    query = req.path_query.partition("?")[2]
+    wire = head(req.method, f"/index.php?{route_in_query}&{query}", list(req.headers.items()), req.body)
+    assert asyncio.run(send(sidecar.port, wire)).status == 400
+    assert fresh_backend.stats()["count"] == 0
+
+
+def test_routing_override_headers_and_folded_lines_never_reach_the_backend(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    overrides = [("X-Original-URL", PATH), ("X-Rewrite-URL", PATH)]
+    assert asyncio.run(send(sidecar.port, head("GET", "/legacy/page", overrides, b""))).status == 200
+    (got,) = fresh_backend.requests()
+    assert "x-original-url" not in got["headers"] and "x-rewrite-url" not in got["headers"]
+    folded = b"GET /legacy/page HTTP/1.1\r\nHost: x\r\nX-Foo: a\r\n X-Wxgate-Verified: 1\r\n\r\n"
+    assert (
+        asyncio.run(send(sidecar.port, folded)).status == 400
+    )  # passed through, it would be a second header
+    assert fresh_backend.stats()["count"] == 1
 
 
 @pytest.mark.parametrize("target", LEGACY)
