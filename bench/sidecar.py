@@ -156,8 +156,9 @@ async def main(args: argparse.Namespace) -> int:
     if args.trace:  # None or 0: off
         exporter = CountingExporter()
         provider = in_process_provider(exporter, args.trace)
-        # The composition root asks provider_from_env for the provider; hand it ours.
-        app.provider_from_env = lambda environ: provider  # type: ignore[assignment]
+        # The composition root (proxy.reload.prepare) asks proxy.tracing.provider_from_env, read when it is
+        # called, for the provider; hand it ours.
+        tracing.provider_from_env = lambda environ: provider  # type: ignore[assignment]
     gc.callbacks.append(GC_CLOCK)
     loop = asyncio.get_running_loop()
     if args.stats:
