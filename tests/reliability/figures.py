@@ -198,6 +198,25 @@ Upgrading from the sender + time + event recipes changes the keys of events, `Ms
 without a state and `dedup.fields` routes: a retry that straddles the upgrade is delivered once more (a
 duplicate, never a loss).
 
+## What the edge refuses, and why
+
+Nothing that wxgate could not verify reaches the backend, by any spelling of the request:
+
+| what arrives | answer | why |
+|---|---|---|
+| a route's path in another spelling: case, percent-encoding (also twice), `//`, `/./`, `/x/../`, `%2F`, `\\`, full-width letters, a trailing `/`, `.` or blank, `;jsessionid=…`, a `.json` suffix, a NUL; a path below a route (`/wechat/callback/x`, `/notify.php/x`); a route named in another path's query (`/index.php?s=/wechat/callback`) | 400 `noncanonical_path`, counted under the route it names | Flask, Spring/Tomcat, Express, PHP, ThinkPHP and IIS route such paths to the handler wxgate protects; passed through, they would reach it unverified (with `decrypt_for_backend`, a forged "paid") |
+| an exception in any hook before the answer (wxgate's or mitmproxy's) | the protocol's retry-me reply, 500 on an unmatched path; `internal_error` | mitmproxy logs an addon's exception and goes on: the checks after it would be skipped. The sender retries; nothing is forwarded |
+| `X-Wxgate-*` in several spellings at once (`X-Wxgate-J` and `x-wxgate-j`, `X_Wxgate_J`) | dropped, every spelling, in one pass | deleting by name raised `KeyError` on the second spelling and skipped admission (`allow_cidrs`, methods) and the stripping of the rest |
+| a client's `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL` | `X-Forwarded-For` replaced by the peer (appended to behind `trusted_proxies`), the others dropped from untrusted peers | a backend that logs or authorizes by them would believe the client; the last two re-route inside IIS, Symfony and Laminas |
+| a folded or NUL header line, routed or passed through | 400 `malformed_header` | a lenient backend parser reads the folded part as a header of its own |
+| a repeated element (`<out_trade_no>` twice), text beside child elements (`<total_fee>888800<x/></total_fee>`), a nested element in a Pay v2 notice | 400 `malformed_xml` (Pay v2: its FAIL XML) | the flat view wxgate verifies holds one value while a backend reads another (many read the last, or the element's text) |
+| a Pay v2 notice whose signed `k=v` was moved into the preceding value (`<openid>o&out_trade_no=1</openid>` without `<out_trade_no>`) | `malformed_xml` | the string to sign joins raw values with `&`: the reshuffled notice signs like the captured one and hides its ids from deduplication |
+| a Pay v2 refund notice with an outer field beyond `return_code`, `return_msg`, `appid`, `mch_id`, `nonce_str`, `req_info` | `unexpected_field` | refunds carry no `sign`: nothing authenticates an outer `out_trade_no` or `total_fee` placed around a captured `req_info`; the backend gets only decrypted and checked content |
+| an empty, blank or `replace-with-…` secret, on start or reload | a configuration error naming the key | an empty key verifies a signature computed with the empty key: anyone could forge |
+| `timestamp_window: 0`, a `dedup.ttl` under twice the window | a configuration error | the first turns freshness and the replay cache off; the second lets an exact replay in again once its dedup record expired |
+| a request head over 64 KiB or not complete within `head_timeout` | 431 / 408, before it is buffered further | mitmproxy buffers a head without limit before any addon runs |
+| an HMAC request whose values carry `&`/`=` | verified over percent-encoded names and values | `a=1&b=2` inside one value signed like two parameters |
+
 ## Found and fixed by this suite
 
 - Events without a message id were keyed by sender + time + event (+ `EventKey`): within one second, WeCom
