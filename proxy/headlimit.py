@@ -23,7 +23,7 @@ buffered without any limit. This bounds all of them at the layer that accumulate
   buffered; beyond, the connection is closed (no answer can precede the pending one).
 
 Each drop counts ``wxgate_connections_dropped_total{reason}`` (``head_too_large``, ``head_timeout``,
-``body_timeout``, ``pipelined_too_large``) and logs one line without the bytes. A request that arrives in one
+``body_timeout``, ``pipelined_too_large``, ``chunk_line_too_large``: see :class:`_BoundedReader`) and logs one line without the bytes. A request that arrives in one
 read (every real callback, and every benchmark request) costs a few length checks and arms no timer.
 
 :func:`bound_request_heads` installs it, once per process, by making :class:`BoundedHttp1Server` the class
@@ -36,8 +36,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import h11
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
@@ -120,6 +121,9 @@ class BoundedHttp1Server(Http1Server):
             yield self._timer
 
     def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
+        reader: Any = self.body_reader
+        if type(reader) is not _BoundedReader:
+            self.body_reader = _BoundedReader(reader)  # type: ignore[assignment]
         yield from super().read_body(event)
         # Still reading this body after a read: its deadline starts.
         if self._body_stream != self.stream_id and self.state == self.read_body:
@@ -163,6 +167,39 @@ class BoundedHttp1Server(Http1Server):
         if answer:
             yield commands.SendData(self.conn, answer)
         yield commands.CloseConnection(self.conn)
+
+
+class _BoundedReader:
+    """h11's body reader with what mitmproxy's HTTP/1 layer cannot take taken out.
+
+    - Framing that never ends: a chunk-size line (or its extension) or a trailer section is buffered by h11 until
+      its line ends, outside ``body_size_limit`` (no body byte has arrived) and outside every other limit: one
+      connection sending ``0000…`` without a line break grew the sidecar by ~200 MB a second until
+      ``body_timeout``. More than :data:`MAX_HEAD` bytes buffered without the reader producing anything is a
+      protocol error, which mitmproxy answers (400) and closes like any malformed chunk.
+    - Trailers: mitmproxy raises ``NotImplementedError`` for a chunked request with trailer fields, which kills
+      the connection's handler without an answer and without the request's end ever reaching the addons (it
+      stayed in flight for good). Trailers are dropped here, as a proxy may do: nothing wxgate verifies or a
+      sender relies on is in them."""
+
+    __slots__ = ("reader",)
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def __call__(self, buf: ReceiveBuffer) -> Any:
+        event = self.reader(buf)
+        if event is None:
+            if len(buf) > MAX_HEAD:
+                BoundedHttp1Server.on_drop("chunk_line_too_large")
+                logger.warning("request refused: chunk framing line over %d bytes", MAX_HEAD)
+                raise h11.RemoteProtocolError("chunk framing line longer than the limit")
+        elif type(event) is h11.EndOfMessage and event.headers:
+            return h11.EndOfMessage()
+        return event
+
+    def read_eof(self) -> Any:
+        return self.reader.read_eof()
 
 
 def bound_request_heads(

@@ -95,7 +95,13 @@ STORE_OPERATIONS = (
 )
 PROBE_REASONS = frozenset({"signature_probe"})  # WeChat Pay's deliberate bad signatures (PROTOCOLS.md §4.7)
 # proxy.headlimit: why a client connection was closed before its request was read
-DROP_REASONS = ("head_too_large", "head_timeout", "body_timeout", "pipelined_too_large")
+DROP_REASONS = (
+    "head_too_large",
+    "head_timeout",
+    "body_timeout",
+    "pipelined_too_large",
+    "chunk_line_too_large",
+)
 UNMATCHED = ("unmatched", "none")  # the route/protocol labels of requests no route matched
 
 
@@ -163,7 +169,8 @@ class Metrics:
         self.connections_dropped = Counter(
             "wxgate_connections_dropped",
             "Client connections closed before their request was read, by reason: head_too_large (431, over 64 "
-            "KiB), head_timeout (408), body_timeout (408), pipelined_too_large (sent too much while answered)",
+            "KiB), head_timeout (408), body_timeout (408), pipelined_too_large (sent too much while answered), "
+            "chunk_line_too_large (a chunk-size line or trailer section over 64 KiB)",
             ["reason"],
             registry=r,
         )

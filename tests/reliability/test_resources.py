@@ -553,3 +553,75 @@ def test_the_tls_listener_bounds_request_heads_too(tmp_path: Path) -> None:
     finally:
         sidecar.stop()
         backend.stop()
+
+
+async def endless_chunk_framing(port: int, target: str, kind: str, size: int) -> str:
+    """A chunked body whose chunk-size line, chunk extension or trailer section never ends, ``size`` bytes of
+    it 64 KiB a write; how the proxy ended it."""
+    prefix = {"size": b"", "ext": b"1;x=", "trailer": b"1\r\na\r\n0\r\nX-T: "}[kind]
+    filler = b"0" if kind == "size" else b"a"
+    reader, writer = await connect(port)
+    try:
+        writer.write(
+            f"POST {target} HTTP/1.1\r\nHost: wxgate.test\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        writer.write(prefix)
+        for _ in range(0, size, 65536):
+            writer.write(filler * 65536)
+            await asyncio.wait_for(writer.drain(), 3.0)
+    except (ConnectionError, TimeoutError):  # refused: closed, or no longer read from
+        pass
+    try:
+        return await answer_or_close(reader, 5.0)
+    finally:
+        writer.transport.abort()
+
+
+@pytest.mark.parametrize("kind", ["size", "ext", "trailer"])
+def test_chunk_framing_that_never_ends_is_refused_before_it_is_buffered(
+    bounded: tuple[Sidecar, Backend, Catalog], kind: str
+) -> None:
+    """h11 buffers a chunk line until it ends, outside body_size_limit: one connection grew the sidecar by
+    ~200 MB a second until body_timeout. Now refused past 64 KiB, on a route and on a passthrough path."""
+    sidecar, backend, catalog = bounded
+    assert sidecar.proc is not None
+    before, dropped = backend.stats()["count"], sidecar.metric(DROPPED, reason="chunk_line_too_large")
+    for target in HEAD_PATHS:
+        rss = rss_mb(sidecar.proc.pid)
+        peak = asyncio.run(
+            peak_rss_while(sidecar.proc.pid, endless_chunk_framing(sidecar.port, target, kind, 64 << 20))
+        )
+        assert peak - rss < 32, (target, kind, rss, peak)  # 64 MiB sent; a few hundred KiB kept at most
+    assert backend.stats()["count"] == before
+    assert sidecar.metric(DROPPED, reason="chunk_line_too_large") == dropped + len(HEAD_PATHS)
+    wait_until(lambda: sidecar.metric("wxgate_requests_in_flight") == 0, 5, "no request left in flight")
+    still_serving(sidecar, backend, catalog)
+
+
+def test_a_chunked_request_with_trailers_is_answered_and_ends(
+    bounded: tuple[Sidecar, Backend, Catalog],
+) -> None:
+    """mitmproxy raises NotImplementedError on trailers: the connection's handler died without an answer and
+    the request stayed in flight for good (every drain then waited drain_timeout). Trailers are dropped."""
+    sidecar, backend, catalog = bounded
+    before = backend.stats()["count"]
+    wire = (
+        b"POST /legacy/trailers HTTP/1.1\r\nHost: wxgate.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\na\r\n0\r\nX-Wxgate-Verified: 1\r\nX-T: 1\r\n\r\n"
+    )
+
+    async def run() -> list[str]:
+        outcomes = []
+        for _ in range(20):
+            reader, writer = await connect(sidecar.port)
+            writer.write(wire)
+            outcomes.append(await answer_or_close(reader, 5.0))
+            await close(writer)
+        return outcomes
+
+    assert asyncio.run(run()) == ["200"] * 20
+    reqs = backend.requests()[before:]
+    assert len(reqs) == 20 and all(r["body"] == "a" for r in reqs)
+    assert not [h for r in reqs for h in r["headers"] if "wxgate" in h]
+    wait_until(lambda: sidecar.metric("wxgate_requests_in_flight") == 0, 5, "no request left in flight")
+    still_serving(sidecar, backend, catalog)
