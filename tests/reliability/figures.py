@@ -245,14 +245,23 @@ Nothing that wxgate could not verify reaches the backend, by any spelling of the
 - An answer can come up to 0.3 s after the route's deadline (`ACK_GRACE`): the outbox write that makes an
   acknowledgement durable runs at the deadline. The production deadline of 4.5 s leaves WeChat's 5 s a margin;
   a deadline above 4.7 s does not.
-- mitmproxy reads a request head of any size before any addon sees it (`FIXME: protect against header size DoS`
-  in its HTTP/1 layer): wxgate refuses heads over 64 KiB with 431, but the bytes were already buffered (one
-  16 MB head added ~140 MB to the sidecar's RSS). Put a proxy or load balancer with header limits in front of
-  a public listener (nginx: 32 KiB by default).
-- mitmproxy closes a connection only after `tcp_timeout` (600 s) without any byte; it has no deadline for a
-  complete request head, so a slowloris client that trickles a byte now and then holds its file descriptor
-  for as long as it likes. Verified traffic is unaffected until the descriptor limit (`ulimit -n`); front a
-  public listener with a load balancer that enforces client timeouts.
+- Request heads are bounded at mitmproxy's HTTP/1 layer (`proxy/headlimit.py`, since mitmproxy itself reads a
+  head of any size and for as long as bytes keep coming: `FIXME: protect against header size DoS`): a head over
+  64 KiB is answered 431 and its connection closed as soon as 64 KiB of it are read (a client still uploading
+  may see the close before the 431), and a head not complete `head_timeout` (10 s) after its first partial read
+  is answered 408 and closed; both count in `wxgate_connections_dropped_total{{reason}}`. Measured by
+  `test_resources.py`: 128 clients sending 8 MiB heads, 32 at a time, moved the resident set by 1-5 MB while
+  they ran and by about 1 MB after (buffered, one round's heads alone would be 256 MiB).
+  Bodies have the same deadline (`body_timeout`, 30 s: 408 and close; their size is capped by
+  `body_size_limit` while they are read), and what a client sends while its request is answered (mitmproxy
+  buffers a pipelined next request) is capped at 64 KiB plus `body_size_limit` (then closed); a chunked body's
+  chunk-size line or trailer section, which h11 buffers until its line ends, is refused past 64 KiB
+  (`chunk_line_too_large`; it grew the sidecar by ~200 MB a second before), and trailers, on which mitmproxy
+  raised `NotImplementedError` and left the request in flight for good, are dropped. Not bounded: a
+  client that connects and sends nothing (the head deadline starts at the first byte) holds its descriptor
+  until mitmproxy's `tcp_timeout` (600 s without any byte); HTTP/2 (a TLS client that offers only `h2`) goes
+  through the `h2` library's own header limits, not these. Front a public listener with a load balancer that
+  enforces client timeouts.
 - An outbox item leased by a replica that is then SIGKILLed waits for the worker lease (60 s, or the longest
   `backend_timeout` + 5 s when that is longer, so that a slow redelivery is never sent twice) before another
   replica redelivers it; so does one leased by a command that timed out while Redis hung and was applied when
