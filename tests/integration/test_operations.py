@@ -230,3 +230,53 @@ def test_a_replayed_dead_letter_gets_its_whole_max_age_again(tmp_path: Path, fre
         assert fresh.stats()["count"] - before >= 3  # tried for the whole max_age, not once
     finally:
         s.stop()
+
+
+def test_a_v2_notice_redelivered_at_a_v3_route_is_answered_with_v2_xml_afterwards(
+    tmp_path: Path, fresh: Backend
+) -> None:
+    """Console refunds send Pay v2 XML to a v3 URL. Acknowledged while the backend was down, delivered by the
+    outbox, its retries must still get v2's SUCCESS XML from the dedup record: the redelivery normalized the
+    backend's answer with an empty verification and cached v3's 204, which a v2 sender reads as a failure and
+    keeps re-sending for 24 hours."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from proxy.protocols import senders, wechat_pay_v2
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = tmp_path / "platform.pem"
+    cert.write_bytes(senders.platform_certificate(key, 0x5157F09E, time.time()))
+    route = {
+        "name": "pay3",
+        "path": "/pay/v3",
+        "protocol": "wechat-pay-v3",
+        "apiv3_key": "${V3}",
+        "mch_id": MCH,
+        "platform_certificates": [str(cert)],
+        "api_key": "${PAY}",
+        "on_backend_failure": "ack",
+        "outbox": FAST_OUTBOX,
+    }
+    env = {"V3": "0123456789abcdef0123456789abcdef", "PAY": PAY_KEY}
+    fresh.set_mode("down")
+    s = Sidecar(tmp_path, {"upstream": fresh.url, "routes": [route]}, env=env, name="v2-at-v3")
+    s.start()
+    try:
+        fields = {
+            "return_code": "SUCCESS",
+            "mch_id": MCH,
+            "nonce_str": "n1",
+            "result_code": "SUCCESS",
+            "transaction_id": "4200000001",
+            "out_trade_no": "T1",
+            "total_fee": "1",
+        }
+        notice = sender.Request.of(senders.pay_v2_notify("/pay/v3", PAY_KEY, fields))
+        assert post(s, notice)[:2] == (200, wechat_pay_v2.SUCCESS_XML)  # acknowledged, queued
+        fresh.set_mode("passive")
+        wait_until(lambda: outbox_counts(s) == (0, 0) and fresh.stats()["count"] >= 1, 30, "outbox delivered")
+        delivered = fresh.stats()["count"]
+        assert post(s, notice)[:2] == (200, wechat_pay_v2.SUCCESS_XML)  # the sender's retry, from the record
+        assert fresh.stats()["count"] == delivered
+    finally:
+        assert s.stop() == 0

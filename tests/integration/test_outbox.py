@@ -39,7 +39,7 @@ def _cli(s: Sidecar, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
         cwd=ROOT,
-        env={**ENV, "PATH": "/usr/bin:/bin"},
+        env={**ENV, **(s.env or {}), "PATH": "/usr/bin:/bin"},
     )
 
 
