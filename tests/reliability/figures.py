@@ -198,6 +198,25 @@ Upgrading from the sender + time + event recipes changes the keys of events, `Ms
 without a state and `dedup.fields` routes: a retry that straddles the upgrade is delivered once more (a
 duplicate, never a loss).
 
+## Guarantees, and the tests that hold them
+
+- **Nothing unverified reaches the backend**, by any spelling of the path or headers, or through a hook that
+  failed (see *What the edge refuses* below; `tests/integration/test_edge.py` raises in every hook of a running
+  wxgate in turn). Verified content only: a Pay v2 refund's unsigned outer fields, a repeated or mixed-content
+  element, a spliced signed value are refused (`test_authenticated_content.py`).
+- **Each distinct notification once, every exact retry deduplicated**: keys are a documented id or a digest of
+  the authenticated message (*Deduplication keys*); the storm mixes same-second bursts of five event kinds.
+- **An acknowledged notification is delivered** (at least once, exactly once while the store holds its record):
+  it is in the outbox before the sender hears success, and the outbox keeps trying for `outbox.max_age` (24 h)
+  however long the outage (`test_operations.py`: an outage longer than the former 15-attempt limit, compressed);
+  a replica that does not know the route (a rolling update, a renamed route) hands the item back untried; a
+  SIGTERM stops leasing, lets running redeliveries finish within `drain_timeout` and releases what it cut
+  short; leases last the route's `backend_timeout` plus 5 s, so a slow backend is never sent a second copy by a
+  retry or another replica (`test_operations.py`, with WeChat Pay's retries against a slow backend).
+- **A bad configuration never starts**: `wxgate check` builds what `run` builds; empty, blank and placeholder
+  secrets, a zero timestamp window and a dedup TTL shorter than twice it are errors on start and on reload
+  (`test_check.py`, `test_reload.py`).
+
 ## What the edge refuses, and why
 
 Nothing that wxgate could not verify reaches the backend, by any spelling of the request:
