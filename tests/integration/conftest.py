@@ -14,6 +14,19 @@ TOKEN = "integration-token"
 ENV = {"WX_TOKEN": TOKEN}
 
 
+def pay_v3_route(cert: Path, mch_id: str, **over: Any) -> dict[str, Any]:
+    """A WeChat Pay v3 route at ``/pay/v3`` trusting the platform certificate file ``cert`` (APIv3 key ``${V3}``)."""
+    return {
+        "name": "pay3",
+        "path": "/pay/v3",
+        "protocol": "wechat-pay-v3",
+        "apiv3_key": "${V3}",
+        "mch_id": mch_id,
+        "platform_certificates": [str(cert)],
+        **over,
+    }
+
+
 def mp_route(**over: Any) -> dict[str, Any]:
     return {"name": "mp", "path": "/wechat/callback", "protocol": "wechat-mp", "token": "${WX_TOKEN}", **over}
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.protocols import senders, wechat_pay_v2, xmlmsg
 from proxy.sender import Request
+from tests.integration.conftest import pay_v3_route
 from tests.support.procs import Backend, Sidecar, http
 
 pytestmark = pytest.mark.integration
@@ -50,15 +51,7 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
     routes: list[dict[str, Any]] = [
         {"name": "pay2", "path": "/pay/v2", **pay2},
         {"name": "pay2-dec", "path": "/pay/v2dec", **pay2, "app_id": APP, "decrypt_for_backend": True},
-        {
-            "name": "pay3",
-            "path": "/pay/v3",
-            "protocol": "wechat-pay-v3",
-            "apiv3_key": "${V3}",
-            "mch_id": MCH,
-            "platform_certificates": [str(cert)],
-            "api_key": "${PAY}",
-        },
+        pay_v3_route(cert, MCH, api_key="${PAY}"),
         {"name": "mp", "path": "/mp", "protocol": "wechat-mp", "token": "${TOKEN}"},
         {"name": "hooks", "path": "/hooks", "protocol": "hmac", "secret": "${HM}"},
     ]

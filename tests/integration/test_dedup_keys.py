@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.protocols import senders
 from proxy.sender import Request
+from tests.integration.conftest import pay_v3_route
 from tests.proxy.protocols.test_idempotency import MP_BURST, WECOM_BURST, share
 from tests.support.procs import Backend, Sidecar
 
@@ -43,15 +44,7 @@ def sidecar(tmp_path: Path, fresh_backend: Backend) -> Iterator[Sidecar]:
         {"name": "mp", "path": "/mp", "protocol": "wechat-mp", "token": "${TOKEN}"},
         {"name": "mp-safe", "path": "/mp/safe", "protocol": "wechat-mp", "app_id": APP_ID, **aes},
         {"name": "wecom", "path": "/wecom", "protocol": "wecom", "receive_id": CORP, **aes},
-        {
-            "name": "pay3",
-            "path": "/pay/v3",
-            "protocol": "wechat-pay-v3",
-            "apiv3_key": "${V3}",
-            "mch_id": MCH,
-            "platform_certificates": [str(cert)],
-            "decrypt_for_backend": True,
-        },
+        pay_v3_route(cert, MCH, decrypt_for_backend=True),
     ]
     env = {"TOKEN": TOKEN, "AES": AES, "V3": V3_KEY}
     s = Sidecar(tmp_path, {"upstream": fresh_backend.url, "routes": routes}, env=env, name="keys")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from proxy import sender
-from tests.integration.conftest import ENV, mp_route
+from tests.integration.conftest import ENV, mp_route, pay_v3_route
 from tests.integration.test_outbox import _cli, msg_ids, text
 from tests.support.procs import Backend, Sidecar, http, wait_until
 from tests.support.redis_servers import RedisServer
@@ -246,17 +246,7 @@ def test_a_v2_notice_redelivered_at_a_v3_route_is_answered_with_v2_xml_afterward
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = tmp_path / "platform.pem"
     cert.write_bytes(senders.platform_certificate(key, 0x5157F09E, time.time()))
-    route = {
-        "name": "pay3",
-        "path": "/pay/v3",
-        "protocol": "wechat-pay-v3",
-        "apiv3_key": "${V3}",
-        "mch_id": MCH,
-        "platform_certificates": [str(cert)],
-        "api_key": "${PAY}",
-        "on_backend_failure": "ack",
-        "outbox": FAST_OUTBOX,
-    }
+    route = pay_v3_route(cert, MCH, api_key="${PAY}", on_backend_failure="ack", outbox=FAST_OUTBOX)
     env = {"V3": "0123456789abcdef0123456789abcdef", "PAY": PAY_KEY}
     fresh.set_mode("down")
     s = Sidecar(tmp_path, {"upstream": fresh.url, "routes": [route]}, env=env, name="v2-at-v3")

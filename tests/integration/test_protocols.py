@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.protocols import senders, wxcrypt, xmlmsg
 from proxy.sender import Request, mp_text
+from tests.integration.conftest import pay_v3_route
 from tests.support.procs import Backend, Sidecar, http
 
 pytestmark = pytest.mark.integration
@@ -87,15 +88,7 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
             "mch_id": MCH,
             "decrypt_for_backend": True,
         },
-        {
-            "name": "pay3",
-            "path": "/pay/v3",
-            "protocol": "wechat-pay-v3",
-            "apiv3_key": "${V3}",
-            "mch_id": MCH,
-            "platform_certificates": [str(cert)],
-            "api_key": "${PAY}",
-        },
+        pay_v3_route(cert, MCH, api_key="${PAY}"),
         {"name": "hooks", "path": "/hooks/hmac", "protocol": "hmac", "secret": "${HM}"},
         {"name": "stdhooks", "path": "/hooks/std", "protocol": "standard-webhooks", "secret": "${WH}"},
     ]
