@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
@@ -88,6 +89,31 @@ def path_segments(target: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Script files that front controllers route through (``/index.php/route``), and ASP.NET's cookieless segments.
+_SCRIPTS = (
+    ".php",
+    ".php5",
+    ".phtml",
+    ".asp",
+    ".aspx",
+    ".ashx",
+    ".jsp",
+    ".do",
+    ".action",
+    ".cgi",
+    ".pl",
+    ".py",
+)
+_COOKIELESS = re.compile(r"\((?:[a-z]\([^)]*\))+\)")
+# Query parameters front controllers take the route from: ThinkPHP s, Yii r, Drupal q, Kohana kohana_uri, ….
+_ROUTING_PARAMS = frozenset({"s", "r", "q", "route", "_route", "_url", "url", "uri", "path", "kohana_uri"})
+
+
+def _is_path(part: str) -> bool:
+    """A query name or value that reads as a path: ``/x``, ``\\x``, or either still percent-encoded."""
+    return part.startswith(("/", "\\")) or part[:3].lower() in ("%2f", "%5c")
+
+
 def _stem(segments: tuple[str, ...]) -> tuple[str, ...]:
     """``segments`` without the last one's extension (Spring's suffix patterns route ``/cb.json`` to ``/cb``)."""
     if not segments:
@@ -125,8 +151,11 @@ class RouteTable:
         - its path's canonical form (:func:`path_segments`, extension of the last segment aside) equals a
           route's, or lies below it (``/wechat/callback/x``: a mounted handler — Express ``app.use``, Go's
           ``ServeMux`` subtrees, Spring ``/**`` — or a script's path info, ``/notify.php/x``);
-        - a query name or value that is a path names a route the same way (ThinkPHP's ``?s=/wechat/callback``,
-          CodeIgniter's ``?/wechat/callback``, front controllers that route by a parameter)."""
+        - the same once ASP.NET's cookieless-session segments (``/(S(x))/``) and everything up to a front
+          controller script (``/index.php/wechat/callback``: Laravel, Symfony, ThinkPHP, CodeIgniter, Yii) are
+          taken away;
+        - a query name or value that is a path (starts with ``/``), or the value of a parameter front controllers
+          route by (ThinkPHP ``s``, Yii ``r``, Drupal ``q``, …), names a route the same way."""
         path, _, query = target.partition("?")
         route = self._names(path_segments(path))
         if route is not None or not query:
@@ -134,14 +163,27 @@ class RouteTable:
         for name, value in parse_qsl(
             query.partition("#")[0], keep_blank_values=True, errors="surrogateescape"
         ):
+            routing = name.lower() in _ROUTING_PARAMS
             for part in (name, value):
-                if "/" in part or "\\" in part:
+                if (routing and part is value and part) or _is_path(part):
                     route = self._by_path.get(part) or self._names(path_segments(part))
                     if route is not None:
                         return route
         return None
 
     def _names(self, segments: tuple[str, ...]) -> RouteRuntime | None:
+        route = self._named(segments)
+        if route is not None:
+            return route
+        # What a front controller or ASP.NET routes by: cookieless-session segments out, the path after the
+        # last script segment (``index.php``) in.
+        inner = tuple(seg for seg in segments if not _COOKIELESS.fullmatch(seg))
+        scripts = [i for i, seg in enumerate(inner) if seg.endswith(_SCRIPTS)]
+        if scripts:
+            inner = inner[scripts[-1] + 1 :]
+        return self._named(inner) if inner != segments and inner else None
+
+    def _named(self, segments: tuple[str, ...]) -> RouteRuntime | None:
         route = self._by_stem.get(_stem(segments))
         if route is not None:
             return route

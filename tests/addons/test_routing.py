@@ -110,6 +110,13 @@ def test_paths_that_are_not_a_spelling_of_a_route_pass_through(path: str) -> Non
         "/index.php?/wx",  # CodeIgniter's query-string routing
         "/index.php?r=%2Fwx%2F",
         "/x?route=/wx/sub",
+        "/index.php/wx",  # front controllers: Laravel, Symfony, ThinkPHP, CodeIgniter, Yii
+        "/app/index.php/WX/x",
+        "/index.php?s=wx",  # ThinkPHP s, Yii r, Drupal q route without a leading slash
+        "/index.php?r=wx",
+        "/(S(abc))/wx",  # ASP.NET cookieless session
+        "/(X(1)S(abc))/wx",
+        "/x?a=%252Fwx",
     ],
 )
 def test_a_path_below_a_route_or_a_route_named_by_the_query_is_refused(target: str) -> None:

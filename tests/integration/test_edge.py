@@ -51,6 +51,10 @@ IMPERSONATIONS = [
     "/wechat%5Ccallback",
     "/wechat/callback/x",  # a mounted handler: Express app.use, Go ServeMux subtrees, Spring /**
     "/WeChat/Callback/a/b",
+    "/index.php/wechat/callback",  # front controllers (Laravel, Symfony, ThinkPHP, CodeIgniter, Yii)
+    "/app.php/wechat/callback",
+    "/(S(x))/wechat/callback",  # ASP.NET cookieless sessions
+    "/(X(1)S(abc))/wechat/callback",
 ]
 # Paths that are not spellings of PATH: legacy traffic that passes through as it is.
 LEGACY = ["/other", "/wechat/callbacks", "/wechat/status;jsessionid=1", "/wechat/callback2", "/wechat"]
