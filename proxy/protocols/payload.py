@@ -22,13 +22,30 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
+
+
 def parse_object(body: bytes, numbers_as_text: bool = False) -> dict[str, Any]:
-    """Parse a JSON object (numbers as ``str`` as written with ``numbers_as_text``); else :class:`Rejected` (400)."""
+    """Parse a JSON object (numbers as ``str`` as written with ``numbers_as_text``); else :class:`Rejected` (400).
+
+    A key given twice in one object is malformed: ``json.loads`` keeps the last value, a backend's parser may
+    keep the first, and what is signed or checked must be what the backend reads (``{"amount":"1","amount":
+    "88800"}`` verified as 88800 and reached a first-wins backend as 1)."""
     if not body.strip():
         raise Rejected("empty_body", 400)
     number: Any = str if numbers_as_text else None
     try:
-        value = json.loads(body, parse_float=number, parse_int=number, parse_constant=_refuse_constant)
+        value = json.loads(
+            body,
+            parse_float=number,
+            parse_int=number,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_unique,
+        )
     except (ValueError, RecursionError):
         raise Rejected("malformed_json", 400) from None
     if not isinstance(value, dict):

@@ -300,3 +300,17 @@ def test_an_attach_holding_ampersands_and_equals_is_still_accepted(
     fields = {**pay_fields("4200778"), "attach": "a=1&b=2&total=3&out_trade_no=T4200778"}
     assert send(sidecar, senders.pay_v2_notify("/pay/v2", PAY_KEY, fields)) == (200, SUCCESS_XML)
     assert fresh_backend.stats()["count"] == 1
+
+
+def test_a_json_key_given_twice_is_refused(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    """Signed for amount 88800; the body repeats the key with 1 first. wxgate's parser kept the last value and
+    verified; a first-value-wins backend read 1."""
+    ts = str(int(time.time()))
+    signed = senders.hmac_request(
+        "/hooks", HMAC_SECRET, {"order": "A-1", "amount": "88800"}, ts, "n-dup", body="json"
+    )
+    forged = b'{"order": "A-1", "amount": "1", "amount": "88800"}'
+    status, _ = send(sidecar, signed, forged)
+    assert status == 400
+    assert fresh_backend.stats()["count"] == 0
+    assert send(sidecar, signed)[0] == 200  # the genuine one still verifies
