@@ -23,7 +23,7 @@ and the :mod:`xmlmsg`/:mod:`payload` parse reasons.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from proxy.protocols import payload, wxcrypt, xmlmsg
 from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, check_timestamp
@@ -93,10 +93,13 @@ class Wecom(Protocol):
 
     def _verify_message(self, req: Inbound, now: float) -> Verified:
         robot = _is_json(req)
+        outer: Mapping[str, object]
         if robot:
-            encrypted = payload.parse_object(req.body).get("encrypt")
+            outer = payload.parse_object(req.body)
+            encrypted = outer.get("encrypt")
         else:
-            encrypted = xmlmsg.parse(req.body).get("Encrypt")
+            outer = xmlmsg.parse(req.body)
+            encrypted = outer.get("Encrypt")
         if not isinstance(encrypted, str) or not encrypted:
             raise Rejected("missing_encrypt", 400)
         token_id, ts, nonce = self._signed(req, now, encrypted)
@@ -105,12 +108,15 @@ class Wecom(Protocol):
             message = payload.flatten(payload.parse_object(opened.message))
         else:
             message = xmlmsg.parse(opened.message)
+        backend_body = (
+            opened.message if self.decrypt_for_backend else _authenticated_outer(outer, message, encrypted)
+        )
         return Verified(
             message=message,
             replay_key=f"wecom:{ts}:{nonce}:{req.query['msg_signature'].lower()}",
             replay_ttl=2 * self.window,
             key_id=combined_key_id(token_id, opened.key_id),
-            backend_body=opened.message if self.decrypt_for_backend else None,
+            backend_body=backend_body,
             drop_query=("msg_signature",) if self.decrypt_for_backend else (),
             seal_context=wxcrypt.ReplyContext(token_id, opened.key_id, ts, nonce, json=robot),
             authenticated=opened.message,
@@ -166,3 +172,23 @@ class Wecom(Protocol):
             return reply
         keys = {k.key_id: k for k in self.aes_keys}
         return wxcrypt.seal_reply(reply, ctx, dict(self.tokens), keys, self.receive_id, self.random_bytes)
+
+
+def _authenticated_outer(
+    outer: Mapping[str, object], message: Mapping[str, str], encrypted: str
+) -> bytes | None:
+    """The envelope to forward when the backend decrypts by itself: ``None`` (the body as sent) when it holds
+    nothing but what the ciphertext authenticates, else one rebuilt from authenticated values.
+
+    ``msg_signature`` covers ``Encrypt`` alone: fields placed beside it (a forged ``FromUserName``, ``Content``)
+    or an edited ``ToUserName``/``AgentID`` would reach a backend that reads the envelope before decrypting,
+    marked verified. The rebuilt envelope takes ``ToUserName`` and ``AgentID`` from the decrypted message."""
+    if "encrypt" in outer:  # a robot's {"encrypt": …}
+        return None if set(outer) == {"encrypt"} else json.dumps({"encrypt": encrypted}).encode()
+    extra = set(outer) - {"ToUserName", "AgentID", "Encrypt"}
+    mismatch = any(k in outer and outer[k] != message.get(k) for k in ("ToUserName", "AgentID"))
+    if not extra and not mismatch:
+        return None
+    rebuilt: dict[str, str | int] = {k: message[k] for k in ("ToUserName", "AgentID") if k in message}
+    rebuilt["Encrypt"] = encrypted
+    return xmlmsg.build(rebuilt)

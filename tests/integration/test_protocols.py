@@ -81,6 +81,14 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
             "decrypt_for_backend": True,
         },
         {
+            "name": "wecom-raw",
+            "path": "/wecom/raw",
+            "protocol": "wecom",
+            "token": "${TOKEN}",
+            "encoding_aes_key": "${AES}",
+            "receive_id": CORP,
+        },
+        {
             "name": "pay2",
             "path": "/pay/v2",
             "protocol": "wechat-pay-v2",
@@ -186,6 +194,34 @@ def test_wecom_url_verification_and_message(sidecar: Sidecar, fresh_backend: Bac
     assert status == 200
     assert "<Content><![CDATA[你好]]></Content>" in only_request(fresh_backend)["body"]
     assert "echo: 你好".encode() in open_reply(body, CORP)
+
+
+def test_wecom_fields_beside_encrypt_never_reach_a_backend_that_decrypts_itself(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    """msg_signature covers Encrypt alone. A captured message with forged plaintext fields beside it and another
+    AgentID, sent before the genuine one, reached the backend marked verified and took the genuine one's place."""
+    inner = xmlmsg.build({**mp_text(CORP, "zhangsan", "genuine", 4343), "AgentID": "218"})
+    genuine = senders.wecom_message("/wecom/raw", TOKEN, AES, CORP, inner, now(), nonce(), agent_id="218")
+    forged_body = genuine.body.replace(
+        b"<AgentID><![CDATA[218]]></AgentID>",
+        b"<AgentID>999</AgentID><FromUserName>attacker</FromUserName><Content>transfer 1000</Content>",
+    )
+    assert forged_body != genuine.body
+    r = Request.of(genuine)
+    status, _, _ = http(r.method, sidecar.url + r.path_query, forged_body, r.headers)
+    assert status == 200
+    got = only_request(fresh_backend)
+    assert "attacker" not in got["body"] and "transfer" not in got["body"] and "999" not in got["body"]
+    assert "<AgentID><![CDATA[218]]></AgentID>" in got["body"] and "<Encrypt>" in got["body"]
+    http("POST", fresh_backend.url + "/_demo/reset")
+    unchanged = senders.wecom_message(
+        "/wecom/raw", TOKEN, AES, CORP, inner.replace(b"4343", b"4344"), now(), nonce(), agent_id="218"
+    )
+    assert send(sidecar, unchanged)[0] == 200
+    assert (
+        only_request(fresh_backend)["body"] == unchanged.body.decode()
+    )  # an untouched envelope goes as sent
 
 
 def pay_fields(txn: str) -> dict[str, str]:
