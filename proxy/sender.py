@@ -111,10 +111,13 @@ def mp_message(
     fields: dict[str, str | int],
     now: int | None = None,
     nonce: str | None = None,
-    openid: str = "oUser",
+    openid: str | None = None,
 ) -> Request:
-    """A plaintext-mode POST of ``fields`` as WeChat XML, signed now (or at ``now``)."""
+    """A plaintext-mode POST of ``fields`` as WeChat XML, signed now (or at ``now``); the query's ``openid`` is
+    the message's ``FromUserName`` unless given, as WeChat sends it."""
     ts = str(int(time.time()) if now is None else now)
+    if openid is None:
+        openid = str(fields.get("FromUserName", "oUser"))
     out = senders.mp_message(path, token, xmlmsg.build(fields), ts, nonce or _nonce(), openid=openid)
     return Request.of(out)
 

@@ -55,6 +55,16 @@ def combined_key_id(*key_ids: str) -> str:
     return next((k for k in key_ids if k != "current"), "current")
 
 
+def _check_openid(req: Inbound, message: Mapping[str, str]) -> None:
+    """The ``openid`` WeChat adds to the query is covered by no signature, yet some SDKs read the sender from it:
+    it must name the message's own ``FromUserName`` (authenticated in safe mode), else ``openid_mismatch``. A
+    captured request sent again with another ``openid`` first would otherwise reach the backend as verified, for
+    another user, and its genuine twin be refused as a forgery."""
+    openid = req.query.get("openid")
+    if openid is not None and openid != message.get("FromUserName", openid):
+        raise Rejected("openid_mismatch", 403)
+
+
 def message_key(msg: Mapping[str, str], authenticated: bytes = b"") -> str:
     """The idempotency key of an MP (or WeCom app) message: its documented unique id, else a digest of it all.
 
@@ -174,12 +184,15 @@ class WechatMp(Protocol):
         replay_key = f"mp:{ts}:{nonce}:{req.query['signature'].lower()}"
         encrypt_type = req.query.get("encrypt_type", "raw")
         if encrypt_type == "aes":
-            return self._verify_encrypted(req, key_id, replay_key)
+            verified = self._verify_encrypted(req, key_id, replay_key)
+            _check_openid(req, verified.message)
+            return verified
         if encrypt_type not in ("", "raw"):
             raise Rejected("bad_encrypt_type", 400)
         if self.require_encryption:
             raise Rejected("plaintext_not_allowed", 403)
         message = xmlmsg.parse(req.body)
+        _check_openid(req, message)
         return Verified(
             message=message,
             replay_key=replay_key,

@@ -299,3 +299,24 @@ async def _until_ready(url: str) -> None:
                 return
         await asyncio.sleep(0.05)
     raise TimeoutError("wxgate not ready")
+
+
+def test_a_captured_message_with_another_openid_is_refused(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    """The query's openid is covered by no signature. Sent first with another user's openid, a captured
+    message reached the backend as verified for that user, and the genuine one was then refused as a forgery."""
+    genuine = signed(PATH, 67_001)
+    path, _, query = genuine.path_query.partition("?")
+    assert "openid=oUser1" in query
+    forged = sender.Request(
+        genuine.method,
+        f"{path}?{query.replace('openid=oUser1', 'openid=oVICTIM')}",
+        genuine.headers,
+        genuine.body,
+    )
+    before = sidecar.metric("wxgate_verifications_total", route="mp", reason="openid_mismatch")
+    status, _, _ = http(forged.method, sidecar.url + forged.path_query, forged.body, forged.headers)
+    assert status == 403
+    assert sidecar.metric("wxgate_verifications_total", route="mp", reason="openid_mismatch") == before + 1
+    assert fresh_backend.stats()["count"] == 0
+    status, _, _ = http(genuine.method, sidecar.url + genuine.path_query, genuine.body, genuine.headers)
+    assert status == 200 and fresh_backend.stats()["count"] == 1

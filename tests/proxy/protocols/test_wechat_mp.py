@@ -358,3 +358,15 @@ def test_correctly_signed_garbage_raises_only_rejected(encrypted: str) -> None:
     }
     body = b"<xml><Encrypt><![CDATA[" + encrypted.encode() + b"]]></Encrypt></xml>"
     verify_or_reject(safe(), Inbound("POST", "/mp", query, {}, body), NOW)
+
+
+def test_an_openid_in_the_query_must_name_the_sender_of_the_message() -> None:
+    """No signature covers the query's openid, and some SDKs take the sender from it."""
+    mp = WechatMp([("current", "t")], timestamp_window=300)
+    sender_id = xmlmsg.parse(TEXT)["FromUserName"]
+    assert accepted(mp, senders.mp_message("/mp", "t", TEXT, str(NOW), "n1", openid=sender_id), NOW)
+    other = senders.mp_message("/mp", "t", TEXT, str(NOW), "n2", openid="oVICTIM")
+    assert rejected(mp, other, NOW).reason == "openid_mismatch"
+    assert accepted(
+        mp, senders.mp_message("/mp", "t", TEXT, str(NOW), "n3"), NOW
+    )  # no openid: nothing to check
