@@ -223,7 +223,7 @@ Nothing that wxgate could not verify reaches the backend, by any spelling of the
 
 | what arrives | answer | why |
 |---|---|---|
-| a route's path in another spelling: case, percent-encoding (also twice), `//`, `/./`, `/x/../`, `%2F`, `\\`, full-width letters, a trailing `/`, `.` or blank, `;jsessionid=…`, a `.json` suffix, a NUL; a path below a route (`/wechat/callback/x`, `/notify.php/x`); a route named in another path's query (`/index.php?s=/wechat/callback`) | 400 `noncanonical_path`, counted under the route it names | Flask, Spring/Tomcat, Express, PHP, ThinkPHP and IIS route such paths to the handler wxgate protects; passed through, they would reach it unverified (with `decrypt_for_backend`, a forged "paid") |
+| a route's path in another spelling: case, percent-encoding (also twice), `//`, `/./`, `/x/../`, `%2F`, `\\`, full-width letters, a trailing `/`, `.` or blank, `;jsessionid=…`, a `.json` suffix, a NUL; a path below a route (`/wechat/callback/x`, `/notify.php/x`); a route behind a front controller (`/index.php/wechat/callback`) or an ASP.NET cookieless segment (`/(S(x))/…`); a route named in another path's query (`/index.php?s=/wechat/callback`, `?r=wechat/callback`) | 400 `noncanonical_path`, counted under the route it names | Flask, Spring/Tomcat, Express, PHP, ThinkPHP and IIS route such paths to the handler wxgate protects; passed through, they would reach it unverified (with `decrypt_for_backend`, a forged "paid") |
 | an exception in any hook before the answer (wxgate's or mitmproxy's) | the protocol's retry-me reply, 500 on an unmatched path; `internal_error` | mitmproxy logs an addon's exception and goes on: the checks after it would be skipped. The sender retries; nothing is forwarded |
 | `X-Wxgate-*` in several spellings at once (`X-Wxgate-J` and `x-wxgate-j`, `X_Wxgate_J`) | dropped, every spelling, in one pass | deleting by name raised `KeyError` on the second spelling and skipped admission (`allow_cidrs`, methods) and the stripping of the rest |
 | a client's `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL` | `X-Forwarded-For` replaced by the peer (appended to behind `trusted_proxies`), the others dropped from untrusted peers | a backend that logs or authorizes by them would believe the client; the last two re-route inside IIS, Symfony and Laminas |
@@ -234,6 +234,9 @@ Nothing that wxgate could not verify reaches the backend, by any spelling of the
 | an empty, blank or `replace-with-…` secret, on start or reload | a configuration error naming the key | an empty key verifies a signature computed with the empty key: anyone could forge |
 | `timestamp_window: 0`, a `dedup.ttl` under twice the window | a configuration error | the first turns freshness and the replay cache off; the second lets an exact replay in again once its dedup record expired |
 | a request head over 64 KiB or not complete within `head_timeout` | 431 / 408, before it is buffered further | mitmproxy buffers a head without limit before any addon runs |
+| an Official Account request whose query `openid` is not the message's `FromUserName` | 403 `openid_mismatch` | no signature covers it and some SDKs read the sender from it |
+| a JSON key given twice in one object | 400 `malformed_json` | `json.loads` keeps the last value, a backend may read the first |
+| WeCom fields beside `Encrypt`, or an edited `ToUserName`/`AgentID`, for a backend that decrypts by itself | the envelope is rebuilt from the decrypted message | `msg_signature` covers `Encrypt` alone |
 | an HMAC request whose values carry `&`/`=` | verified over percent-encoded names and values | `a=1&b=2` inside one value signed like two parameters |
 
 ## Found and fixed by this suite
