@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -50,6 +51,7 @@ class Delivery:
     dedup_key: str | None  # the store key (already hashed)
     # How the verified request shapes the backend's reply (ids, never secrets): see reply_context().
     context: dict[str, Any] | None = None
+    max_age: float | None = None  # the owning route's outbox.max_age when it was queued
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -60,6 +62,7 @@ class Delivery:
                 "b": base64.b64encode(self.body).decode(),
                 "k": self.dedup_key,
                 "c": self.context,
+                "a": self.max_age,
             },
             separators=(",", ":"),
         ).encode()
@@ -67,7 +70,7 @@ class Delivery:
     @classmethod
     def decode(cls, blob: bytes) -> Delivery:
         d = json.loads(blob)
-        return cls(d["m"], d["p"], dict(d["h"]), base64.b64decode(d["b"]), d["k"], d.get("c"))
+        return cls(d["m"], d["p"], dict(d["h"]), base64.b64decode(d["b"]), d["k"], d.get("c"), d.get("a"))
 
     def verified(self) -> Verified:
         """The verification context the reply is normalized with, as it was when the request was verified
@@ -147,10 +150,16 @@ class StoreSettlement(Settlement):
         assert ex.route is not None and ex.inbound is not None
         url, headers, body = backend_request(ex, list(ex.inbound.query.items()))
         context = reply_context(ex.verified.seal_context if ex.verified is not None else None)
-        delivery = Delivery(
-            ex.inbound.method, url[len(ex.route.upstream) :], headers, body, ex.dedup_key_raw, context
-        )
         cfg, now = ex.route.config.outbox, self.clock()
+        delivery = Delivery(
+            ex.inbound.method,
+            url[len(ex.route.upstream) :],
+            headers,
+            body,
+            ex.dedup_key_raw,
+            context,
+            cfg.max_age,
+        )
         due = now + head_start + backoff(0, cfg.backoff_base, cfg.backoff_max)
         item_id = uuid.uuid4().hex
         await self.store.outbox_put(OutboxItem(item_id, ex.route.name, delivery.encode(), 0, now, due))
@@ -349,8 +358,13 @@ class OutboxWorker:
             logger.warning("outbox item on route %s keeps its lease: %s", item.route, e)
 
     async def _not_ours(self, item: OutboxItem) -> str:
-        """A route this replica does not know: handed back untried, unless even the longest max_age is over."""
-        if self.clock() - item.created_at >= self.unknown_max_age:
+        """A route this replica does not know: handed back untried, unless even the longest max_age is over:
+        this replica's longest, or the owning route's as the item recorded it (a replica whose routes keep
+        24 h must not bury a 7-day route's items)."""
+        limit = self.unknown_max_age
+        with contextlib.suppress(ValueError, KeyError):  # unreadable: the replica knowing the route buries it
+            limit = max(limit, Delivery.decode(item.payload).max_age or 0.0)
+        if self.clock() - item.created_at >= limit:
             await self.store.outbox_bury(item.id, f"route {item.route!r} is not configured")
             self.counters.dead_letters(item.route)
             return "dead"

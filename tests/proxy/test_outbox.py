@@ -169,6 +169,21 @@ async def test_an_unknown_route_is_handed_back_untried_until_max_age(store: Sqli
     assert "not configured" in (await store.outbox_list(dead=True))[0].last_error
 
 
+async def test_an_unknown_route_keeps_its_items_for_the_owning_routes_max_age(store: SqliteStore) -> None:
+    """A replica whose routes keep 24 h must not bury a 7-day route's items it does not know."""
+    week = 7 * 86400.0
+    d = Delivery("POST", "/pay", {}, b"", None, max_age=week)
+    await store.outbox_put(OutboxItem("y", "pay-legacy", d.encode(), 0, CLOCK.now, CLOCK.now))
+    events: list[str] = []
+    w = worker(store, ScriptedUpstream(), events)
+    CLOCK.now += 25 * 3600
+    assert await w.run_once() == 1
+    assert events == [] and (await store.outbox_stats(CLOCK.now)).dead == 0
+    CLOCK.now += week
+    assert await w.run_once() == 1
+    assert events == ["dead"]
+
+
 def test_items_are_leased_for_as_long_as_their_redelivery_can_take() -> None:
     slow = RouteTable.from_config(
         parse_config(
