@@ -136,6 +136,9 @@ class RouteTable:
             self._by_stem.setdefault(_stem(segments), r)
             if segments:
                 self._prefixes.append((segments, r))
+        self._tokens = frozenset(
+            _stem(path_segments(r.config.path))[-1] for r in routes if r.config.path.strip("/")
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> RouteTable:
@@ -158,18 +161,29 @@ class RouteTable:
           route by (ThinkPHP ``s``, Yii ``r``, Drupal ``q``, …), names a route the same way."""
         path, _, query = target.partition("?")
         route = self._names(path_segments(path))
-        if route is not None or not query:
+        if route is not None or not query or not self._mentions_a_route(query):
             return route
         for name, value in parse_qsl(
             query.partition("#")[0], keep_blank_values=True, errors="surrogateescape"
         ):
             routing = name.lower() in _ROUTING_PARAMS
             for part in (name, value):
-                if (routing and part is value and part) or _is_path(part):
+                if ((routing and part is value and part) or _is_path(part)) and self._mentions_a_route(part):
                     route = self._by_path.get(part) or self._names(path_segments(part))
                     if route is not None:
                         return route
         return None
+
+    def _mentions_a_route(self, text: str) -> bool:
+        """Whether ``text``, decoded and folded as :func:`path_segments` reads it, holds the last segment of a
+        route's path: a cheap test first, so a long query of other parameters (heads reach 64 KiB) costs a
+        few scans of the string, not a canonical form per parameter."""
+        for _ in range(4):
+            if "%" not in text:
+                break
+            text = unquote(text, errors="surrogateescape")
+        folded = unicodedata.normalize("NFKC", text).casefold() if not text.isascii() else text.lower()
+        return any(token in folded for token in self._tokens)
 
     def _names(self, segments: tuple[str, ...]) -> RouteRuntime | None:
         route = self._named(segments)
