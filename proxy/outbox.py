@@ -254,6 +254,7 @@ class OutboxWorker:
         self.counters = counters or OutboxCounters()
         self.clock, self.interval, self.batch, self.lease = clock, interval, batch, lease
         self.hand_back = hand_back
+        self.stepped_back = False  # the last batch was all hand-backs: run() pauses for hand_back
         self.stopping = False
         self._failures = 0
         self._last_warning = float("-inf")
@@ -279,8 +280,11 @@ class OutboxWorker:
             except StoreUnavailable as e:
                 self._store_down(e)
                 busy = 0
-            if busy < self.batch and not self.stopping:
-                await asyncio.sleep(self.interval)
+            if self.stepped_back and not self.stopping:
+                # Everything leased was another configuration's: leave it to a replica that knows the route.
+                await asyncio.sleep(self.hand_back * random.uniform(0.5, 1.5))
+            elif busy < self.batch and not self.stopping:
+                await asyncio.sleep(self.interval * random.uniform(0.8, 1.2))  # replicas drift out of step
 
     def _store_down(self, e: StoreUnavailable) -> None:
         self._failures += 1
@@ -302,9 +306,11 @@ class OutboxWorker:
     async def run_once(self) -> int:
         if self.stopping:
             return 0
+        self.stepped_back = False
         items = await self.store.outbox_lease(self.clock(), self.item_lease, self.batch)
         if items:
-            await asyncio.gather(*(self._traced(item) for item in items))
+            outcomes = await asyncio.gather(*(self._traced(item) for item in items))
+            self.stepped_back = all(o == "handed_back" for o in outcomes)
         return len(items)
 
     async def _traced(self, item: OutboxItem) -> str:
@@ -368,8 +374,12 @@ class OutboxWorker:
             await self.store.outbox_bury(item.id, f"route {item.route!r} is not configured")
             self.counters.dead_letters(item.route)
             return "dead"
-        due = self.clock() + self.hand_back * random.uniform(0.5, 1.5)
-        await self.store.outbox_defer(item.id, due, f"route {item.route!r} is not configured on this replica")
+        # Due at once for a replica that knows the route; this one steps back instead (run() pauses after a
+        # batch of nothing but hand-backs). Handing back with a later due time let the replica that hands
+        # back, polling in step with the one that knows, win the item again and again.
+        await self.store.outbox_defer(
+            item.id, self.clock(), f"route {item.route!r} is not configured on this replica"
+        )
         return "handed_back"
 
     async def _send(self, route: RouteRuntime, d: Delivery, n: int) -> UpstreamResult:

@@ -97,7 +97,7 @@ def test_a_replica_without_the_route_hands_its_items_back_during_a_rolling_updat
         assert outbox_counts(b) == (5, 0)
         assert fresh.stats()["count"] == 0
         a2.start()  # a replica that knows `mp` (a rollback, or one still on the old configuration)
-        wait_until(lambda: outbox_counts(b) == (0, 0), 45, "outbox delivered")
+        wait_until(lambda: outbox_counts(b) == (0, 0), 30, "outbox delivered")
         seen = msg_ids(fresh)
         assert set(seen) == {str(i) for i in range(1, 6)} and set(seen.values()) == {1}
         assert b.metric("wxgate_outbox_dead_lettered_total") == 0
