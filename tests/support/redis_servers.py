@@ -30,11 +30,21 @@ HOST = "127.0.0.1"
 _live: set[RedisServer] = set()
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that is free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free on the loopback interface right now, and never one this process handed out
+    before: the kernel may offer a port again as soon as it is closed, so two calls in a row (a sidecar's
+    listener and admin port) could get the same one before either binds it."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port after 100 tries")
 
 
 def send_command(port: int, *args: str, timeout: float = 1.0) -> bytes:
@@ -148,7 +158,9 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cleanup()
 
 
@@ -159,7 +171,14 @@ class RedisCluster:
         self.nodes: list[RedisServer] = []
         for _ in range(masters):
             port, bus = free_port(), free_port()
-            extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus))
+            extra = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                str(bus),
+            )
             self.nodes.append(RedisServer(port, extra_args=(*extra, "--cluster-node-timeout", "5000")))
 
     @property
@@ -186,7 +205,9 @@ class RedisCluster:
     def __enter__(self) -> RedisCluster:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -209,7 +230,15 @@ class RedisSentinel(RedisServer):
         if self.master.password:
             lines.append(f"sentinel auth-pass {self.service} {self.master.password}")
         conf.write_text("\n".join(lines) + "\n")
-        return [REDIS_SERVER, str(conf), "--sentinel", "--daemonize", "no", "--logfile", str(self.dir / "redis.log")]
+        return [
+            REDIS_SERVER,
+            str(conf),
+            "--sentinel",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
