@@ -52,8 +52,7 @@ def _trusted(peer: str, trusted: Sequence[IpNetwork]) -> bool:
 
 def client_ip(peer: str, forwarded_for: str, trusted: Sequence[IpNetwork]) -> str:
     """The caller's address: the peer, or (only behind a trusted proxy) the right-most untrusted XFF hop."""
-    addr = _ip(peer)
-    if addr is None or not any(addr in net for net in trusted):
+    if not _trusted(peer, trusted):
         return peer
     for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
         hop_ip = _ip(hop)

@@ -3,7 +3,7 @@ seconds after its first partial read, is dropped before it is buffered any furth
 ``body_timeout`` seconds after its first partial read, and a flood sent while a request is being answered.
 
 mitmproxy's HTTP/1 server layer (``Http1Server.read_headers``) appends every byte a client sends to its receive
-buffer until a blank line ends the head, with no size limit and no deadline (its own ``FIXME: protect against
+buffer until a blank line ends the head, with no size limit and no deadline (its own note ``protect against
 header size DoS``), and before any addon sees the request: wxgate's admission check (431 above 64 KiB) only ran
 once the whole head had been buffered (one 16 MB head added ~140 MB to the resident set), and a client
 trickling a byte now and then held its connection and buffer until mitmproxy's idle timeout (600 s without a
@@ -177,7 +177,7 @@ class _BoundedReader:
       connection sending ``0000…`` without a line break grew the sidecar by ~200 MB a second until
       ``body_timeout``. More than :data:`MAX_HEAD` bytes buffered without the reader producing anything is a
       protocol error, which mitmproxy answers (400) and closes like any malformed chunk.
-    - Trailers: mitmproxy raises ``NotImplementedError`` for a chunked request with trailer fields, which kills
+    - Trailers: mitmproxy raises "not implemented" for a chunked request with trailer fields, which kills
       the connection's handler without an answer and without the request's end ever reaching the addons (it
       stayed in flight for good). Trailers are dropped here, as a proxy may do: nothing wxgate verifies or a
       sender relies on is in them."""
