@@ -47,6 +47,8 @@ class Inbound:
     query: Mapping[str, str]  # first value of each name, URL-decoded
     headers: Mapping[str, str]  # names lower-cased
     body: bytes
+    # values the route's path template captured (``/open/{appid}/callback`` -> ``{"appid": …}``); not signed
+    path_params: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def content_type(self) -> str:
@@ -75,6 +77,11 @@ class Verified:
     ``backend_body``/``drop_query`` say how the request to the backend differs from the inbound one.
     ``direct_reply`` is set when the proxy answers by itself (URL verification); such requests are never forwarded.
     ``seal_context`` is whatever :meth:`Protocol.seal` needs to re-encrypt a reply for this request.
+    ``deadline``/``dedup_ttl`` override the route's for this one message when its kind has its own contract (a
+    Mini Program ``xpay_*`` event retries for 24 h; an iOS refund query must be answered within 3 s).
+    ``tenant`` names the account a multi-tenant route received this message for (an Open Platform authorizer's
+    appid); ``tenant_verified`` says whether that name was bound to the authenticated message. Spans and logs
+    carry it, metrics never do (thousands of tenants).
     ``authenticated`` is the authenticated message as bytes (the decrypted plaintext where it was encrypted, not
     the envelope, query or headers around it): dedup keys digest it when the message has no documented unique id
     (:mod:`proxy.protocols.idempotency`), because the flat ``message`` can lose repeated elements. Never logged.
@@ -89,6 +96,10 @@ class Verified:
     direct_reply: Reply | None = None
     seal_context: object | None = None
     authenticated: bytes = b""
+    deadline: float | None = None
+    dedup_ttl: float | None = None
+    tenant: str | None = None
+    tenant_verified: bool = False
 
 
 def constant_time_equal(a: str, b: str) -> bool:
