@@ -28,7 +28,7 @@ check: $(STAMP)
 
 ## docs: regenerate docs/configuration.md from the schema (tests/test_docs.py fails when it is stale)
 docs: $(STAMP)
-	$(BIN)/python -m proxy.config_docs > docs/configuration.md
+	$(BIN)/python -m proxy.config.reference > docs/configuration.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

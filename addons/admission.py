@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from mitmproxy import http
 
-from proxy.exchange import exchange
-from proxy.forwarding import request_query
-from proxy.replies import reject
+from proxy.pipeline.exchange import exchange
+from proxy.pipeline.forwarding import request_query
+from proxy.pipeline.replies import reject
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A request head (names and values) this large is no callback: WeChat's are under 1 KiB; nginx allows 32 KiB.

@@ -16,12 +16,12 @@ import logging
 
 from mitmproxy import http
 
-from proxy.exchange import Exchange, exchange
-from proxy.policy import ACK_GRACE, acknowledges, before_deadline, claim_lease, time_left
+from proxy.pipeline.exchange import Exchange, exchange
+from proxy.pipeline.policy import ACK_GRACE, acknowledges, before_deadline, claim_lease, time_left
+from proxy.pipeline.replies import decode_reply, reject, respond
+from proxy.pipeline.settlement import Settlement
 from proxy.protocols import idempotency
 from proxy.protocols.base import Reply
-from proxy.replies import decode_reply, reject, respond
-from proxy.settlement import Settlement
 from proxy.stores.base import Claim, ClaimState, Sighting, Store, StoreUnavailable
 
 logger = logging.getLogger("wxgate")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from proxy.exchange import exchange
-from proxy.replies import seal
+from proxy.pipeline.exchange import exchange
+from proxy.pipeline.replies import seal
 
 
 class Envelope:

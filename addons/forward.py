@@ -1,6 +1,6 @@
 """Forward: send a verified callback to the backend ourselves and answer the sender before its deadline.
 
-The call goes over the pooled :class:`~proxy.upstream.UpstreamClient` with the route's ``backend_timeout``; the
+The call goes over the pooled :class:`~proxy.upstream.client.UpstreamClient` with the route's ``backend_timeout``; the
 answer to the sender is decided by ``deadline`` and ``on_backend_failure``:
 
 - the backend answered in time: a 2xx is normalized to the protocol's contract; a failure follows the policy;
@@ -20,15 +20,15 @@ from typing import Any
 
 from mitmproxy import http
 
-from proxy.exchange import Exchange, exchange
-from proxy.forwarding import backend_request, is_failure, request_query, success_reply
-from proxy.policy import ACK_GRACE, acknowledges, before_deadline, time_left
+from proxy.observability.tracing import Tracing
+from proxy.pipeline.exchange import Exchange, exchange
+from proxy.pipeline.forwarding import backend_request, is_failure, request_query, success_reply
+from proxy.pipeline.policy import ACK_GRACE, acknowledges, before_deadline, time_left
+from proxy.pipeline.replies import reject, respond
+from proxy.pipeline.settlement import Settlement
 from proxy.protocols.base import Reply
-from proxy.replies import reject, respond
-from proxy.settlement import Settlement
 from proxy.tasks import BackgroundTasks
-from proxy.tracing import Tracing
-from proxy.upstream import UpstreamClient, UpstreamResult
+from proxy.upstream.client import UpstreamClient, UpstreamResult
 
 logger = logging.getLogger("wxgate")
 
@@ -70,7 +70,10 @@ class Forward:
         assert ex.route is not None
         cfg = ex.route.config
         # The CLIENT span starts first: backend_request() sends its traceparent (ex.traceparent) to the backend.
-        client_span = self.tracing.backend_call(ex, flow.request.method) if self.tracing else None
+        client_span = None
+        if self.tracing:
+            client_span = self.tracing.backend_call(ex.span, flow.request.method, cfg.path, ex.route.upstream)
+            ex.traceparent = client_span.traceparent
         url, headers, body = backend_request(ex, request_query(flow, ex))
         send = self.client.send(flow.request.method, url, headers, body, cfg.backend_timeout)
         call = self.tasks.spawn(

@@ -10,9 +10,9 @@ import time
 
 from mitmproxy import http
 
-from proxy.exchange import answered_status, ensure_exchange, exchange
-from proxy.logs import UserRef, log_outcome
-from proxy.metrics import Metrics, exemplar_of
+from proxy.observability.logs import UserRef, log_outcome
+from proxy.observability.metrics import Metrics, exemplar_of
+from proxy.pipeline.exchange import answered_status, ensure_exchange, exchange
 
 
 class MetricsAddon:

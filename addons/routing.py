@@ -1,20 +1,20 @@
 """Routing: match the request path to a configured route; unmatched paths pass through or are denied.
 
 A route matches its ``path`` exactly. A path that is not exactly a route's but names it in another spelling
-(:meth:`~proxy.routes.RouteTable.impersonated`: case, percent-encoding, dot segments, repeated or trailing
+(:meth:`~proxy.pipeline.routes.RouteTable.impersonated`: case, percent-encoding, dot segments, repeated or trailing
 slashes, ``;`` parameters, a suffix, a script's path info) is refused with 400 ``noncanonical_path``: never
 passed through unverified to a backend that may route it to the protected handler.
 
-Owns ``unmatched`` and the route table. Starts the :class:`~proxy.exchange.Exchange` every later addon reads.
+Owns ``unmatched`` and the route table. Starts the :class:`~proxy.pipeline.exchange.Exchange` every later addon reads.
 """
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from proxy.exchange import ensure_exchange
-from proxy.replies import reject
-from proxy.routes import RouteTable
+from proxy.pipeline.exchange import ensure_exchange
+from proxy.pipeline.replies import reject
+from proxy.pipeline.routes import RouteTable
 
 
 class Routing:

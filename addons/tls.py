@@ -13,7 +13,7 @@ from __future__ import annotations
 from mitmproxy import http, tls
 from OpenSSL import SSL
 
-from proxy.exchange import ensure_exchange
+from proxy.pipeline.exchange import ensure_exchange
 from proxy.tls import ServerCertificate
 
 PLAIN_HTTP_REFUSED = b"This port speaks HTTPS: plain HTTP is refused. Use an https:// URL.\n"

@@ -5,7 +5,7 @@ the current span at the start of every hook: mitmproxy runs each hook event in i
 addons in chain order within it, so the later addons' store calls and the backend call they spawn become its
 children, and the context dies with the hook's task (nothing leaks to the next flow on the connection).
 
-Only added to the chain when tracing is configured (``proxy.tracing.provider_from_env``): when it is off, no
+Only added to the chain when tracing is configured (``proxy.observability.otel_env.provider_from_env``): when it is off, no
 hook of this addon runs at all.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 from mitmproxy import http
 from opentelemetry import context, trace
 
-from proxy.exchange import answered_status, ensure_exchange, exchange
-from proxy.tracing import Tracing
+from proxy.observability.tracing import Tracing
+from proxy.pipeline.exchange import answered_status, ensure_exchange, exchange
 
 
 def _enter(span: trace.Span) -> None:

@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
 
-from proxy.exchange import Exchange, Replay, exchange
-from proxy.forwarding import query_items as parse_query
-from proxy.forwarding import request_query
-from proxy.policy import before_deadline
+from proxy.pipeline.exchange import Exchange, Replay, exchange
+from proxy.pipeline.forwarding import query_items as parse_query
+from proxy.pipeline.forwarding import request_query
+from proxy.pipeline.policy import before_deadline
+from proxy.pipeline.replies import reject, respond
 from proxy.protocols.base import Inbound, Rejected
-from proxy.replies import reject, respond
 from proxy.stores.base import StoreUnavailable
 
 logger = logging.getLogger("wxgate")

@@ -2,7 +2,7 @@
 
 Every request of a verified route carries its own nonce and message id (the replay cache refuses a reused
 signature with another body, and an exact repeat would be answered from the dedup cache instead of measuring a
-first delivery). Requests are built with the project's own sender helpers (:mod:`proxy.protocols.senders`), so
+first delivery). Requests are built with the project's own sender helpers (:mod:`proxy.tools.traffic`), so
 they are exactly what the verifiers expect. Timestamps are "now" when the corpus is built; the harness builds
 each phase's corpus right before the phase, well inside the routes' 300 s window.
 
@@ -22,7 +22,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.protocols import senders, xmlmsg
+from proxy.protocols import xmlmsg
+from proxy.tools import traffic
 
 MP_PATH = "/wechat/callback"
 MP_SAFE_PATH = "/wechat/safe"
@@ -51,7 +52,7 @@ def mp_text_xml(seq: int, now: int) -> bytes:
     )
 
 
-def raw(req: senders.Outbound) -> bytes:
+def raw(req: traffic.Outbound) -> bytes:
     head = [f"{req.method} {req.target} HTTP/1.1", "Host: bench"]
     head += [f"{k}: {v}" for k, v in req.headers]
     head.append(f"Content-Length: {len(req.body)}")
@@ -61,13 +62,13 @@ def raw(req: senders.Outbound) -> bytes:
 def mp_plain(seq: int, now: int, path: str = MP_PATH) -> bytes:
     xml = mp_text_xml(seq, now)
     return raw(
-        senders.mp_message(path, TOKEN, xml, str(now), f"n{seq:x}", openid=f"oBench{seq % 100_000:022d}")
+        traffic.mp_message(path, TOKEN, xml, str(now), f"n{seq:x}", openid=f"oBench{seq % 100_000:022d}")
     )
 
 
 def mp_safe(seq: int, now: int) -> bytes:
     xml = mp_text_xml(seq, now)
-    req = senders.mp_message(
+    req = traffic.mp_message(
         MP_SAFE_PATH, TOKEN, xml, str(now), f"s{seq:x}", encoding_aes_key=AES_KEY, app_id=APP_ID
     )
     return raw(req)
@@ -91,7 +92,7 @@ class PayKey:
         return key
 
     def certificate(self, now: float) -> bytes:
-        return senders.platform_certificate(self.private(), PAY_SERIAL, now)
+        return traffic.platform_certificate(self.private(), PAY_SERIAL, now)
 
 
 def _pay_chunk(args: tuple[bytes, int, int, int]) -> list[bytes]:
@@ -111,7 +112,7 @@ def _pay_chunk(args: tuple[bytes, int, int, int]) -> list[bytes]:
             "payer": {"openid": f"oBench{seq % 100_000:022d}"},
             "amount": {"total": 100, "payer_total": 100, "currency": "CNY", "payer_currency": "CNY"},
         }
-        req = senders.pay_v3_notify(
+        req = traffic.pay_v3_notify(
             PAY_PATH,
             key,
             format(PAY_SERIAL, "X"),

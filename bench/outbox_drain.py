@@ -24,7 +24,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proxy import sender  # noqa: E402
+from proxy.tools import sender  # noqa: E402
 from tests.support.procs import Backend, Sidecar  # noqa: E402
 from tests.support.redis_servers import RedisServer, free_port  # noqa: E402
 

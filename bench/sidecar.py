@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from proxy import app, logs, tracing
+from proxy import app
 from proxy.config import load_config
+from proxy.observability import logs, otel_env
 
 
 class CountingExporter(SpanExporter):
@@ -57,8 +58,8 @@ def in_process_provider(exporter: CountingExporter, ratio: float = 1.0) -> Trace
     if ratio < 1.0:
         environ = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio)}
     provider = TracerProvider(
-        sampler=tracing.sampler_from_env(environ),
-        resource=tracing.resource_from_env(environ),
+        sampler=otel_env.sampler_from_env(environ),
+        resource=otel_env.resource_from_env(environ),
         shutdown_on_exit=False,
     )
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -120,7 +121,7 @@ def rss_kib() -> int:
 def write_stats(path: Path, exporter: CountingExporter | None) -> None:
     from mitmproxy.http import HTTPFlow
 
-    from proxy.exchange import Exchange
+    from proxy.pipeline.exchange import Exchange
 
     collections = GC_CLOCK.snapshot()
     GC_CLOCK.longest = 0.0  # the longest pause is per interval between two reports
@@ -156,9 +157,9 @@ async def main(args: argparse.Namespace) -> int:
     if args.trace:  # None or 0: off
         exporter = CountingExporter()
         provider = in_process_provider(exporter, args.trace)
-        # The composition root (proxy.reload.prepare) asks proxy.tracing.provider_from_env, read when it is
+        # The composition root (proxy.reload.prepare) asks proxy.observability.otel_env.provider_from_env, read when it is
         # called, for the provider; hand it ours.
-        tracing.provider_from_env = lambda environ: provider  # type: ignore[assignment]
+        otel_env.provider_from_env = lambda environ: provider  # type: ignore[assignment]
     gc.callbacks.append(GC_CLOCK)
     loop = asyncio.get_running_loop()
     if args.stats:

@@ -92,7 +92,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-n", type=int, default=5000, help="claim+complete pairs per run (default 5000)")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per configuration; the median is reported"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "store-benchmark.md")
     args = parser.parse_args()
     header = [
@@ -119,7 +121,7 @@ async def main() -> None:
         "# Store benchmark",
         "",
         "Store work of one first-time callback: `claim` (NEW) then `complete` with a ~90-byte reply, on fresh "
-        f"keys. N = {args.n} pairs per run, median of {args.repeat} runs; \"µs per pair\" is wall time / N, so "
+        f'keys. N = {args.n} pairs per run, median of {args.repeat} runs; "µs per pair" is wall time / N, so '
         "with concurrency it is the throughput cost, while p50/p99 are the latency one request sees.",
         "",
         *header,
@@ -133,7 +135,7 @@ async def main() -> None:
         "numbers are one EVALSHA round trip per call over loopback; across a network add the RTT twice per pair.",
         "",
         "The last column is CPU time of the benchmark process (event loop plus, for SQLite, its worker thread) "
-        "per pair: what a wxgate process pays for its store. Where it is close to \"µs per pair\", the run was "
+        'per pair: what a wxgate process pays for its store. Where it is close to "µs per pair", the run was '
         "bound by the client, not by the store: with Redis that is redis-py's per-command cost (packing, "
         "a `sendmsg` per call, parsing), so one wxgate process tops out there whatever Redis could do.",
         "",

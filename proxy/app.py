@@ -35,24 +35,24 @@ from addons.routing import Routing
 from addons.tls import TlsTermination
 from addons.tracing import TracingAddon
 from addons.verify import Verify
-from proxy.admin import AdminServer
 from proxy.config import Config
-from proxy.exchange import METADATA_KEY
 from proxy.headlimit import bound_request_heads
 from proxy.hooks import embedded_master
-from proxy.instrumented_store import InstrumentedStore
-from proxy.logs import UserRef
-from proxy.metrics import Metrics
-from proxy.outbox import OutboxCounters, OutboxWorker, StoreSettlement
-from proxy.probes import Probes
+from proxy.observability.admin import AdminServer
+from proxy.observability.instrumented_store import InstrumentedStore
+from proxy.observability.logs import UserRef
+from proxy.observability.metrics import Metrics
+from proxy.observability.probes import Probes
+from proxy.observability.tracing import Tracing
+from proxy.pipeline.exchange import METADATA_KEY
+from proxy.pipeline.outbox import OutboxCounters, OutboxWorker, StoreSettlement
+from proxy.pipeline.routes import RouteTable
+from proxy.pipeline.settlement import Settlement
 from proxy.reload import Loaded, Reloader, prepare
-from proxy.routes import RouteTable
-from proxy.settlement import Settlement
 from proxy.stores.base import Store, StoreUnavailable
 from proxy.tasks import BackgroundTasks
 from proxy.tls import ServerCertificate
-from proxy.tracing import Tracing
-from proxy.upstream import UpstreamClient
+from proxy.upstream.client import UpstreamClient
 
 logger = logging.getLogger("wxgate")
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from proxy import __version__, logs, outbox_cli
+from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, redacted
+from proxy.observability import logs
+from proxy.tools import outbox_cli
 
 
 def _load(path: str) -> Config:
@@ -61,7 +63,7 @@ def _base_url(config: Config, url: str | None) -> str:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from proxy import sender
+    from proxy.tools import sender
 
     config = _load(args.config)
     routes = [r for r in config.routes if args.route in (None, r.name)]
@@ -107,7 +109,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_backend(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    from proxy import demo_backend
+    from proxy.tools import demo_backend
 
     return demo_backend.main(list(rest))
 

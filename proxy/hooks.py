@@ -28,9 +28,9 @@ from typing import Any
 from mitmproxy import addonmanager, exceptions, flow, hooks, http, options, optmanager
 from mitmproxy import master as mitm_master
 
-from proxy.exchange import ensure_exchange
+from proxy.pipeline.exchange import ensure_exchange
+from proxy.pipeline.replies import respond
 from proxy.protocols.base import Reply
-from proxy.replies import respond
 
 logger = logging.getLogger("mitmproxy.addonmanager")
 _UPDATE = hooks.UpdateHook([])
@@ -119,7 +119,7 @@ def embedded_master(opts: options.Options) -> mitm_master.Master:
 
     The latter is a root logging handler that, for every record (one access line per request), formats it
     again, wakes the loop with ``call_soon_threadsafe`` and triggers ``add_log`` on every addon: no addon here
-    implements it (the stdlib ``logging`` setup in :mod:`proxy.logs` is how wxgate logs)."""
+    implements it (the stdlib ``logging`` setup in :mod:`proxy.observability.logs` is how wxgate logs)."""
     skip_message_typechecks()
     option_reads_without_copies()
     master = mitm_master.Master(opts, with_termlog=False)

@@ -5,7 +5,7 @@ What applies at once: ``routes`` (with their secrets, keys and policies), ``unma
 certificate is served to the next handshake). The new route table is built off the event loop, then swapped in
 one assignment; a request keeps the route (and secrets) it was matched with, and no connection is dropped.
 
-What needs a restart (:data:`RESTART_KEYS`): the listen and admin sockets, the store connection and the backend
+What needs a restart (:data:`proxy.config.schema.RESTART_KEYS`): the listen and admin sockets, the store connection and the backend
 connection pool. A reload that changes one applies everything else, keeps the running value, logs the keys and
 sets ``wxgate_config_restart_required`` to 1.
 
@@ -26,14 +26,13 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import Config, ConfigError, load_config
-from proxy.metrics import Metrics
-from proxy.routes import RouteTable, build_route
+from proxy.config.schema import RESTART_KEYS
+from proxy.observability.metrics import Metrics
+from proxy.pipeline.routes import RouteTable, build_route
 from proxy.stores.base import Store
 from proxy.tls import ServerCertificate, server_certificate
 
 logger = logging.getLogger("wxgate")
-
-RESTART_KEYS = ("listen", "admin", "store", "upstream", "upstream_pool_size", "upstream_connect_timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +76,8 @@ def prepare(config: Config, environ: Mapping[str, str]) -> tuple[Loaded, TracerP
     """Everything ``wxgate run`` builds from its configuration and ``OTEL_*`` environment before it opens a
     socket or the store: :func:`build`, the tracer provider and the (unopened) store. ``wxgate check`` builds
     the same and drops it; any problem is a :class:`ConfigError`."""
+    from proxy.observability.otel_env import provider_from_env
     from proxy.stores import open_store
-    from proxy.tracing import provider_from_env
 
     loaded = build(config)
     try:

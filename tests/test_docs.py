@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.config_docs import render, undocumented
-from proxy.metrics import Metrics
+from proxy.config.reference import render, undocumented
+from proxy.observability.metrics import Metrics
 from tests.support.procs import ROOT, http, wait_until
 
 README = ROOT / "README.md"

@@ -11,7 +11,7 @@ The scheme (modelled on WeChat Pay v2's ``sign``, PROTOCOLS.md §3.2, with a rea
 Names and values are percent-encoded as AWS SigV4 and OAuth 1.0 do, so a ``&`` or ``=`` inside a value can no
 longer read as a parameter boundary: with raw values, ``{"a": "1&b=2"}`` and ``{"a": "1", "b": "2"}`` signed the
 same string, and a signature captured for one parameter set verified another. This changed the wire format for
-in-house senders (docs/operations.md, "HMAC string to sign"); ``proxy.protocols.senders.hmac_request`` signs this
+in-house senders (docs/operations.md, "HMAC string to sign"); ``proxy.tools.traffic.hmac_request`` signs this
 way.
 
 JSON values are signed as written: strings unquoted, numbers as their text (``1.50`` stays ``1.50``), ``true``,

@@ -23,7 +23,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
@@ -41,8 +40,9 @@ from proxy.stores.base import (
 )
 from proxy.stores.redis_notify import SettleSubscriber
 from proxy.stores.redis_scripts import Scripts
-from proxy.stores.redis_target import REDIS_ERRORS, RedisConnector, parse_redis_url
+from proxy.stores.redis_target import REDIS_ERRORS, RedisConnector
 from proxy.stores.resp import RespClient
+from proxy.stores.url import parse_redis_url
 from proxy.stores.waiters import KeyWaiters, settle_loop
 
 CHUNK = 500  # dead letters revived / items purged per script call, so no single call blocks Redis for long
@@ -101,8 +101,9 @@ class RedisStore(Store):
         settle_poll: float = 0.5,
         max_connections: int = 64,
     ) -> None:
+        target = parse_redis_url(url)
         self._conn = RedisConnector(
-            parse_redis_url(url),
+            target,
             connect_timeout=connect_timeout,
             timeout=timeout,
             max_connections=max_connections,
@@ -110,10 +111,9 @@ class RedisStore(Store):
         self._client = self._conn.client()
         # One server, no query options: the scripts go over a lean pipelined connection (:mod:`.resp`, ~10 µs
         # of CPU per call against redis-py's ~65); everything else, Cluster and Sentinel stay on redis-py.
-        target = self._conn.target
         self._resp = (
-            RespClient.from_url(url, connect_timeout=connect_timeout, timeout=timeout)
-            if target.kind == "redis" and not urlsplit(url).query
+            RespClient.from_target(target, connect_timeout=connect_timeout, timeout=timeout)
+            if target.kind == "redis" and not target.has_query
             else None
         )
         self._slots = asyncio.Semaphore(max_connections)

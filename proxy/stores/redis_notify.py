@@ -76,7 +76,7 @@ class SettleSubscriber:
                 self._subscribed.clear()
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated in redis-py
                     await client.aclose()
             attempt += 1
             await asyncio.sleep(delay)

@@ -1,11 +1,5 @@
-"""Redis store URLs: parsing, building ``redis.asyncio`` clients, and turning client errors into
-:class:`StoreUnavailable` messages that say what to check, with the password never in them.
-
-Accepted URLs (``user:password@`` optional everywhere; ``?ssl=true`` turns on TLS for cluster/sentinel):
-
-    redis://host:6379/0, rediss://host:6380/0        one server (any redis-py ``from_url`` query options)
-    redis+cluster://host:7000,host:7001               Redis Cluster, seed nodes
-    redis+sentinel://host:26379,host:26380/mymaster   the master of ``mymaster`` as Sentinel reports it
+"""Redis targets: building ``redis.asyncio`` clients for a parsed store URL (:mod:`.redis_url`), and turning
+client errors into :class:`StoreUnavailable` messages that say what to check, with the password never in them.
 
 Socket timeouts are short (0.5 s connect, 1 s read by default) and a command that lost its connection is
 retried once on a fresh one, so a dead or hung Redis costs a request at most about a second, and a restarted
@@ -15,13 +9,10 @@ one is picked up by the next call.
 from __future__ import annotations
 
 import contextlib
-import re
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -33,8 +24,8 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.stores.base import StoreUnavailable
 from proxy.stores.resp import RespError
+from proxy.stores.url import Kind, RedisTarget
 
-Kind = Literal["redis", "cluster", "sentinel"]
 # OSError covers TimeoutError, socket errors and RespConnectionError; RespError is a server error reply.
 REDIS_ERRORS = (RedisError, RedisClusterException, RespError, OSError)
 # CPython's selector transport raises TypeError/AttributeError when written to right after its connection was
@@ -48,91 +39,6 @@ _HINTS: dict[Kind, str] = {
     "sentinel": "check that the sentinels are reachable, that they know the service name, and that its "
     "master is up",
 }
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """A parsed store URL. ``safe_url`` (no password, no query) is the only form that appears in messages."""
-
-    kind: Kind
-    url: str = field(repr=False)
-    safe_url: str
-    nodes: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ssl: bool = False
-    service: str = ""
-    db: int = 0
-
-
-def _hostport(text: str, default_port: int) -> tuple[str, int]:
-    if text.startswith("["):  # [::1]:6379
-        host, _, rest = text[1:].partition("]")
-        port = rest.removeprefix(":")
-    else:
-        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
-    # Never echo ``text``: in a mistyped URL it may be a piece of the password.
-    if not host:
-        raise ValueError("a node has no host (expected host:port)")
-    if port and not port.isdigit():
-        raise ValueError("a node's port is not a number (expected host:port)")
-    return host, int(port) if port else default_port
-
-
-def _fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_redis_url(url: str) -> RedisTarget:
-    """Parse a ``redis://``, ``rediss://``, ``redis+cluster://`` or ``redis+sentinel://`` URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("redis", "rediss", "redis+cluster", "redis+sentinel"):
-        raise ValueError(
-            f"not a redis store URL: {scheme}://… (expected redis, rediss, redis+cluster or redis+sentinel)"
-        )
-    if "@" in "".join(re.split(r"[/?#]", rest, maxsplit=1)[1:]):
-        # `redis://:ab/cd@host` would otherwise be host "localhost" with the password's tail as its path
-        raise ValueError(
-            f"{scheme}:// URL has an '@' after its host part: a password holding / ? # or @ must be "
-            "percent-encoded"
-        )
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, _, hosts = netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    username, secret = unquote(user) or None, unquote(password) or None
-    who = f"{user}@" if user else ""
-    if scheme in ("redis", "rediss"):
-        parts = urlsplit(url)
-        try:
-            port = parts.port or 6379
-        except ValueError:  # its message quotes the "port", which may be a piece of the password
-            raise ValueError(
-                f"{scheme}:// URL has no valid host:port (a password holding / ? # or @ must be "
-                "percent-encoded)"
-            ) from None
-        host = parts.hostname or "localhost"
-        db = int(path.split("/")[0] or 0) if path.split("/")[0].isdigit() else 0
-        safe = f"{scheme}://{who}{_fmt(host, port)}/{db}"
-        return RedisTarget("redis", url, safe, ((host, port),), username, secret, scheme == "rediss", db=db)
-    ssl = parse_qs(query).get("ssl", ["false"])[0].lower() in ("1", "true", "yes")
-    if scheme == "redis+cluster":
-        nodes = tuple(_hostport(h, 6379) for h in hosts.split(",") if h)
-        if not nodes:
-            raise ValueError(
-                "redis+cluster:// needs at least one seed node: redis+cluster://host:port[,host:port]"
-            )
-        safe = f"{scheme}://{who}{','.join(_fmt(*n) for n in nodes)}"
-        return RedisTarget("cluster", url, safe, nodes, username, secret, ssl)
-    nodes = tuple(_hostport(h, 26379) for h in hosts.split(",") if h)
-    service, _, db_text = path.partition("/")
-    if not nodes or not service:
-        raise ValueError(
-            "redis+sentinel:// needs sentinels and a service: redis+sentinel://host:port[,host:port]/name"
-        )
-    db = int(db_text) if db_text.isdigit() else 0
-    safe = f"{scheme}://{who}{','.join(_fmt(*n) for n in nodes)}/{service}"
-    return RedisTarget("sentinel", url, safe, nodes, username, secret, ssl, service=unquote(service), db=db)
 
 
 class RedisConnector:
@@ -176,7 +82,7 @@ class RedisConnector:
         if self._sentinel is None:
             sentinel_opts = {k: v for k, v in self._options.items() if k.startswith("socket_")}
             # redis-py leaves Sentinel.__init__ unannotated.
-            self._sentinel = Sentinel(list(t.nodes), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(list(t.nodes), sentinel_kwargs=sentinel_opts)  # type: ignore[no-untyped-call,unused-ignore]
         master: Redis = self._sentinel.master_for(t.service, db=t.db, ssl=t.ssl, **self._auth(), **opts)
         return master
 

@@ -38,6 +38,8 @@ from typing import Any, cast
 
 import hiredis
 
+from proxy.stores.url import RedisTarget, parse_redis_url
+
 Arg = str | bytes | bytearray | memoryview | int | float  # redis-py's EncodableT
 """A command argument: ``str`` goes as UTF-8, numbers as their ``repr`` (``bool`` and ``None`` are refused)."""
 
@@ -196,9 +198,25 @@ class RespClient:
 
         Query options (``ssl_cert_reqs``, ``ssl_ca_certs``…) are not read: pass ``ssl_context`` instead.
         """
-        from proxy.stores.redis_target import parse_redis_url  # it imports this module's errors
+        return cls.from_target(
+            parse_redis_url(url),
+            ssl_context=ssl_context,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            max_pending=max_pending,
+        )
 
-        t = parse_redis_url(url)
+    @classmethod
+    def from_target(
+        cls,
+        t: RedisTarget,
+        *,
+        ssl_context: SSLContext | None = None,
+        connect_timeout: float = 0.5,
+        timeout: float = 1.0,
+        max_pending: int = 10_000,
+    ) -> RespClient:
+        """A client for a parsed one-server target."""
         if t.kind != "redis":
             raise ValueError(f"RespClient talks to one server (redis:// or rediss://), not {t.safe_url}")
         context = (ssl_context or create_default_context()) if t.ssl else None

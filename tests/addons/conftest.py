@@ -9,9 +9,9 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from proxy.config import parse_config
-from proxy.exchange import Exchange, ensure_exchange
-from proxy.routes import RouteTable
-from proxy.sender import Request, mp_message, mp_text
+from proxy.pipeline.exchange import Exchange, ensure_exchange
+from proxy.pipeline.routes import RouteTable
+from proxy.tools.sender import Request, mp_message, mp_text
 
 TOKEN = "unit-token"
 

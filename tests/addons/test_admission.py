@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from addons.admission import Admission, client_ip
-from proxy.exchange import exchange
+from proxy.pipeline.exchange import exchange
 from tests.addons.conftest import mp_flow, routed, table
 
 NETS = [ipaddress.ip_network("10.0.0.0/8")]

@@ -12,13 +12,13 @@ from mitmproxy import http
 
 from addons.dedup import Dedup, dedup_key
 from addons.verify import Verify
-from proxy.exchange import Exchange
-from proxy.outbox import Delivery, StoreSettlement
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.outbox import Delivery, StoreSettlement
+from proxy.pipeline.replies import encode_reply
 from proxy.protocols.base import Reply
-from proxy.replies import encode_reply
-from proxy.sender import mp_message, mp_text
 from proxy.stores import SqliteStore
 from proxy.stores.base import OutboxItem, Store, StoreUnavailable
+from proxy.tools.sender import mp_message, mp_text
 from tests.addons.conftest import TOKEN, Nonces, flow_of, mp_flow, routed, table
 
 

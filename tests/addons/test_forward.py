@@ -7,9 +7,9 @@ import pytest
 
 from addons.forward import Forward
 from addons.verify import Verify
-from proxy.settlement import Settlement
+from proxy.pipeline.settlement import Settlement
 from proxy.tasks import BackgroundTasks
-from proxy.upstream import UpstreamClient, UpstreamResult
+from proxy.upstream.client import UpstreamClient, UpstreamResult
 from tests.addons.conftest import Nonces, mp_flow, routed, table
 
 PASSIVE = (

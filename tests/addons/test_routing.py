@@ -4,8 +4,8 @@ import pytest
 from mitmproxy.test import tflow
 
 from addons.routing import Routing
-from proxy.exchange import exchange
-from proxy.routes import path_segments
+from proxy.pipeline.exchange import exchange
+from proxy.pipeline.routes import path_segments
 from tests.addons.conftest import table
 
 

@@ -5,7 +5,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from addons.tls import TlsTermination
-from proxy.exchange import exchange
+from proxy.pipeline.exchange import exchange
 from proxy.tls import ServerCertificate, server_certificate
 from tests.support.certs import authority, server_cert
 

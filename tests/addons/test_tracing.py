@@ -23,15 +23,16 @@ from addons.metrics import MetricsAddon
 from addons.routing import Routing
 from addons.tracing import TracingAddon
 from addons.verify import Verify
-from proxy.exchange import Exchange, exchange
-from proxy.instrumented_store import InstrumentedStore
-from proxy.metrics import Metrics
-from proxy.routes import RouteTable
-from proxy.settlement import Settlement
+from proxy.observability.instrumented_store import InstrumentedStore
+from proxy.observability.metrics import Metrics
+from proxy.observability.otel_env import sampler_from_env
+from proxy.observability.tracing import Tracing
+from proxy.pipeline.exchange import Exchange, exchange
+from proxy.pipeline.routes import RouteTable
+from proxy.pipeline.settlement import Settlement
 from proxy.stores import SqliteStore
 from proxy.tasks import BackgroundTasks
-from proxy.tracing import Tracing, sampler_from_env
-from proxy.upstream import UpstreamResult
+from proxy.upstream.client import UpstreamResult
 from tests.addons.conftest import mp_flow, table
 from tests.addons.test_forward import PASSIVE, FakeUpstream
 

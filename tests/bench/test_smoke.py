@@ -52,7 +52,16 @@ def test_harness_produces_a_table(tmp_path: Path) -> None:
 
 def test_paired_rounds_and_duplicate_rounds_fill_their_figures(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    args = ["--only", "mitmdump,dup-mix", "--paired", "mitmdump,dup-mix", "--rounds", "2", "--round-seconds", "1"]
+    args = [
+        "--only",
+        "mitmdump,dup-mix",
+        "--paired",
+        "mitmdump,dup-mix",
+        "--rounds",
+        "2",
+        "--round-seconds",
+        "1",
+    ]
     args += ["--warmup", "300", "--closed", "1", "--open", "1", "--rate", "100", "--soak", "0"]
     args += ["--dup-rounds", "2", "--dedup", "1"]
     proc = subprocess.run(

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from proxy.metrics import Metrics
+from proxy.observability.metrics import Metrics
 from tests.dashboards.queries import (
     RECORDING,
     ROOT,

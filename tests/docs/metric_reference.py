@@ -8,7 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from proxy.metrics import Metrics
+from proxy.observability.metrics import Metrics
 
 BEGIN = "<!-- metric-reference:begin (python -m tests.docs.metric_reference) -->"
 END = "<!-- metric-reference:end -->"

@@ -25,7 +25,7 @@ def test_the_reference_lists_every_wxgate_metric_with_its_help() -> None:
 
 
 def test_every_otel_variable_the_code_reads_is_documented() -> None:
-    code = (ROOT / "proxy" / "tracing.py").read_text()
+    code = (ROOT / "proxy" / "observability" / "otel_env.py").read_text()
     read = set(re.findall(r'"(OTEL_[A-Z_]+[A-Z])"', code))
     read |= {f"OTEL_EXPORTER_OTLP_{s}" for s in re.findall(r'_signal\(environ, "([A-Z_]+)"\)', code)}
     assert "OTEL_EXPORTER_OTLP_HEADERS" in read and "OTEL_TRACES_EXPORTER" in read
@@ -41,7 +41,7 @@ def test_every_alert_and_its_runbook_are_listed() -> None:
 
 
 def test_span_names_match_the_code() -> None:
-    code = (ROOT / "proxy" / "tracing.py").read_text()
+    code = (ROOT / "proxy" / "observability" / "tracing.py").read_text()
     assert 'f"store {operation}"' in code and 'f"redeliver {route}"' in code
     text = DOC.read_text()
     assert "`store {operation}`" in text and "`redeliver {route}`" in text

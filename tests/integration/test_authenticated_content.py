@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.protocols import senders, wechat_pay_v2, xmlmsg
-from proxy.sender import Request
+from proxy.protocols import wechat_pay_v2, xmlmsg
+from proxy.tools import traffic
+from proxy.tools.sender import Request
 from tests.integration.conftest import pay_v3_route
 from tests.support.procs import Backend, Sidecar, http
 
@@ -46,7 +47,7 @@ def nonce() -> str:
 @pytest.fixture(scope="module")
 def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
     cert = tmp_module / "platform-auth.pem"
-    cert.write_bytes(senders.platform_certificate(SIGNING_KEY, int(SERIAL, 16), time.time()))
+    cert.write_bytes(traffic.platform_certificate(SIGNING_KEY, int(SERIAL, 16), time.time()))
     pay2: dict[str, Any] = {"protocol": "wechat-pay-v2", "api_key": "${PAY}", "mch_id": MCH}
     routes: list[dict[str, Any]] = [
         {"name": "pay2", "path": "/pay/v2", **pay2},
@@ -61,14 +62,14 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
     s.stop()
 
 
-def send(s: Sidecar, out: senders.Outbound, body: bytes | None = None) -> tuple[int, bytes]:
+def send(s: Sidecar, out: traffic.Outbound, body: bytes | None = None) -> tuple[int, bytes]:
     r = Request.of(out)
     status, answer, _ = http(r.method, s.url + r.path_query, r.body if body is None else body, r.headers)
     return status, answer
 
 
-def refund(path: str, fields: dict[str, str] | None = None) -> senders.Outbound:
-    return senders.pay_v2_refund_notify(path, PAY_KEY, APP, MCH, fields or REFUND, nonce())
+def refund(path: str, fields: dict[str, str] | None = None) -> traffic.Outbound:
+    return traffic.pay_v2_refund_notify(path, PAY_KEY, APP, MCH, fields or REFUND, nonce())
 
 
 def refused(answer: tuple[int, bytes], path: str) -> bool:
@@ -80,7 +81,7 @@ def refused(answer: tuple[int, bytes], path: str) -> bool:
     return status == 200 and xmlmsg.parse(body)["return_code"] == "FAIL"
 
 
-def around(out: senders.Outbound, extra: bytes) -> bytes:
+def around(out: traffic.Outbound, extra: bytes) -> bytes:
     """The notice's body with ``extra`` elements appended inside ``<xml>``."""
     return out.body.replace(b"</xml>", extra + b"</xml>")
 
@@ -137,7 +138,7 @@ def test_a_signed_notice_with_a_second_field_appended_is_refused(
     sidecar: Sidecar, fresh_backend: Backend
 ) -> None:
     for path in ("/pay/v2", "/pay/v3"):
-        signed = senders.pay_v2_notify(path, PAY_KEY, pay_fields("4200900"))
+        signed = traffic.pay_v2_notify(path, PAY_KEY, pay_fields("4200900"))
         assert refused(send(sidecar, signed, around(signed, b"<out_trade_no>OTHER</out_trade_no>")), path)
     captured = refund("/pay/v2")
     assert refused(
@@ -156,7 +157,7 @@ def test_official_account_repeated_leaf_refused_list_items_accepted(
         b"<MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId><MsgId>2</MsgId></xml>"
     )
     ts = str(int(time.time()))
-    status, _ = send(sidecar, senders.mp_message("/mp", TOKEN, repeated, ts, nonce()))
+    status, _ = send(sidecar, traffic.mp_message("/mp", TOKEN, repeated, ts, nonce()))
     assert status == 400 and fresh_backend.stats()["count"] == 0
     pictures = (
         b"<xml><ToUserName>gh</ToUserName><FromUserName>o1</FromUserName><CreateTime>2</CreateTime>"
@@ -164,7 +165,7 @@ def test_official_account_repeated_leaf_refused_list_items_accepted(
         b"<PicList><item><PicMd5Sum>aaa</PicMd5Sum></item><item><PicMd5Sum>bbb</PicMd5Sum></item></PicList>"
         b"</SendPicsInfo></xml>"
     )
-    status, _ = send(sidecar, senders.mp_message("/mp", TOKEN, pictures, ts, nonce()))
+    status, _ = send(sidecar, traffic.mp_message("/mp", TOKEN, pictures, ts, nonce()))
     assert status == 200 and fresh_backend.stats()["count"] == 1
 
 
@@ -175,7 +176,7 @@ def test_official_account_repeated_leaf_refused_list_items_accepted(
 def test_a_pay_v2_backend_error_page_with_200_is_a_failure_and_the_retry_is_delivered(
     sidecar: Sidecar, fresh_backend: Backend, mode: str
 ) -> None:
-    notice = senders.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields(f"42009-{mode}"))
+    notice = traffic.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields(f"42009-{mode}"))
     fresh_backend.set_mode(mode)
     status, body = send(sidecar, notice)
     assert status == 200 and xmlmsg.parse(body)["return_code"] == "FAIL"  # WeChat Pay will retry
@@ -190,7 +191,7 @@ def test_a_pay_v3_backend_error_with_200_is_a_failure_and_the_retry_is_delivered
     sidecar: Sidecar, fresh_backend: Backend, mode: str
 ) -> None:
     plaintext = {"mchid": MCH, "transaction_id": f"T-{mode}", "out_trade_no": mode, "trade_state": "SUCCESS"}
-    notice = senders.pay_v3_notify(
+    notice = traffic.pay_v3_notify(
         "/pay/v3",
         SIGNING_KEY,
         SERIAL,
@@ -204,7 +205,7 @@ def test_a_pay_v3_backend_error_with_200_is_a_failure_and_the_retry_is_delivered
     status, body = send(sidecar, notice)
     assert status == 500 and json.loads(body)["code"] == "FAIL"
     fresh_backend.set_mode("empty")
-    retry = senders.pay_v3_notify(
+    retry = traffic.pay_v3_notify(
         "/pay/v3",
         SIGNING_KEY,
         SERIAL,
@@ -228,9 +229,9 @@ def test_an_hmac_signature_over_one_value_does_not_sign_two_parameters(
     ts = str(int(time.time()))
     # Signed for one parameter, order="1&state=paid". With raw values its string to sign was
     # "nonce=…&order=1&state=paid&timestamp=…", the very string of two parameters order=1 and state=paid.
-    signed = senders.hmac_request("/hooks", HMAC_SECRET, {"order": "1&state=paid"}, ts, "n-hmac-1")
+    signed = traffic.hmac_request("/hooks", HMAC_SECRET, {"order": "1&state=paid"}, ts, "n-hmac-1")
     sign = dict(p.split("=", 1) for p in signed.target.split("?", 1)[1].split("&"))["sign"]
-    split = senders.Outbound(
+    split = traffic.Outbound(
         "POST",
         f"/hooks?timestamp={ts}&nonce=n-hmac-1&sign={sign}",
         (("content-type", "application/x-www-form-urlencoded"),),
@@ -270,7 +271,7 @@ def test_a_captured_notice_reshuffled_to_other_ids_and_amounts_is_refused(
 ) -> None:
     """What ElementTree/minidom read from the forgery is another order (EXPENSIVE, 888800); wxgate's flat view
     signs exactly like the captured 1-fen notice. Refused, and the genuine retry is still answered from dedup."""
-    genuine = senders.pay_v2_notify(
+    genuine = traffic.pay_v2_notify(
         "/pay/v2",
         PAY_KEY,
         {
@@ -298,7 +299,7 @@ def test_an_attach_holding_ampersands_and_equals_is_still_accepted(
     sidecar: Sidecar, fresh_backend: Backend
 ) -> None:
     fields = {**pay_fields("4200778"), "attach": "a=1&b=2&total=3&out_trade_no=T4200778"}
-    assert send(sidecar, senders.pay_v2_notify("/pay/v2", PAY_KEY, fields)) == (200, SUCCESS_XML)
+    assert send(sidecar, traffic.pay_v2_notify("/pay/v2", PAY_KEY, fields)) == (200, SUCCESS_XML)
     assert fresh_backend.stats()["count"] == 1
 
 
@@ -306,7 +307,7 @@ def test_a_json_key_given_twice_is_refused(sidecar: Sidecar, fresh_backend: Back
     """Signed for amount 88800; the body repeats the key with 1 first. wxgate's parser kept the last value and
     verified; a first-value-wins backend read 1."""
     ts = str(int(time.time()))
-    signed = senders.hmac_request(
+    signed = traffic.hmac_request(
         "/hooks", HMAC_SECRET, {"order": "A-1", "amount": "88800"}, ts, "n-dup", body="json"
     )
     forged = b'{"order": "A-1", "amount": "1", "amount": "88800"}'

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.protocols import senders
-from proxy.sender import Request
+from proxy.tools import traffic
+from proxy.tools.sender import Request
 from tests.integration.conftest import pay_v3_route
 from tests.proxy.protocols.test_idempotency import MP_BURST, WECOM_BURST, share
 from tests.support.procs import Backend, Sidecar
@@ -38,7 +38,7 @@ SHARES = [share(order, account) for order in ("01", "02", "03") for account in (
 @pytest.fixture
 def sidecar(tmp_path: Path, fresh_backend: Backend) -> Iterator[Sidecar]:
     cert = tmp_path / "platform.pem"
-    cert.write_bytes(senders.platform_certificate(SIGNING_KEY, int(SERIAL, 16), time.time()))
+    cert.write_bytes(traffic.platform_certificate(SIGNING_KEY, int(SERIAL, 16), time.time()))
     aes = {"token": "${TOKEN}", "encoding_aes_key": "${AES}", "decrypt_for_backend": True}
     routes: list[dict[str, Any]] = [
         {"name": "mp", "path": "/mp", "protocol": "wechat-mp", "token": "${TOKEN}"},
@@ -53,24 +53,24 @@ def sidecar(tmp_path: Path, fresh_backend: Backend) -> Iterator[Sidecar]:
     s.stop()
 
 
-def deliveries(attempt: int) -> list[senders.Outbound]:
+def deliveries(attempt: int) -> list[traffic.Outbound]:
     """Every notification of the bursts, as delivery ``attempt`` of it (its own timestamp, nonce, envelope)."""
     ts = str(int(time.time()))
 
     def nonce(i: int) -> str:
         return f"n{attempt}x{i}x{time.perf_counter_ns()}"
 
-    out = [senders.mp_message("/mp", TOKEN, body, ts, nonce(i)) for i, body in enumerate(MP_BURST)]
+    out = [traffic.mp_message("/mp", TOKEN, body, ts, nonce(i)) for i, body in enumerate(MP_BURST)]
     out += [
-        senders.mp_message("/mp/safe", TOKEN, body, ts, nonce(i), encoding_aes_key=AES, app_id=APP_ID)
+        traffic.mp_message("/mp/safe", TOKEN, body, ts, nonce(i), encoding_aes_key=AES, app_id=APP_ID)
         for i, body in enumerate(MP_BURST)
     ]
     out += [
-        senders.wecom_message("/wecom", TOKEN, AES, CORP, body, ts, nonce(i))
+        traffic.wecom_message("/wecom", TOKEN, AES, CORP, body, ts, nonce(i))
         for i, body in enumerate(WECOM_BURST)
     ]
     out += [
-        senders.pay_v3_notify(
+        traffic.pay_v3_notify(
             "/pay/v3",
             SIGNING_KEY,
             SERIAL,
@@ -87,10 +87,10 @@ def deliveries(attempt: int) -> list[senders.Outbound]:
     return out
 
 
-async def burst(sidecar: Sidecar, outs: list[senders.Outbound]) -> list[int]:
+async def burst(sidecar: Sidecar, outs: list[traffic.Outbound]) -> list[int]:
     async with aiohttp.ClientSession() as session:
 
-        async def one(out: senders.Outbound) -> int:
+        async def one(out: traffic.Outbound) -> int:
             r = Request.of(out)
             async with session.request(
                 r.method, sidecar.url + r.path_query, data=r.body, headers=r.headers

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import sender
+from proxy.tools import sender
 from tests.integration.conftest import ENV, TOKEN, mp_route
 from tests.reliability.hostile import Answer, head, send
 from tests.support.procs import Backend, Sidecar, http

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import sender
+from proxy.tools import sender
 from tests.integration.conftest import ENV, TOKEN, mp_route
 from tests.support.procs import ROOT, Backend, Sidecar, http
 from tests.support.redis_servers import free_port

@@ -20,9 +20,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy import sender
 from proxy.config import parse_config
-from proxy.protocols import senders, xmlmsg
+from proxy.protocols import xmlmsg
+from proxy.tools import sender, traffic
 from tests.dashboards.queries import (
     ALERTS,
     RECORDING,
@@ -71,7 +71,7 @@ def routes_config(tmp: Path) -> dict[str, Any]:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    (tmp / "pay-public.pem").write_bytes(senders.public_key_pem(key))
+    (tmp / "pay-public.pem").write_bytes(traffic.public_key_pem(key))
     down = f"http://127.0.0.1:{free_port()}"
     return {
         "routes": [

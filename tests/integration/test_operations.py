@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from proxy import sender
+from proxy.tools import sender
 from tests.integration.conftest import ENV, mp_route, pay_v3_route
 from tests.integration.test_outbox import _cli, msg_ids, text
 from tests.support.procs import Backend, Sidecar, http, wait_until
@@ -241,11 +241,12 @@ def test_a_v2_notice_redelivered_at_a_v3_route_is_answered_with_v2_xml_afterward
     keeps re-sending for 24 hours."""
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from proxy.protocols import senders, wechat_pay_v2
+    from proxy.protocols import wechat_pay_v2
+    from proxy.tools import traffic
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = tmp_path / "platform.pem"
-    cert.write_bytes(senders.platform_certificate(key, 0x5157F09E, time.time()))
+    cert.write_bytes(traffic.platform_certificate(key, 0x5157F09E, time.time()))
     route = pay_v3_route(cert, MCH, api_key="${PAY}", on_backend_failure="ack", outbox=FAST_OUTBOX)
     env = {"V3": "0123456789abcdef0123456789abcdef", "PAY": PAY_KEY}
     fresh.set_mode("down")
@@ -261,7 +262,7 @@ def test_a_v2_notice_redelivered_at_a_v3_route_is_answered_with_v2_xml_afterward
             "out_trade_no": "T1",
             "total_fee": "1",
         }
-        notice = sender.Request.of(senders.pay_v2_notify("/pay/v3", PAY_KEY, fields))
+        notice = sender.Request.of(traffic.pay_v2_notify("/pay/v3", PAY_KEY, fields))
         assert post(s, notice)[:2] == (200, wechat_pay_v2.SUCCESS_XML)  # acknowledged, queued
         fresh.set_mode("passive")
         wait_until(lambda: outbox_counts(s) == (0, 0) and fresh.stats()["count"] >= 1, 30, "outbox delivered")

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy import sender
 from proxy.protocols import xmlmsg
+from proxy.tools import sender
 from tests.integration.conftest import ENV, TOKEN, mp_route
 from tests.support.procs import ROOT, Backend, Sidecar, http, wait_until
 from tests.support.redis_servers import RedisServer, free_port

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.protocols import senders, wxcrypt, xmlmsg
-from proxy.sender import Request, mp_text
+from proxy.protocols import wxcrypt, xmlmsg
+from proxy.tools import traffic
+from proxy.tools.sender import Request, mp_text
 from tests.integration.conftest import pay_v3_route
 from tests.support.procs import Backend, Sidecar, http
 
@@ -51,7 +52,7 @@ def nonce() -> str:
 @pytest.fixture(scope="module")
 def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
     cert = tmp_module / "platform.pem"
-    cert.write_bytes(senders.platform_certificate(SIGNING_KEY, int(SERIAL, 16), time.time()))
+    cert.write_bytes(traffic.platform_certificate(SIGNING_KEY, int(SERIAL, 16), time.time()))
     routes: list[dict[str, Any]] = [
         {
             "name": "mp-safe",
@@ -106,7 +107,7 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
     s.stop()
 
 
-def send(s: Sidecar, out: senders.Outbound) -> tuple[int, bytes, dict[str, str]]:
+def send(s: Sidecar, out: traffic.Outbound) -> tuple[int, bytes, dict[str, str]]:
     r = Request.of(out)
     return http(r.method, s.url + r.path_query, r.body, r.headers)
 
@@ -131,7 +132,7 @@ def test_mp_safe_mode_serves_a_plaintext_backend(sidecar: Sidecar, fresh_backend
     xml = xmlmsg.build(mp_text("gh_x", "oSafe", "secret hello", 9001))
     status, body, _ = send(
         sidecar,
-        senders.mp_message("/mp/safe", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID),
+        traffic.mp_message("/mp/safe", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID),
     )
     assert status == 200
     got = only_request(fresh_backend)
@@ -148,7 +149,7 @@ def test_mp_safe_mode_accepts_the_previous_token_and_says_so(
     xml = xmlmsg.build(mp_text("gh_x", "oSafe", "rotating", 9002))
     status, body, _ = send(
         sidecar,
-        senders.mp_message("/mp/safe", OLD_TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID),
+        traffic.mp_message("/mp/safe", OLD_TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID),
     )
     assert status == 200
     assert b"echo: rotating" in open_reply(body, APP_ID, token=OLD_TOKEN)  # answered with the key WeChat used
@@ -157,7 +158,7 @@ def test_mp_safe_mode_accepts_the_previous_token_and_says_so(
 
 def test_mp_compatible_mode_trusts_only_the_ciphertext(sidecar: Sidecar, fresh_backend: Backend) -> None:
     xml = xmlmsg.build(mp_text("gh_x", "oCompat", "the real text", 9003))
-    out = senders.mp_message(
+    out = traffic.mp_message(
         "/mp/compat", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id=APP_ID, compatible=True
     )
     forged = out._replace(body=out.body.replace(b"the real text", b"forged text!!"))
@@ -173,7 +174,7 @@ def test_mp_safe_mode_refuses_a_wrong_app_id(sidecar: Sidecar, fresh_backend: Ba
     xml = xmlmsg.build(mp_text("gh_x", "oSafe", "x", 9004))
     status, _, _ = send(
         sidecar,
-        senders.mp_message(
+        traffic.mp_message(
             "/mp/safe", TOKEN, xml, now(), nonce(), encoding_aes_key=AES, app_id="wx0000000000000000"
         ),
     )
@@ -184,12 +185,12 @@ def test_mp_safe_mode_refuses_a_wrong_app_id(sidecar: Sidecar, fresh_backend: Ba
 
 def test_wecom_url_verification_and_message(sidecar: Sidecar, fresh_backend: Backend) -> None:
     status, body, _ = send(
-        sidecar, senders.wecom_url_check("/wecom", TOKEN, AES, CORP, "1288432023552776189", now(), nonce())
+        sidecar, traffic.wecom_url_check("/wecom", TOKEN, AES, CORP, "1288432023552776189", now(), nonce())
     )
     assert (status, body) == (200, b"1288432023552776189")
     xml = xmlmsg.build(mp_text(CORP, "zhangsan", "你好", 4242))
     status, body, _ = send(
-        sidecar, senders.wecom_message("/wecom", TOKEN, AES, CORP, xml, now(), nonce(), agent_id="218")
+        sidecar, traffic.wecom_message("/wecom", TOKEN, AES, CORP, xml, now(), nonce(), agent_id="218")
     )
     assert status == 200
     assert "<Content><![CDATA[你好]]></Content>" in only_request(fresh_backend)["body"]
@@ -202,7 +203,7 @@ def test_wecom_fields_beside_encrypt_never_reach_a_backend_that_decrypts_itself(
     """msg_signature covers Encrypt alone. A captured message with forged plaintext fields beside it and another
     AgentID, sent before the genuine one, reached the backend marked verified and took the genuine one's place."""
     inner = xmlmsg.build({**mp_text(CORP, "zhangsan", "genuine", 4343), "AgentID": "218"})
-    genuine = senders.wecom_message("/wecom/raw", TOKEN, AES, CORP, inner, now(), nonce(), agent_id="218")
+    genuine = traffic.wecom_message("/wecom/raw", TOKEN, AES, CORP, inner, now(), nonce(), agent_id="218")
     forged_body = genuine.body.replace(
         b"<AgentID><![CDATA[218]]></AgentID>",
         b"<AgentID>999</AgentID><FromUserName>attacker</FromUserName><Content>transfer 1000</Content>",
@@ -215,7 +216,7 @@ def test_wecom_fields_beside_encrypt_never_reach_a_backend_that_decrypts_itself(
     assert "attacker" not in got["body"] and "transfer" not in got["body"] and "999" not in got["body"]
     assert "<AgentID><![CDATA[218]]></AgentID>" in got["body"] and "<Encrypt>" in got["body"]
     http("POST", fresh_backend.url + "/_demo/reset")
-    unchanged = senders.wecom_message(
+    unchanged = traffic.wecom_message(
         "/wecom/raw", TOKEN, AES, CORP, inner.replace(b"4343", b"4344"), now(), nonce(), agent_id="218"
     )
     assert send(sidecar, unchanged)[0] == 200
@@ -246,11 +247,11 @@ SUCCESS_XML = (
 
 def test_pay_v2_notify_sign_types_and_contract(sidecar: Sidecar, fresh_backend: Backend) -> None:
     for sign_type, txn in ((None, "4200001"), ("HMAC-SHA256", "4200002")):
-        status, body, _ = send(sidecar, senders.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields(txn), sign_type))
+        status, body, _ = send(sidecar, traffic.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields(txn), sign_type))
         assert (status, body) == (200, SUCCESS_XML)  # the demo backend's passive XML is not Pay's contract
     assert fresh_backend.stats()["count"] == 2
     assert sidecar.metric("wxgate_replies_normalized_total", route="pay2") == 2
-    tampered = senders.tamper(senders.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields("4200003")))
+    tampered = traffic.tamper(traffic.pay_v2_notify("/pay/v2", PAY_KEY, pay_fields("4200003")))
     status, body, _ = send(sidecar, tampered)
     assert status == 200 and b"FAIL" in body
     assert fresh_backend.stats()["count"] == 2
@@ -266,14 +267,14 @@ def test_pay_v2_refund_is_decrypted_for_the_backend(sidecar: Sidecar, fresh_back
         "refund_fee": "1",
     }
     status, body, _ = send(
-        sidecar, senders.pay_v2_refund_notify("/pay/v2", PAY_KEY, "wx4f4bc4dec97d474b", MCH, refund, nonce())
+        sidecar, traffic.pay_v2_refund_notify("/pay/v2", PAY_KEY, "wx4f4bc4dec97d474b", MCH, refund, nonce())
     )
     assert (status, body) == (200, SUCCESS_XML)
     got = only_request(fresh_backend)["body"]
     assert "50300103182020010413419046597" in got and "req_info" not in got
 
 
-def v3(txn: str, probe: bool = False) -> senders.Outbound:
+def v3(txn: str, probe: bool = False) -> traffic.Outbound:
     plaintext = {
         "mchid": MCH,
         "appid": "wxd930ea5d5a258f4f",
@@ -281,7 +282,7 @@ def v3(txn: str, probe: bool = False) -> senders.Outbound:
         "out_trade_no": "T" + txn,
         "trade_state": "SUCCESS",
     }
-    return senders.pay_v3_notify(
+    return traffic.pay_v3_notify(
         "/pay/v3",
         SIGNING_KEY,
         SERIAL,
@@ -302,26 +303,26 @@ def test_pay_v3_notice_probe_and_v2_at_v3(sidecar: Sidecar, fresh_backend: Backe
     assert status == 401 and json.loads(body)["code"] == "FAIL"
     assert fresh_backend.stats()["count"] == 1  # the probe never reached the backend
     assert sidecar.metric("wxgate_verifications_total", route="pay3", reason="signature_probe") == 1
-    status, body, _ = send(sidecar, senders.pay_v2_notify("/pay/v3", PAY_KEY, pay_fields("4200102")))
+    status, body, _ = send(sidecar, traffic.pay_v2_notify("/pay/v3", PAY_KEY, pay_fields("4200102")))
     assert (status, body) == (200, SUCCESS_XML)  # a v2 notice at a v3 URL, answered in v2's format
     assert fresh_backend.stats()["count"] == 2
 
 
 def test_generic_hmac_and_standard_webhooks(sidecar: Sidecar, fresh_backend: Backend) -> None:
     fresh_backend.set_mode("json")
-    ok = senders.hmac_request("/hooks/hmac", HMAC_SECRET, {"order": "77", "state": "paid"}, now(), nonce())
+    ok = traffic.hmac_request("/hooks/hmac", HMAC_SECRET, {"order": "77", "state": "paid"}, now(), nonce())
     status, body, _ = send(sidecar, ok)
     assert status == 200 and body == b'{"errcode":0,"errmsg":"ok"}'  # generic: 2xx passes through unchanged
     assert (
         send(
             sidecar,
-            senders.tamper(senders.hmac_request("/hooks/hmac", HMAC_SECRET, {"order": "78"}, now(), nonce())),
+            traffic.tamper(traffic.hmac_request("/hooks/hmac", HMAC_SECRET, {"order": "78"}, now(), nonce())),
         )[0]
         == 401
     )
-    hook = senders.standard_webhook(
+    hook = traffic.standard_webhook(
         "/hooks/std", WH_SECRET, "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", now(), b'{"type":"invoice.paid"}'
     )
     assert send(sidecar, hook)[0] == 200
-    assert send(sidecar, senders.tamper(hook))[0] == 401
+    assert send(sidecar, traffic.tamper(hook))[0] == 401
     assert fresh_backend.stats()["count"] == 2

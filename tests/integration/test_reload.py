@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from proxy import sender
+from proxy.tools import sender
 from tests.support.procs import Backend, Sidecar, http
 
 pytestmark = pytest.mark.integration

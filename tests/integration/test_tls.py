@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from proxy import sender
+from proxy.tools import sender
 from tests.integration.conftest import ENV, TOKEN, mp_route
 from tests.support.certs import Authority, authority, server_cert
 from tests.support.procs import ROOT, WXGATE, Backend, Sidecar, http

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy import sender
 from proxy.config import parse_config
+from proxy.tools import sender
 from tests.integration.conftest import ENV, mp_route
 from tests.support.procs import Backend, Sidecar, http
 

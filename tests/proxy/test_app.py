@@ -7,7 +7,7 @@ import warnings
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from proxy.exchange import ensure_exchange, exchange
+from proxy.pipeline.exchange import ensure_exchange, exchange
 
 with warnings.catch_warnings():
     # proxy.app imports mitmproxy.master, which imports every default addon; proxyauth's ldap3 uses a

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.exchange import Outcome
+from proxy.observability.outcome import Outcome
 
 
 def test_as_log_keeps_set_fields_in_declaration_order_with_floats_to_the_microsecond() -> None:

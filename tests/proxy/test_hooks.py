@@ -16,8 +16,8 @@ from mitmproxy.test import tflow
 with warnings.catch_warnings():
     # mitmproxy.master imports every default addon; proxyauth's ldap3 uses a deprecated pyasn1 name on import.
     warnings.simplefilter("ignore", DeprecationWarning)
-    from proxy.exchange import exchange
     from proxy.hooks import HookDispatch, embedded_master
+    from proxy.pipeline.exchange import exchange
 
 
 class Recorder:
@@ -108,7 +108,7 @@ async def test_an_addon_error_on_a_route_answers_in_the_protocols_failure_form()
 
 def _pay_table() -> Any:
     from proxy.config import parse_config
-    from proxy.routes import RouteTable
+    from proxy.pipeline.routes import RouteTable
 
     cfg = parse_config(
         {

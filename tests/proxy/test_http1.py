@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.http1 import BodyTooLarge, ProtocolError, Response, ResponseParser, request_bytes
+from proxy.upstream.http1 import BodyTooLarge, ProtocolError, Response, ResponseParser, request_bytes
 
 
 def parse(raw: bytes, *, split: bool = False, head: bool = False, limit: int = 1024) -> Response | None:
@@ -151,7 +151,9 @@ def test_request_bytes_put_wxgates_framing_first_and_keep_other_headers() -> Non
 
 
 def test_request_bytes_restore_bytes_that_were_decoded_with_surrogateescape() -> None:
-    raw = request_bytes("POST", "/", "b", {"x-name": b"\xe4\xbd\xa0\xff".decode("utf-8", "surrogateescape")}, b"")
+    raw = request_bytes(
+        "POST", "/", "b", {"x-name": b"\xe4\xbd\xa0\xff".decode("utf-8", "surrogateescape")}, b""
+    )
     assert b"x-name: \xe4\xbd\xa0\xff\r\n" in raw
 
 

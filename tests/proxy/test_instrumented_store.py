@@ -10,10 +10,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from proxy.instrumented_store import InstrumentedStore
-from proxy.metrics import Metrics
+from proxy.observability.instrumented_store import InstrumentedStore
+from proxy.observability.metrics import Metrics
+from proxy.observability.tracing import Tracing
 from proxy.stores import ClaimState, OutboxItem, SqliteStore, StoreUnavailable
-from proxy.tracing import Tracing
 
 
 @pytest.fixture

@@ -7,10 +7,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from proxy.exchange import Outcome
-from proxy.metrics import DEDUP_RESULTS, STORE_OPERATIONS, UPSTREAM_RESULTS, Metrics, exemplar_of
+from proxy.observability.metrics import (
+    DEDUP_RESULTS,
+    STORE_OPERATIONS,
+    UPSTREAM_RESULTS,
+    Metrics,
+    exemplar_of,
+)
+from proxy.observability.outcome import Outcome
 from proxy.stores.base import OutboxStats
-from proxy.upstream import UpstreamResult
+from proxy.upstream.client import UpstreamResult
 
 
 @pytest.fixture

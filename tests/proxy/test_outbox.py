@@ -11,15 +11,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.config import parse_config
-from proxy.outbox import Delivery, OutboxCounters, OutboxWorker, backoff, reply_context
-from proxy.protocols import senders
+from proxy.pipeline.outbox import Delivery, OutboxCounters, OutboxWorker, backoff, reply_context
+from proxy.pipeline.replies import decode_reply
+from proxy.pipeline.routes import RouteTable
 from proxy.protocols.wechat_pay_v3 import V2Notice
 from proxy.protocols.wxcrypt import ReplyContext
-from proxy.replies import decode_reply
-from proxy.routes import RouteTable
 from proxy.stores import SqliteStore
 from proxy.stores.base import ClaimState, OutboxItem, StoreUnavailable
-from proxy.upstream import UpstreamClient, UpstreamResult
+from proxy.tools import traffic
+from proxy.upstream.client import UpstreamClient, UpstreamResult
 
 
 class Clock:
@@ -265,7 +265,7 @@ async def test_a_pay_v2_notice_at_a_v3_route_is_cached_as_v2_xml_after_redeliver
     backend answered (as the first delivery would have), not v3's 204."""
     cert = tmp_path / "platform.pem"
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert.write_bytes(senders.platform_certificate(key, 0x5157F09E, CLOCK.now))
+    cert.write_bytes(traffic.platform_certificate(key, 0x5157F09E, CLOCK.now))
     route = {
         "name": "pay3",
         "path": "/pay/v3",

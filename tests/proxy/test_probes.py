@@ -7,8 +7,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.metrics import Metrics
-from proxy.probes import Probes
+from proxy.observability.metrics import Metrics
+from proxy.observability.probes import Probes
 from proxy.stores import OutboxItem, OutboxStats, SqliteStore, StoreUnavailable
 
 

@@ -10,18 +10,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy.config import ConfigError
-from proxy.exchange import Exchange, Outcome
-from proxy.tracing import (
-    REQUEST_VALUE_LIMIT,
-    Tracing,
+from proxy.observability.otel_env import (
     TracingConfigError,
     provider_from_env,
     resource_from_env,
     sampler_from_env,
     span_limits_from_env,
-    traceparent,
 )
-from proxy.upstream import UpstreamResult
+from proxy.observability.outcome import Outcome
+from proxy.observability.tracing import REQUEST_VALUE_LIMIT, Tracing, traceparent
+from proxy.pipeline.exchange import Exchange
+from proxy.upstream.client import UpstreamResult
 from tests.addons.conftest import mp_flow, routed, table
 
 
@@ -295,8 +294,9 @@ async def test_backend_call_span_is_a_child_whose_traceparent_reaches_the_backen
     f = mp_flow()
     ex: Exchange = routed(f, table())
     ex.span = tracing.start_server("POST", "/wx", {}, "")
-    call = tracing.backend_call(ex, "POST")
-    assert ex.traceparent == call.traceparent
+    assert ex.route is not None
+    call = tracing.backend_call(ex.span, "POST", ex.route.config.path, ex.route.upstream)
+    ex.traceparent = call.traceparent
 
     async def send() -> UpstreamResult:
         return result
@@ -319,7 +319,8 @@ async def test_a_cancelled_backend_call_still_ends_its_span(
     tracing: Tracing, spans: InMemorySpanExporter
 ) -> None:
     ex = routed(mp_flow(), table())
-    call = tracing.backend_call(ex, "POST")
+    assert ex.route is not None
+    call = tracing.backend_call(None, "POST", ex.route.config.path, ex.route.upstream)
     task = asyncio.ensure_future(call.wrap(asyncio.sleep(10, UpstreamResult("2xx", 200))))
     await asyncio.sleep(0)
     task.cancel()
@@ -381,9 +382,9 @@ async def test_an_outbox_redelivery_is_a_linked_trace_whose_traceparent_reaches_
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from proxy.instrumented_store import InstrumentedStore
-    from proxy.metrics import Metrics
-    from proxy.outbox import Delivery, OutboxWorker
+    from proxy.observability.instrumented_store import InstrumentedStore
+    from proxy.observability.metrics import Metrics
+    from proxy.pipeline.outbox import Delivery, OutboxWorker
     from proxy.stores import OutboxItem, SqliteStore
     from tests.addons.test_forward import FakeUpstream
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from proxy.upstream import UpstreamClient, split_url
+from proxy.upstream.client import UpstreamClient, split_url
 from tests.support.redis_servers import free_port
 
 Answer = Callable[[bytes], bytes | None]  # raw request -> raw reply (None: close without answering)

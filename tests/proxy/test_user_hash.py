@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from proxy.config import Secret
-from proxy.logs import UserRef
+from proxy.observability.logs import UserRef
 
 OPENID = "oS3cr3tUser000000000000001"
 KEY = "0123456789abcdef0123456789abcdef"

@@ -3,7 +3,7 @@
 :class:`Fleet` owns every process of one run (started on free loopback ports, stopped by PID): the demo
 backend, ``replicas`` wxgate processes sharing one store URL, and knows how to kill -9 and restart a replica on
 its own ports. :class:`Catalog` produces correctly signed (and encrypted) deliveries of one notification for
-every protocol, fresh timestamp and nonce per attempt (:func:`proxy.sender.build`), tells from a reply whether
+every protocol, fresh timestamp and nonce per attempt (:func:`proxy.tools.sender.build`), tells from a reply whether
 the sender would take it as an acknowledgement, and reads back from a backend request which notification it
 carried. :class:`BackendLog` keeps what the backend received across its restarts.
 """
@@ -20,11 +20,11 @@ from urllib.parse import parse_qs
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy import sender
 from proxy.config import RouteBase, parse_config
-from proxy.protocols import senders, wxcrypt, xmlmsg
+from proxy.protocols import wxcrypt, xmlmsg
 from proxy.protocols.base import Rejected
 from proxy.protocols.wechat_pay_v2 import return_code
+from proxy.tools import sender, traffic
 from tests.support.procs import Backend, Sidecar
 
 TOKEN = "storm-token"
@@ -131,7 +131,7 @@ class Catalog:
     def __init__(self, tmp: Path, timing: Timing) -> None:
         key = self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.certificate = tmp / "platform.pem"
-        self.certificate.write_bytes(senders.platform_certificate(key, int(SERIAL, 16), time.time()))
+        self.certificate.write_bytes(traffic.platform_certificate(key, int(SERIAL, 16), time.time()))
         self.timing = timing
         self.routes_config = routes_config(self.certificate, timing)
         config = parse_config({"routes": self.routes_config}, ENV)
@@ -154,7 +154,7 @@ class Catalog:
         return sender.build(self.routes[route], opts)
 
     def _pay3(self, notification: int) -> sender.Request:
-        # proxy.sender.build would load the signing key from its PEM file per call (~40 ms of RSA checks).
+        # proxy.tools.sender.build would load the signing key from its PEM file per call (~40 ms of RSA checks).
         plaintext = {
             "mchid": MCH,
             "appid": "wxd930ea5d5a258f4f",
@@ -163,7 +163,7 @@ class Catalog:
             "trade_state": "SUCCESS",
             "amount": {"total": 1, "currency": "CNY"},
         }
-        out = senders.pay_v3_notify(
+        out = traffic.pay_v3_notify(
             ROUTES["pay3"]["path"],
             self._key,
             SERIAL,
@@ -192,7 +192,7 @@ class Catalog:
                 },
                 "success_time": "2026-01-01T12:00:00+08:00",
             }
-            out = senders.pay_v3_notify(
+            out = traffic.pay_v3_notify(
                 path,
                 self._key,
                 SERIAL,
@@ -222,10 +222,10 @@ class Catalog:
         }[kind]
         xml = (head + tail + "</xml>").encode()
         if route == "wecom":
-            out = senders.wecom_message(path, TOKEN, AES, CORP, xml, ts, nonce, agent_id="1000002")
+            out = traffic.wecom_message(path, TOKEN, AES, CORP, xml, ts, nonce, agent_id="1000002")
         else:
             aes = AES if route == "mp-safe" else None
-            out = senders.mp_message(path, TOKEN, xml, ts, nonce, encoding_aes_key=aes, app_id=APP_ID)
+            out = traffic.mp_message(path, TOKEN, xml, ts, nonce, encoding_aes_key=aes, app_id=APP_ID)
         return sender.Request.of(out)
 
     def classify(self, route: str, status: int, body: bytes) -> tuple[str, str]:

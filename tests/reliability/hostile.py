@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from proxy.protocols import senders, wechat_pay_v2, wxcrypt, xmlmsg
+from proxy.protocols import wechat_pay_v2, wxcrypt, xmlmsg
+from proxy.tools import traffic
 from tests.reliability.fleet import AES, APP_ID, MCH, PAY_KEY, ROUTES, TOKEN, Catalog
 from tests.support.hostile_xml import (
     EXTERNAL_DTD,
@@ -126,7 +127,7 @@ class Corpus:
     # -- signed shells that carry a hostile part past the signature -------------------------------------------
     def mp_signed(self, body: bytes) -> bytes:
         """Official Account plaintext mode: a valid signature, which does not cover ``body``."""
-        out = senders.mp_message(ROUTES["mp"]["path"], TOKEN, body, _now(), _nonce())
+        out = traffic.mp_message(ROUTES["mp"]["path"], TOKEN, body, _now(), _nonce())
         return head("POST", out.target, [("Content-Type", "text/xml")], body)
 
     def safe_outer(self, body: bytes, encrypt: str = "x") -> bytes:
@@ -173,7 +174,7 @@ class Corpus:
 
     def pay3(self, body: bytes, signature: str | None = None, probe: bool = False) -> bytes:
         """Pay v3 headers signed over ``body`` with the platform key (or a given signature)."""
-        out = senders.pay_v3_notify(
+        out = traffic.pay_v3_notify(
             ROUTES["pay3"]["path"],
             self.catalog._key,
             "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
@@ -577,7 +578,7 @@ def _paid() -> bytes:
         "transaction_id": "4200000000" + _nonce(),
         "out_trade_no": "T1",
     }
-    return senders.pay_v2_notify("/", PAY_KEY, fields).body
+    return traffic.pay_v2_notify("/", PAY_KEY, fields).body
 
 
 def _req_info() -> str:

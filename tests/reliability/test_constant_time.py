@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from proxy.config import parse_config
+from proxy.pipeline.routes import RouteTable
 from proxy.protocols.base import Inbound, Rejected
-from proxy.routes import RouteTable
 from tests.reliability.conftest import Figures
 from tests.reliability.figures import Row
 from tests.reliability.fleet import ENV, ROUTES, Catalog, Timing

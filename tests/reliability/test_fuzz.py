@@ -35,15 +35,15 @@ from addons.metrics import MetricsAddon
 from addons.routing import Routing
 from addons.verify import Verify
 from proxy.config import parse_config
-from proxy.exchange import Exchange, exchange
-from proxy.metrics import Metrics
-from proxy.outbox import StoreSettlement
+from proxy.observability.metrics import Metrics
+from proxy.pipeline.exchange import Exchange, exchange
+from proxy.pipeline.outbox import StoreSettlement
+from proxy.pipeline.routes import RouteTable
 from proxy.protocols import payload, wechat_pay_v2, wechat_pay_v3, wxcrypt, xmlmsg
 from proxy.protocols.base import Inbound, Rejected, Verified
-from proxy.routes import RouteTable
 from proxy.stores import SqliteStore
 from proxy.tasks import BackgroundTasks
-from proxy.upstream import UpstreamClient, UpstreamResult
+from proxy.upstream.client import UpstreamClient, UpstreamResult
 from tests.reliability.conftest import Figures
 from tests.reliability.figures import Row
 from tests.reliability.fleet import AES, APP_ID, ENV, PAY_KEY, ROUTES, V3_KEY, Catalog, Timing

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.sender import Request
+from proxy.tools.sender import Request
 from tests.reliability.conftest import Figures
 from tests.reliability.figures import Row
 from tests.reliability.fleet import ENV, Catalog, Timing

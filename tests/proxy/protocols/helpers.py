@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import strategies as st
 
 from proxy.protocols.base import Inbound, Protocol, Rejected, Verified
-from proxy.protocols.senders import Outbound
+from proxy.tools.traffic import Outbound
 
 
 def inbound(out: Outbound) -> Inbound:

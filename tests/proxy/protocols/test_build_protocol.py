@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 
 from proxy.config import ConfigError, RouteBase, parse_config
-from proxy.protocols import build_protocol, senders
+from proxy.protocols import build_protocol
 from proxy.protocols.hmac_sig import HmacSignature
 from proxy.protocols.standard_webhooks import StandardWebhooks
 from proxy.protocols.wechat_mp import WechatMp
 from proxy.protocols.wechat_pay_v2 import WechatPayV2
 from proxy.protocols.wechat_pay_v3 import WechatPayV3
 from proxy.protocols.wecom import Wecom
+from proxy.tools import traffic
 from tests.proxy.protocols import vectors as v
 from tests.proxy.protocols.helpers import accepted, rsa_key
 
@@ -83,7 +84,7 @@ def test_wechat_pay_v3_reads_certificates_and_public_keys(tmp_path: Path) -> Non
     cert = tmp_path / "platform.pem"
     cert.write_bytes(v.V15_CERTIFICATE)
     pub = tmp_path / "pub.pem"
-    pub.write_bytes(senders.public_key_pem(rsa_key(1)))
+    pub.write_bytes(traffic.public_key_pem(rsa_key(1)))
     v3 = build_protocol(
         route(
             protocol="wechat-pay-v3",
@@ -97,7 +98,7 @@ def test_wechat_pay_v3_reads_certificates_and_public_keys(tmp_path: Path) -> Non
     assert isinstance(v3, WechatPayV3)
     assert set(v3.keys) == {"D7CE59D1F522D701", "PUB_KEY_ID_0112"}
     assert isinstance(v3.v2, WechatPayV2)
-    notice = senders.pay_v3_notify(
+    notice = traffic.pay_v3_notify(
         "/cb",
         rsa_key(1),
         "PUB_KEY_ID_0112",
@@ -145,7 +146,7 @@ def test_unreadable_or_malformed_key_files_name_the_file(tmp_path: Path) -> None
 
 def test_bad_secrets_are_config_errors_without_the_secret(tmp_path: Path) -> None:
     pub = tmp_path / "pub.pem"
-    pub.write_bytes(senders.public_key_pem(rsa_key(1)))
+    pub.write_bytes(traffic.public_key_pem(rsa_key(1)))
     with pytest.raises(ConfigError) as e:
         build_protocol(route(protocol="wecom", token="${TOKEN}", encoding_aes_key="${SECRET}", receive_id=""))
     assert "route r:" in str(e.value) and "s3cret" not in str(e.value)

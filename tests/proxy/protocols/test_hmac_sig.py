@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocols import senders
 from proxy.protocols.base import Inbound, Reply, Verified
 from proxy.protocols.hmac_sig import HmacSignature, signature, string_to_sign
+from proxy.tools import traffic
 from tests.proxy.protocols.helpers import accepted, inbound, rejected, requests, verify_or_reject
 
 NOW, SECRET = 1700000000, "s3cret"
@@ -23,8 +23,8 @@ def hm(**kw: object) -> HmacSignature:
     return HmacSignature(**args)  # type: ignore[arg-type]
 
 
-def send(ts: int = NOW, nonce: str = "n1", secret: str = SECRET, **kw: object) -> senders.Outbound:
-    return senders.hmac_request("/h", secret, PARAMS, str(ts), nonce, **kw)  # type: ignore[arg-type]
+def send(ts: int = NOW, nonce: str = "n1", secret: str = SECRET, **kw: object) -> traffic.Outbound:
+    return traffic.hmac_request("/h", secret, PARAMS, str(ts), nonce, **kw)  # type: ignore[arg-type]
 
 
 def test_string_to_sign_and_known_value() -> None:
@@ -59,7 +59,7 @@ def test_json_numbers_are_signed_as_written() -> None:
 
 
 def test_negatives() -> None:
-    assert rejected(hm(), senders.tamper(send()), NOW).reason == "bad_signature"
+    assert rejected(hm(), traffic.tamper(send()), NOW).reason == "bad_signature"
     assert rejected(hm(), send(secret="other"), NOW).reason == "bad_signature"
     assert rejected(hm(), send(ts=NOW - 301), NOW).reason == "stale_timestamp"
     assert rejected(hm(), send(ts=NOW + 301), NOW).reason == "future_timestamp"
@@ -119,7 +119,7 @@ def test_replies_pass_the_backend_through() -> None:
 )
 def test_round_trip(params: dict[str, str], body: str) -> None:
     params = {k: x for k, x in params.items() if k not in ("timestamp", "nonce", "sign")}
-    out = senders.hmac_request("/h", SECRET, params, str(NOW), "n", body=body)
+    out = traffic.hmac_request("/h", SECRET, params, str(NOW), "n", body=body)
     assert dict(accepted(hm(), out, NOW).message) == {**params, "timestamp": str(NOW), "nonce": "n"}
 
 
@@ -149,7 +149,7 @@ def test_names_and_values_are_percent_encoded_so_no_value_reads_as_a_boundary() 
 
 def test_a_signature_for_one_parameter_set_does_not_verify_another() -> None:
     # signed for {"order": "1&state=paid"}: the same string once signed {"order": "1", "state": "paid"}
-    signed = senders.hmac_request("/h", SECRET, {"order": "1&state=paid"}, str(NOW), "n9")
+    signed = traffic.hmac_request("/h", SECRET, {"order": "1&state=paid"}, str(NOW), "n9")
     assert accepted(hm(), signed, NOW).message["order"] == "1&state=paid"
     sig = dict(p.split("=", 1) for p in signed.target.split("?", 1)[1].split("&"))["sign"]
     split = Inbound(

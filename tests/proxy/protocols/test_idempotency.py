@@ -14,12 +14,13 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.protocols import idempotency, senders, xmlmsg
+from proxy.protocols import idempotency, xmlmsg
 from proxy.protocols.base import Protocol, Verified
 from proxy.protocols.hmac_sig import HmacSignature
 from proxy.protocols.wechat_mp import WechatMp
 from proxy.protocols.wechat_pay_v2 import WechatPayV2
 from proxy.protocols.wecom import Wecom
+from proxy.tools import traffic
 from tests.proxy.protocols import test_wechat_pay_v3 as v3t
 from tests.proxy.protocols.helpers import accepted
 
@@ -140,14 +141,14 @@ def wecom() -> Wecom:
 def mp_delivery(protocol: WechatMp, body: bytes, attempt: int) -> Verified:
     """Delivery ``attempt`` of ``body``: its own timestamp, nonce and signature (and envelope when encrypted)."""
     aes = AES if protocol.aes_keys else None
-    out = senders.mp_message(
+    out = traffic.mp_message(
         "/mp", TOKEN, body, str(NOW + attempt), f"nonce{attempt}", encoding_aes_key=aes, app_id=APP
     )
     return accepted(protocol, out, NOW)
 
 
 def wecom_delivery(protocol: Wecom, body: bytes, attempt: int) -> Verified:
-    out = senders.wecom_message(
+    out = traffic.wecom_message(
         "/wecom", TOKEN, AES, CORP, body, str(NOW + attempt), f"nonce{attempt}", agent_id="1000002"
     )
     return accepted(protocol, out, NOW)
@@ -204,7 +205,7 @@ def test_wecom_robot_messages_keep_their_msgid() -> None:
     keys = {
         protocol.dedup_key(
             accepted(
-                protocol, senders.wecom_message("/r", TOKEN, AES, "", message, str(NOW), n, robot=True), NOW
+                protocol, traffic.wecom_message("/r", TOKEN, AES, "", message, str(NOW), n, robot=True), NOW
             )
         )
         for n in ("a", "b")
@@ -253,13 +254,13 @@ def test_pay_v2_bursts_get_distinct_keys_and_retries_keep_them() -> None:
         kind, ident = which.decode().split(":")
         nonce = f"nonce{attempt}"  # a re-sent notice may carry a fresh nonce_str, and so a fresh sign
         if kind == "refund":
-            out = senders.pay_v2_refund_notify(
+            out = traffic.pay_v2_refund_notify(
                 "/v2", PAY_KEY, "wxd930ea5d5a258f4f", MCH, refund_fields(ident), nonce
             )
         elif kind == "nostate":  # no result_code: keyed by the digest, never by "pay|…|…|"
-            out = senders.pay_v2_notify("/v2", PAY_KEY, paid("1", nonce, result_code="", attach=ident))
+            out = traffic.pay_v2_notify("/v2", PAY_KEY, paid("1", nonce, result_code="", attach=ident))
         else:
-            out = senders.pay_v2_notify("/v2", PAY_KEY, paid(ident, nonce))
+            out = traffic.pay_v2_notify("/v2", PAY_KEY, paid(ident, nonce))
         return accepted(v2(), out, NOW)
 
     burst = [b"pay:1", b"pay:2", b"refund:1", b"refund:2", b"nostate:a", b"nostate:b"]

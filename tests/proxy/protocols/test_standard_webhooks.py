@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocols import senders
 from proxy.protocols.base import Inbound, Reply, Verified
 from proxy.protocols.standard_webhooks import StandardWebhooks, decode_secret, sign
+from proxy.tools import traffic
 from tests.proxy.protocols import vectors as v
 from tests.proxy.protocols.helpers import accepted, inbound, rejected, requests, verify_or_reject
 
@@ -53,7 +53,7 @@ def test_negatives() -> None:
     assert rejected(sw(), reference(), NOW + 301).reason == "stale_timestamp"
     assert rejected(sw(), reference(), NOW - 301).reason == "future_timestamp"
     assert rejected(
-        sw(), senders.tamper(senders.standard_webhook("/sw", v.SW_SECRET, "m", v.SW_TS, b"{}")), NOW
+        sw(), traffic.tamper(traffic.standard_webhook("/sw", v.SW_SECRET, "m", v.SW_TS, b"{}")), NOW
     ).reason == ("bad_signature")
     for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
         req = reference()
@@ -90,7 +90,7 @@ def test_replies() -> None:
     msg_id=st.text(min_size=1, max_size=30).filter(lambda s: s.strip() == s and "\x00" not in s),
 )
 def test_round_trip(body: bytes, msg_id: str) -> None:
-    out = senders.standard_webhook("/sw", OTHER, msg_id, str(NOW), body)
+    out = traffic.standard_webhook("/sw", OTHER, msg_id, str(NOW), body)
     req = inbound(out)
     assert accepted(sw(OTHER), req, NOW).message["webhook-id"] == msg_id
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocols import senders, wxcrypt, xmlmsg
+from proxy.protocols import wxcrypt, xmlmsg
 from proxy.protocols.base import Inbound, Reply, Verified
 from proxy.protocols.wechat_mp import (
     SUCCESS,
@@ -19,6 +19,7 @@ from proxy.protocols.wechat_mp import (
     message_key,
     signature,
 )
+from proxy.tools import traffic
 from tests.proxy.protocols import vectors as v
 from tests.proxy.protocols.helpers import accepted, inbound, rejected, requests, verify_or_reject
 
@@ -47,7 +48,7 @@ def safe(**kw: object) -> WechatMp:
 
 def safe_request(xml: bytes = TEXT, ts: str = str(NOW), nonce: str = "n1", **kw: object) -> Inbound:
     return inbound(
-        senders.mp_message(
+        traffic.mp_message(
             "/mp",
             v.V4_TOKEN,
             xml,
@@ -105,7 +106,7 @@ def test_v3_signature_binds_no_body() -> None:
 
 def test_plaintext_post() -> None:
     mp = WechatMp([("current", "t")], timestamp_window=300)
-    verified = accepted(mp, senders.mp_message("/mp", "t", TEXT, str(NOW), "n1", openid="o_user"), NOW)
+    verified = accepted(mp, traffic.mp_message("/mp", "t", TEXT, str(NOW), "n1", openid="o_user"), NOW)
     assert verified.message["Content"] == "hi"
     assert verified.replay_key == f"mp:{NOW}:n1:{signature('t', str(NOW), 'n1')}"
     assert verified.replay_ttl == 600
@@ -116,12 +117,12 @@ def test_plaintext_post() -> None:
 @pytest.mark.parametrize(("ts", "reason"), [(NOW - 301, "stale_timestamp"), (NOW + 301, "future_timestamp")])
 def test_timestamp_window_both_ways(ts: int, reason: str) -> None:
     mp = WechatMp([("current", "t")])
-    assert rejected(mp, senders.mp_message("/mp", "t", TEXT, str(ts), "n"), NOW).reason == reason
+    assert rejected(mp, traffic.mp_message("/mp", "t", TEXT, str(ts), "n"), NOW).reason == reason
 
 
 @pytest.mark.parametrize("missing", ["signature", "timestamp", "nonce"])
 def test_missing_query_parameters(missing: str) -> None:
-    req = inbound(senders.mp_message("/mp", "t", TEXT, str(NOW), "n"))
+    req = inbound(traffic.mp_message("/mp", "t", TEXT, str(NOW), "n"))
     query = {k: val for k, val in req.query.items() if k != missing}
     e = rejected(WechatMp([("current", "t")]), Inbound("POST", "/mp", query, {}, TEXT), NOW)
     assert (e.reason, e.detail) == ("missing_param", missing)
@@ -129,11 +130,11 @@ def test_missing_query_parameters(missing: str) -> None:
 
 def test_previous_token_is_reported() -> None:
     mp = WechatMp([("current", "new"), ("previous", "old")])
-    assert accepted(mp, senders.mp_message("/mp", "old", TEXT, str(NOW), "n"), NOW).key_id == "previous"
+    assert accepted(mp, traffic.mp_message("/mp", "old", TEXT, str(NOW), "n"), NOW).key_id == "previous"
 
 
 def test_plaintext_refused_when_encryption_required_and_other_modes() -> None:
-    req = senders.mp_message("/mp", v.V4_TOKEN, TEXT, str(NOW), "n")
+    req = traffic.mp_message("/mp", v.V4_TOKEN, TEXT, str(NOW), "n")
     assert rejected(safe(require_encryption=True), req, NOW).reason == "plaintext_not_allowed"
     assert accepted(safe(require_encryption=False), req, NOW).message["MsgId"] == "42"
     assert (
@@ -203,7 +204,7 @@ def test_safe_mode_round_trip_and_backend_body() -> None:
 def test_safe_mode_negatives() -> None:
     req = safe_request()
     tampered = Inbound(
-        "POST", "/mp", req.query, {}, senders.tamper(senders.Outbound("POST", "/", (), req.body)).body
+        "POST", "/mp", req.query, {}, traffic.tamper(traffic.Outbound("POST", "/", (), req.body)).body
     )
     assert rejected(safe(), tampered, NOW).reason == "bad_msg_signature"
     no_sig = Inbound(
@@ -364,9 +365,9 @@ def test_an_openid_in_the_query_must_name_the_sender_of_the_message() -> None:
     """No signature covers the query's openid, and some SDKs take the sender from it."""
     mp = WechatMp([("current", "t")], timestamp_window=300)
     sender_id = xmlmsg.parse(TEXT)["FromUserName"]
-    assert accepted(mp, senders.mp_message("/mp", "t", TEXT, str(NOW), "n1", openid=sender_id), NOW)
-    other = senders.mp_message("/mp", "t", TEXT, str(NOW), "n2", openid="oVICTIM")
+    assert accepted(mp, traffic.mp_message("/mp", "t", TEXT, str(NOW), "n1", openid=sender_id), NOW)
+    other = traffic.mp_message("/mp", "t", TEXT, str(NOW), "n2", openid="oVICTIM")
     assert rejected(mp, other, NOW).reason == "openid_mismatch"
     assert accepted(
-        mp, senders.mp_message("/mp", "t", TEXT, str(NOW), "n3"), NOW
+        mp, traffic.mp_message("/mp", "t", TEXT, str(NOW), "n3"), NOW
     )  # no openid: nothing to check

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocols import senders, wechat_pay_v2, xmlmsg
+from proxy.protocols import wechat_pay_v2, xmlmsg
 from proxy.protocols.base import Inbound, Rejected, Verified
 from proxy.protocols.wechat_pay_v2 import (
     FAIL_XML,
@@ -20,6 +20,7 @@ from proxy.protocols.wechat_pay_v2 import (
     encrypt_req_info,
     sign,
 )
+from proxy.tools import traffic
 from tests.proxy.protocols import vectors as v
 from tests.proxy.protocols.helpers import accepted, inbound, rejected, requests, verify_or_reject
 
@@ -59,11 +60,11 @@ def v2(**kw: object) -> WechatPayV2:
 
 
 def notify(fields: dict[str, str] | None = None, sign_type: str | None = None, key: str = KEY) -> Inbound:
-    return inbound(senders.pay_v2_notify("/pay", key, fields or PAID, sign_type))
+    return inbound(traffic.pay_v2_notify("/pay", key, fields or PAID, sign_type))
 
 
 def refund(key: str = KEY, app: str = APP, mch: str = MCH) -> Inbound:
-    return inbound(senders.pay_v2_refund_notify("/pay", key, app, mch, REFUND, "nonce"))
+    return inbound(traffic.pay_v2_refund_notify("/pay", key, app, mch, REFUND, "nonce"))
 
 
 # -- vectors ---------------------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_unknown_fields_are_signed_and_a_lowercase_sign_is_accepted() -> None:
 
 
 def test_payment_negatives() -> None:
-    assert rejected(v2(), senders.tamper(senders.pay_v2_notify("/pay", KEY, PAID)), 0).reason == "bad_sign"
+    assert rejected(v2(), traffic.tamper(traffic.pay_v2_notify("/pay", KEY, PAID)), 0).reason == "bad_sign"
     forged_amount = notify().body.replace(b"<total_fee><![CDATA[1]]>", b"<total_fee><![CDATA[9]]>")
     assert rejected(v2(), Inbound("POST", "/pay", {}, {}, forged_amount), 0).reason == "bad_sign"
     assert rejected(v2(), notify(key="k" * 32), 0).reason == "bad_sign"
@@ -168,7 +169,7 @@ def test_refund_negatives() -> None:
     assert rejected(v2(), refund(mch="1900000109"), 0).reason == "wrong_mch_id"
     assert rejected(v2(), refund(app="wx0000000000000000"), 0).reason == "wrong_app_id"
     assert rejected(
-        v2(), senders.tamper(senders.pay_v2_refund_notify("/p", KEY, APP, MCH, REFUND, "n")), 0
+        v2(), traffic.tamper(traffic.pay_v2_refund_notify("/p", KEY, APP, MCH, REFUND, "n")), 0
     ).reason in (
         "bad_padding",
         "malformed_xml",

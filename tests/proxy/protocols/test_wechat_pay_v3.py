@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocols import senders, wechat_pay_v3, xmlmsg
+from proxy.protocols import wechat_pay_v3, xmlmsg
 from proxy.protocols.base import Inbound, Rejected, Verified
 from proxy.protocols.wechat_pay_v2 import SUCCESS_XML, WechatPayV2
 from proxy.protocols.wechat_pay_v3 import (
@@ -26,6 +26,7 @@ from proxy.protocols.wechat_pay_v3 import (
     load_public_key,
     serial_key,
 )
+from proxy.tools import traffic
 from tests.proxy.protocols import vectors as v
 from tests.proxy.protocols.helpers import accepted, inbound, rejected, requests, rsa_key, verify_or_reject
 
@@ -52,11 +53,11 @@ REFUND = {
 
 
 def platform() -> PlatformKey:
-    return load_certificate(senders.platform_certificate(rsa_key(1), SERIAL, NOW))
+    return load_certificate(traffic.platform_certificate(rsa_key(1), SERIAL, NOW))
 
 
 def public() -> PlatformKey:
-    return load_public_key(PUB_ID, senders.public_key_pem(rsa_key(2)))
+    return load_public_key(PUB_ID, traffic.public_key_pem(rsa_key(2)))
 
 
 def v3(**kw: object) -> WechatPayV3:
@@ -70,11 +71,11 @@ def v3(**kw: object) -> WechatPayV3:
     return WechatPayV3(**args)  # type: ignore[arg-type]
 
 
-def notice(plaintext: dict[str, object] | None = None, ts: int = NOW, **kw: object) -> senders.Outbound:
+def notice(plaintext: dict[str, object] | None = None, ts: int = NOW, **kw: object) -> traffic.Outbound:
     args: dict[str, object] = {"notification_id": "EV-2018022511223320873", "serial": SERIAL_HEX}
     args.update(kw)
     key = rsa_key(2) if str(args["serial"]).startswith("PUB_KEY_ID_") else rsa_key(1)
-    return senders.pay_v3_notify(
+    return traffic.pay_v3_notify(
         "/v3",
         key,
         str(args.pop("serial")),
@@ -86,7 +87,7 @@ def notice(plaintext: dict[str, object] | None = None, ts: int = NOW, **kw: obje
     )  # type: ignore[arg-type]
 
 
-def with_header(out: senders.Outbound, name: str, value: str | None) -> Inbound:
+def with_header(out: traffic.Outbound, name: str, value: str | None) -> Inbound:
     req = inbound(out)
     headers = {k: x for k, x in req.headers.items() if k != name}
     if value is not None:
@@ -161,7 +162,7 @@ def test_signature_checks() -> None:
     # A key registered under the other's id: signature does not verify.
     swapped = [PlatformKey(SERIAL_HEX, public().public_key)]
     assert rejected(v3(platform_keys=swapped), notice(), NOW).reason == "bad_signature"
-    tampered = senders.tamper(notice())
+    tampered = traffic.tamper(notice())
     assert rejected(v3(), tampered, NOW).reason == "bad_signature"
     assert (
         rejected(v3(), with_header(notice(), "wechatpay-signature", "!!notbase64"), NOW).reason
@@ -213,7 +214,7 @@ def test_resource_checks() -> None:
     assert accepted(v3(), notice(complaint, event_type="COMPLAINT.CREATE"), NOW)
 
 
-def signed_body(body: bytes, serial: str = SERIAL_HEX) -> senders.Outbound:
+def signed_body(body: bytes, serial: str = SERIAL_HEX) -> traffic.Outbound:
     out = notice()
     sig = rsa_key(1).sign(
         wechat_pay_v3.signed_message(str(NOW), "nonce-1", body), padding.PKCS1v15(), hashes.SHA256()
@@ -297,7 +298,7 @@ V2_PAID = {
 
 
 def test_v2_notice_at_the_v3_route() -> None:
-    req = senders.pay_v2_notify("/v3", V2_KEY, V2_PAID)
+    req = traffic.pay_v2_notify("/v3", V2_KEY, V2_PAID)
     assert rejected(v3(), req, NOW).reason == "v2_notice_not_configured"
     route = v3(v2=WechatPayV2([("current", V2_KEY)], MCH, app_id=APP))
     verified = accepted(route, req, NOW)
@@ -306,8 +307,8 @@ def test_v2_notice_at_the_v3_route() -> None:
     assert route.normalize(200, "text/plain", b"ok", verified).body == SUCCESS_XML
     assert route.success_reply(verified).body == SUCCESS_XML
     assert route.success_reply().status == 204
-    assert rejected(route, senders.tamper(req), NOW).reason == "bad_sign"
-    refund = senders.pay_v2_refund_notify(
+    assert rejected(route, traffic.tamper(req), NOW).reason == "bad_sign"
+    refund = traffic.pay_v2_refund_notify(
         "/v3", V2_KEY, APP, MCH, {"refund_id": "r", "refund_status": "SUCCESS"}, "n"
     )
     assert route.dedup_key(accepted(route, refund, NOW)) == f"refund|{MCH}|r|SUCCESS"
@@ -378,7 +379,7 @@ def test_loaders_refuse_non_rsa_and_bad_ids() -> None:
     with pytest.raises(ValueError, match="RSA"):
         load_public_key(PUB_ID, ec_pem)
     with pytest.raises(ValueError, match="PUB_KEY_ID_"):
-        load_public_key("1234", senders.public_key_pem(rsa_key(2)))
+        load_public_key("1234", traffic.public_key_pem(rsa_key(2)))
     with pytest.raises(ValueError):
         WechatPayV3([("current", "short")], MCH, [platform()])
 
@@ -430,7 +431,7 @@ def test_html_and_error_2xx_are_backend_failures(ctype: str, body: bytes, failur
 
 def test_a_v2_refund_at_the_v3_route_holds_only_documented_outer_fields() -> None:
     route = v3(v2=WechatPayV2([("current", V2_KEY)], MCH, app_id=APP))
-    refund = senders.pay_v2_refund_notify(
+    refund = traffic.pay_v2_refund_notify(
         "/v3", V2_KEY, APP, MCH, {"refund_id": "r", "refund_status": "SUCCESS", "out_trade_no": "o1"}, "n"
     )
     forged = refund.body.replace(b"</xml>", b"<out_trade_no><![CDATA[FORGED]]></out_trade_no></xml>")

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocols import senders, wxcrypt, xmlmsg
+from proxy.protocols import wxcrypt, xmlmsg
 from proxy.protocols.base import Inbound, Reply, Verified
 from proxy.protocols.wecom import EMPTY, Wecom
+from proxy.tools import traffic
 from tests.proxy.protocols import vectors as v
 from tests.proxy.protocols.helpers import accepted, inbound, rejected, requests, verify_or_reject
 
@@ -44,7 +45,7 @@ def message(body: bytes = MSG, ts: int = NOW, nonce: str = "n1", **kw: object) -
     robot = bool(kw.pop("robot", False))
     rid = "" if robot else CORP
     return inbound(
-        senders.wecom_message(
+        traffic.wecom_message(
             "/wc", TOKEN, KEY, rid, body, str(ts), nonce, robot=robot, agent_id="1000002", **kw
         )  # type: ignore[arg-type]
     )
@@ -56,7 +57,7 @@ def message(body: bytes = MSG, ts: int = NOW, nonce: str = "n1", **kw: object) -
 def test_v7_url_verification_from_the_raw_query() -> None:
     wc = Wecom([("current", v.V7_TOKEN)], [("current", v.V7_KEY)], v.V7_CORP_ID)
     target = f"/wc?msg_signature={v.V7_MSG_SIGNATURE}&timestamp={v.V7_TS}&nonce={v.V7_NONCE}&echostr={v.V7_ECHOSTR_URL}"
-    verified = accepted(wc, senders.Outbound("GET", target, (), b""), int(v.V7_TS))
+    verified = accepted(wc, traffic.Outbound("GET", target, (), b""), int(v.V7_TS))
     assert verified.direct_reply == Reply(200, v.V7_REPLY, "text/plain; charset=utf-8", "echo")
 
 
@@ -119,7 +120,7 @@ def test_v10_url_verification_and_wrong_nonce() -> None:
 
 
 def test_url_verification_round_trip_replies_the_plaintext_exactly() -> None:
-    req = senders.wecom_url_check("/wc", TOKEN, KEY, CORP, "8321337123", str(NOW), "n")
+    req = traffic.wecom_url_check("/wc", TOKEN, KEY, CORP, "8321337123", str(NOW), "n")
     verified = accepted(wecom(), req, NOW)
     assert verified.direct_reply == Reply(200, b"8321337123", "text/plain; charset=utf-8", "echo")
     assert verified.replay_key is None
@@ -146,7 +147,7 @@ def test_robot_json_round_trip_and_dedup() -> None:
 
 def test_negatives() -> None:
     assert rejected(
-        wecom(), senders.tamper(senders.wecom_message("/wc", TOKEN, KEY, CORP, MSG, str(NOW), "n")), NOW
+        wecom(), traffic.tamper(traffic.wecom_message("/wc", TOKEN, KEY, CORP, MSG, str(NOW), "n")), NOW
     ).reason == ("bad_msg_signature")
     assert rejected(wecom(receive_id="ww_other"), message(), NOW).reason == "wrong_receive_id"
     assert rejected(wecom(aes_keys=[("current", "D" * 43)]), message(), NOW).reason in (
@@ -170,9 +171,9 @@ def test_negatives() -> None:
     )
     assert rejected(wecom(), robot_no_encrypt, NOW).reason == "missing_encrypt"
     assert rejected(wecom(), Inbound("PUT", "/wc", {}, {}, b""), NOW).status == 405
-    get = senders.wecom_url_check("/wc", TOKEN, KEY, CORP, "1", str(NOW), "n")
-    assert rejected(wecom(), senders.tamper(get), NOW).reason == "bad_msg_signature"
-    non_utf8 = senders.wecom_url_check("/wc", TOKEN, KEY, CORP, "x", str(NOW), "n")
+    get = traffic.wecom_url_check("/wc", TOKEN, KEY, CORP, "1", str(NOW), "n")
+    assert rejected(wecom(), traffic.tamper(get), NOW).reason == "bad_msg_signature"
+    non_utf8 = traffic.wecom_url_check("/wc", TOKEN, KEY, CORP, "x", str(NOW), "n")
     key = wxcrypt.AesKey.decode("current", KEY).key
     env = wxcrypt.envelope(TOKEN, key, b"\xff\xfe", CORP, str(NOW), "n", b"r" * 16)
     odd = Inbound(

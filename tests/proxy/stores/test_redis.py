@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from proxy.stores import ClaimState, OutboxItem, RedisStore, StoreUnavailable
-from proxy.stores.redis_target import RedisConnector, parse_redis_url
+from proxy.stores.redis_target import RedisConnector
+from proxy.stores.url import parse_redis_url
 from tests.proxy.stores.conftest import namespace
 from tests.support.redis_servers import HOST, RedisCluster, RedisSentinel, RedisServer
 

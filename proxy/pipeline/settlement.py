@@ -8,9 +8,9 @@ whether the backend call is still running (the deadline came first) or already f
 
 from __future__ import annotations
 
-from proxy.exchange import Exchange
+from proxy.pipeline.exchange import Exchange
 from proxy.protocols.base import Reply
-from proxy.upstream import UpstreamResult
+from proxy.upstream.client import UpstreamResult
 
 
 class Settlement:

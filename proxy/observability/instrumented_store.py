@@ -19,9 +19,9 @@ from typing import Any
 from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.trace import Status, StatusCode
 
-from proxy.metrics import Metrics
+from proxy.observability.metrics import Metrics
+from proxy.observability.tracing import Tracing
 from proxy.stores.base import Claim, OutboxItem, OutboxStats, Sighting, Store
-from proxy.tracing import Tracing
 
 
 class InstrumentedStore(Store):

@@ -10,7 +10,7 @@ import json
 import time
 
 from proxy.config import Config
-from proxy.outbox import Delivery
+from proxy.pipeline.outbox import Delivery
 from proxy.stores import open_store
 from proxy.stores.base import OutboxItem, Store
 

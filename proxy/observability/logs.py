@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.config import Secret
-from proxy.exchange import Outcome
+from proxy.observability.outcome import Outcome
 
 access = logging.getLogger("wxgate.access")
 # Where the sender names its user: Official Account/WeCom messages (FromUserName), Pay v2 notices (openid),

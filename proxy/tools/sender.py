@@ -3,7 +3,7 @@
 It signs (and encrypts) requests the way each sender does, from the route's own configuration, and delivers
 them the way WeChat does: each attempt waits at most ``timeout`` (5 s) and a notification that got no valid
 answer is re-sent ``retries`` (3) more times with the same message id but a fresh signature. Every attempt is
-printed with its status, latency and body. The wire formats come from :mod:`proxy.protocols.senders`.
+printed with its status, latency and body. The wire formats come from :mod:`proxy.tools.traffic`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from proxy.config import (
     WechatPayV3Route,
     WecomRoute,
 )
-from proxy.protocols import senders, xmlmsg
+from proxy.protocols import xmlmsg
 from proxy.protocols.wechat_pay_v2 import return_code
+from proxy.tools import traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class Request:
     body: bytes
 
     @classmethod
-    def of(cls, out: senders.Outbound) -> Request:
+    def of(cls, out: traffic.Outbound) -> Request:
         return cls(out.method, out.target, dict(out.headers), out.body)
 
 
@@ -118,7 +119,7 @@ def mp_message(
     ts = str(int(time.time()) if now is None else now)
     if openid is None:
         openid = str(fields.get("FromUserName", "oUser"))
-    out = senders.mp_message(path, token, xmlmsg.build(fields), ts, nonce or _nonce(), openid=openid)
+    out = traffic.mp_message(path, token, xmlmsg.build(fields), ts, nonce or _nonce(), openid=openid)
     return Request.of(out)
 
 
@@ -126,7 +127,7 @@ def mp_verify_url(path: str, token: str, now: int | None = None, echostr: str | 
     """The GET WeChat sends when the server URL is saved."""
     ts = str(int(time.time()) if now is None else now)
     echo = echostr or str(secrets.randbelow(10**19))
-    return Request.of(senders.mp_url_check(path, token, echo, ts, _nonce()))
+    return Request.of(traffic.mp_url_check(path, token, echo, ts, _nonce()))
 
 
 # -- every protocol, from a configured route -------------------------------------------------------------------
@@ -139,7 +140,7 @@ def build(route: RouteBase, opts: SendOptions) -> Request:
         return Request.of(out)
     # An Official Account's plaintext-mode signature covers token, timestamp and nonce, not the body.
     plaintext_mp = isinstance(route, WechatMpRoute) and route.encoding_aes_key is None
-    return Request.of(senders.tamper(out, body_signed=not plaintext_mp))
+    return Request.of(traffic.tamper(out, body_signed=not plaintext_mp))
 
 
 def _wechat_xml(opts: SendOptions, to: str) -> bytes:
@@ -148,13 +149,13 @@ def _wechat_xml(opts: SendOptions, to: str) -> bytes:
     return xmlmsg.build(mp_text(to, opts.user, opts.content, int(opts.message_id)))
 
 
-def _build(route: RouteBase, opts: SendOptions) -> senders.Outbound:
+def _build(route: RouteBase, opts: SendOptions) -> traffic.Outbound:
     if isinstance(route, WechatMpRoute):
         token = route.token.reveal()
         if opts.kind == "verify":
-            return senders.mp_url_check(route.path, token, str(secrets.randbelow(10**19)), _now(), _nonce())
+            return traffic.mp_url_check(route.path, token, str(secrets.randbelow(10**19)), _now(), _nonce())
         aes = route.encoding_aes_key.reveal() if route.encoding_aes_key else None
-        return senders.mp_message(
+        return traffic.mp_message(
             route.path,
             token,
             _wechat_xml(opts, "gh_demo"),
@@ -168,8 +169,8 @@ def _build(route: RouteBase, opts: SendOptions) -> senders.Outbound:
         token, aes = route.token.reveal(), route.encoding_aes_key.reveal()
         if opts.kind == "verify":
             echo = str(secrets.randbelow(10**19))
-            return senders.wecom_url_check(route.path, token, aes, route.receive_id, echo, _now(), _nonce())
-        return senders.wecom_message(
+            return traffic.wecom_url_check(route.path, token, aes, route.receive_id, echo, _now(), _nonce())
+        return traffic.wecom_message(
             route.path,
             token,
             aes,
@@ -187,7 +188,7 @@ def _build(route: RouteBase, opts: SendOptions) -> senders.Outbound:
         return _pay_v3(route, opts)
     if isinstance(route, HmacRoute):
         params = {"event": opts.event, "id": opts.message_id, "content": opts.content}
-        return senders.hmac_request(
+        return traffic.hmac_request(
             route.path,
             route.secret.reveal(),
             params,
@@ -202,13 +203,13 @@ def _build(route: RouteBase, opts: SendOptions) -> senders.Outbound:
         body = json.dumps(
             {"type": opts.event, "data": {"id": opts.message_id, "content": opts.content}}
         ).encode()
-        return senders.standard_webhook(
+        return traffic.standard_webhook(
             route.path, route.secret.reveal(), f"msg_{opts.message_id}", _now(), body
         )
     raise ValueError(f"no sender for route {route.name!r}")
 
 
-def _pay_v2(path: str, api_key: str, mch_id: str, app_id: str, opts: SendOptions) -> senders.Outbound:
+def _pay_v2(path: str, api_key: str, mch_id: str, app_id: str, opts: SendOptions) -> traffic.Outbound:
     if opts.kind == "refund":
         refund = {
             "refund_id": f"5030{opts.message_id}",
@@ -219,7 +220,7 @@ def _pay_v2(path: str, api_key: str, mch_id: str, app_id: str, opts: SendOptions
             "transaction_id": f"4200{opts.message_id}",
             "out_trade_no": f"T{opts.message_id}",
         }
-        return senders.pay_v2_refund_notify(path, api_key, app_id, mch_id, refund, _nonce())
+        return traffic.pay_v2_refund_notify(path, api_key, app_id, mch_id, refund, _nonce())
     fields = {
         "return_code": "SUCCESS",
         "appid": app_id,
@@ -235,10 +236,10 @@ def _pay_v2(path: str, api_key: str, mch_id: str, app_id: str, opts: SendOptions
         "out_trade_no": f"T{opts.message_id}",
         "time_end": time.strftime("%Y%m%d%H%M%S"),
     }
-    return senders.pay_v2_notify(path, api_key, fields, sign_type="HMAC-SHA256")
+    return traffic.pay_v2_notify(path, api_key, fields, sign_type="HMAC-SHA256")
 
 
-def _pay_v3(route: WechatPayV3Route, opts: SendOptions) -> senders.Outbound:
+def _pay_v3(route: WechatPayV3Route, opts: SendOptions) -> traffic.Outbound:
     if opts.signing_key is None:
         raise ValueError(
             "Pay v3 notices are signed with WeChat Pay's private key: pass --signing-key PEM (a test key whose "
@@ -258,7 +259,7 @@ def _pay_v3(route: WechatPayV3Route, opts: SendOptions) -> senders.Outbound:
         "trade_state": "SUCCESS",
         "amount": {"total": 1, "currency": "CNY"},
     }
-    return senders.pay_v3_notify(
+    return traffic.pay_v3_notify(
         route.path,
         key,
         serial,

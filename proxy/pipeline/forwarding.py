@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlencode
 
 from mitmproxy import http
 
-from proxy.exchange import Exchange
+from proxy.pipeline.exchange import Exchange
 from proxy.protocols.base import Reply
-from proxy.upstream import UpstreamResult
+from proxy.upstream.client import UpstreamResult
 
 # Hop-by-hop and framing headers are the pool's business, not the sender's.
 _DROP = frozenset(

@@ -8,8 +8,8 @@ request (sampled traces only; ``/metrics`` serves OpenMetrics to scrapers that a
 
 Other components report through the methods below rather than touching metric objects, so this module stays
 the one place a series is declared: :meth:`Metrics.observe` (the outcome record), :meth:`observe_upstream`,
-:meth:`store_call` (``proxy.instrumented_store``), :meth:`outbox_redelivery` / :meth:`outbox_dead_letter`
-(the outbox worker's counters), :meth:`outbox_stats` / :meth:`loop_lag` (``proxy.probes``).
+:meth:`store_call` (``proxy.observability.instrumented_store``), :meth:`outbox_redelivery` / :meth:`outbox_dead_letter`
+(the outbox worker's counters), :meth:`outbox_stats` / :meth:`loop_lag` (``proxy.observability.probes``).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import __version__
-from proxy.exchange import Outcome
+from proxy.observability.outcome import Outcome
 from proxy.stores.base import OutboxStats
-from proxy.upstream import UpstreamResult
+from proxy.upstream.client import UpstreamResult
 
 # Inbound latency is bounded by the route deadline (default 4.5 s, WeChat waits 5 s): dense below 50 ms where
 # a healthy sidecar answers, then steps that separate "slow backend" from "answered at the deadline" (4-4.5 s)

@@ -4,7 +4,7 @@ mitmproxy has no upstream timeouts and cannot answer a flow that waits on its up
 backend call itself. :meth:`UpstreamClient.send` never raises: every failure becomes an :class:`UpstreamResult`
 whose ``kind`` is a closed label (``timeout``, ``refused``, ``error``) next to the status classes.
 
-The client is wxgate's own (:mod:`proxy.http1` frames the bytes; an ``asyncio.Protocol`` per connection), not
+The client is wxgate's own (:mod:`proxy.upstream.http1` frames the bytes; an ``asyncio.Protocol`` per connection), not
 aiohttp's: a backend call through ``aiohttp.ClientSession`` cost ~0.14 ms more CPU than this one, a tenth of a
 verified request. It does what the forward needs and no more: ``http://`` and ``https://`` backends, at most
 ``pool_size`` connections (more calls wait for one within their deadline), idle connections kept for
@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from proxy.http1 import BodyTooLarge, ProtocolError, Response, ResponseParser, request_bytes
+from proxy.upstream.http1 import BodyTooLarge, ProtocolError, Response, ResponseParser, request_bytes
 
 MAX_REPLY_BYTES = 1024 * 1024  # WeChat replies are tiny; a runaway backend must not exhaust memory
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})

@@ -10,7 +10,7 @@ import time
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
-from proxy.exchange import Exchange
+from proxy.pipeline.exchange import Exchange
 from proxy.protocols.base import Reply
 
 logger = logging.getLogger("wxgate")

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from proxy.metrics import Metrics
+from proxy.observability.metrics import Metrics
 from proxy.stores.base import Store, StoreUnavailable
 
 logger = logging.getLogger("wxgate")

@@ -12,8 +12,8 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-from proxy.exchange import Exchange
-from proxy.routes import RouteRuntime
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.routes import RouteRuntime
 from proxy.stores.base import StoreUnavailable
 
 # WeChat MP/WeCom deliver a message four times at most (the first delivery and "重试三次").

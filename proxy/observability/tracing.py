@@ -1,11 +1,5 @@
-"""Tracing: a tracer provider from the standard ``OTEL_*`` variables, and the spans wxgate makes on it.
-
-Off by default: without ``OTEL_TRACES_EXPORTER=otlp`` (or ``console``), or an ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` with ``OTEL_TRACES_EXPORTER`` unset, :func:`provider_from_env` returns
-``None``; the composition root then builds no :class:`Tracing`, adds no tracing addon, and no span object is
-created on the hot path. Only OTLP over HTTP/protobuf is shipped (``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf``).
-The environment is an injected mapping (tests never touch ``os.environ``) and the provider is passed in, never
-installed as the global one.
+"""The spans wxgate makes, on a provider built from the ``OTEL_*`` environment by :mod:`.otel_env` (tracing is
+off unless that environment turns it on; then no :class:`Tracing` exists and no span is made).
 
 Spans (attribute keys from ``opentelemetry.semconv`` where one exists, ``wxgate.*`` otherwise):
 
@@ -32,16 +26,11 @@ Query strings are never recorded: they carry signatures, nonces and (for Officia
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.semconv.attributes import (
     client_attributes,
     db_attributes,
@@ -49,21 +38,18 @@ from opentelemetry.semconv.attributes import (
     http_attributes,
     network_attributes,
     server_attributes,
-    service_attributes,
     url_attributes,
     user_agent_attributes,
 )
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
 from proxy import __version__
-from proxy.config import ConfigError
-from proxy.upstream import UpstreamResult
+from proxy.upstream.client import UpstreamResult
 
 if TYPE_CHECKING:
-    from proxy.exchange import Exchange, Outcome
+    from proxy.observability.outcome import Outcome
 
 TRACER_NAME = "wxgate"
 # Semconv: a method outside the well-known set is reported as _OTHER (span name "HTTP").
@@ -74,167 +60,6 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 REQUEST_VALUE_LIMIT = 256
 # A sender's traceparent longer than this is not parsed at all (version 00 is 55 characters).
 _TRACEPARENT_MAX = 512
-
-
-class TracingConfigError(ConfigError):
-    """An ``OTEL_*`` variable wxgate cannot honour; the message names it and says what to set instead."""
-
-
-# -- provider from the environment -------------------------------------------------------------------------
-
-
-def provider_from_env(environ: Mapping[str, str]) -> TracerProvider | None:
-    """A provider exporting as the ``OTEL_*`` variables say, or ``None`` when tracing is off (the default)."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    exporters = _exporter_names(environ)
-    if not exporters:
-        return None
-    provider = TracerProvider(
-        sampler=sampler_from_env(environ),
-        resource=resource_from_env(environ),
-        shutdown_on_exit=False,
-        span_limits=span_limits_from_env(environ),
-    )
-    for name in exporters:
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                _exporter(name, environ),
-                max_queue_size=_int(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048),
-                schedule_delay_millis=_int(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000),
-                max_export_batch_size=_int(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
-                export_timeout_millis=_int(environ, "OTEL_BSP_EXPORT_TIMEOUT", 30000),
-            )
-        )
-    return provider
-
-
-def _exporter_names(environ: Mapping[str, str]) -> list[str]:
-    raw = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if not raw:
-        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT"
-        )
-        return ["otlp"] if endpoint else []
-    names = [n.strip() for n in raw.split(",") if n.strip() and n.strip() != "none"]
-    for n in names:
-        if n not in ("otlp", "console"):
-            raise TracingConfigError(
-                f"OTEL_TRACES_EXPORTER={n!r} is not supported; use otlp, console or none"
-            )
-    return names
-
-
-def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
-    if name == "console":
-        return ConsoleSpanExporter(out=sys.stderr)
-    protocol = _signal(environ, "PROTOCOL") or "http/protobuf"
-    if protocol != "http/protobuf":
-        raise TracingConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: wxgate ships the OTLP/HTTP exporter; "
-            "set http/protobuf and point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's port 4318"
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if not endpoint:
-        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
-        endpoint = base.rstrip("/") + "/v1/traces"
-    compression = _signal(environ, "COMPRESSION") or "none"
-    if compression not in ("gzip", "none"):
-        raise TracingConfigError(f"OTEL_EXPORTER_OTLP_COMPRESSION={compression!r}: use gzip or none")
-    timeout_ms = _signal(environ, "TIMEOUT")
-    return OTLPSpanExporter(
-        endpoint=endpoint,
-        headers=dict(parse_env_headers(_signal(environ, "HEADERS"), liberal=True)),
-        timeout=_float(timeout_ms, "OTEL_EXPORTER_OTLP_TIMEOUT") / 1000 if timeout_ms else 10.0,
-        compression=Compression.Gzip if compression == "gzip" else Compression.NoCompression,
-        certificate_file=_signal(environ, "CERTIFICATE") or None,
-        client_key_file=_signal(environ, "CLIENT_KEY") or None,
-        client_certificate_file=_signal(environ, "CLIENT_CERTIFICATE") or None,
-    )
-
-
-def _signal(environ: Mapping[str, str], suffix: str) -> str:
-    """The traces-specific variable, else the generic one (OTLP exporter spec)."""
-    return (
-        environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{suffix}")
-        or environ.get(f"OTEL_EXPORTER_OTLP_{suffix}")
-        or ""
-    ).strip()
-
-
-def sampler_from_env(environ: Mapping[str, str]) -> sampling.Sampler:
-    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
-    arg = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
-    ratio = _float(arg, "OTEL_TRACES_SAMPLER_ARG") if arg else 1.0
-    samplers: dict[str, sampling.Sampler] = {
-        "always_on": sampling.ALWAYS_ON,
-        "always_off": sampling.ALWAYS_OFF,
-        "parentbased_always_on": sampling.DEFAULT_ON,
-        "parentbased_always_off": sampling.DEFAULT_OFF,
-    }
-    if name in samplers:
-        return samplers[name]
-    if name == "traceidratio":
-        return sampling.TraceIdRatioBased(ratio)
-    if name == "parentbased_traceidratio":
-        return sampling.ParentBasedTraceIdRatio(ratio)
-    raise TracingConfigError(
-        f"OTEL_TRACES_SAMPLER={name!r} is not supported; use one of {', '.join(samplers)}"
-    )
-
-
-def span_limits_from_env(environ: Mapping[str, str]) -> SpanLimits:
-    """Attribute value length limits from the injected environment (the SDK would read ``os.environ``)."""
-    length = _limit(environ, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
-    span_length = _limit(environ, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")
-    return SpanLimits(
-        max_attribute_length=length,
-        max_span_attribute_length=span_length if span_length != SpanLimits.UNSET else length,
-    )
-
-
-def _limit(environ: Mapping[str, str], name: str) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return SpanLimits.UNSET  # no limit (the specification's default)
-    value = int(_float(raw, name))
-    if value < 0:
-        raise TracingConfigError(f"{name}={raw!r}: expected a length of 0 or more")
-    return value
-
-
-def resource_from_env(environ: Mapping[str, str]) -> Resource:
-    attrs: dict[str, AttributeValue] = {
-        service_attributes.SERVICE_NAME: "wxgate",
-        service_attributes.SERVICE_VERSION: __version__,
-        "telemetry.sdk.language": "python",
-        "telemetry.sdk.name": "opentelemetry",
-    }
-    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip():
-            attrs[key.strip()] = unquote(value.strip())
-    if environ.get("OTEL_SERVICE_NAME", "").strip():
-        attrs[service_attributes.SERVICE_NAME] = environ["OTEL_SERVICE_NAME"].strip()
-    return Resource(attrs)
-
-
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    return int(_float(raw, name)) if raw else default
-
-
-def _float(raw: str, name: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise TracingConfigError(f"{name}={raw!r} is not a number") from None
-
-
-# -- the spans ---------------------------------------------------------------------------------------------
 
 
 def traceparent(span: Span) -> str:
@@ -384,13 +209,10 @@ class Tracing:
         span.end()
 
     # the backend call --------------------------------------------------------------------------------------
-    def backend_call(self, ex: Exchange, method: str) -> ClientCall:
-        """A CLIENT span under the request's server span; sets ``ex.traceparent`` for the backend request."""
-        assert ex.route is not None
-        parent = trace.set_span_in_context(ex.span) if ex.span is not None else None
-        call = ClientCall(self._client_span(method, ex.route.config.path, ex.route.upstream, parent))
-        ex.traceparent = call.traceparent
-        return call
+    def backend_call(self, server_span: Span | None, method: str, path: str, upstream: str) -> ClientCall:
+        """A CLIENT span under the request's server span; its ``traceparent`` goes to the backend."""
+        parent = trace.set_span_in_context(server_span) if server_span is not None else None
+        return ClientCall(self._client_span(method, path, upstream, parent))
 
     def redelivery_call(
         self, method: str, path: str, upstream: str, attempt: int, headers: dict[str, str]

@@ -24,18 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import OutboxConfig
-from proxy.exchange import Exchange
-from proxy.forwarding import backend_request
-from proxy.policy import claim_lease
+from proxy.observability.tracing import Tracing
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.forwarding import backend_request
+from proxy.pipeline.policy import claim_lease
+from proxy.pipeline.replies import encode_reply
+from proxy.pipeline.routes import RouteRuntime, RouteTable
+from proxy.pipeline.settlement import Settlement
 from proxy.protocols.base import Reply, Verified
 from proxy.protocols.wechat_pay_v3 import V2Notice
 from proxy.protocols.wxcrypt import ReplyContext
-from proxy.replies import encode_reply
-from proxy.routes import RouteRuntime, RouteTable
-from proxy.settlement import Settlement
 from proxy.stores.base import ClaimState, OutboxItem, Store, StoreUnavailable
-from proxy.tracing import Tracing
-from proxy.upstream import UpstreamClient, UpstreamResult
+from proxy.upstream.client import UpstreamClient, UpstreamResult
 
 logger = logging.getLogger("wxgate")
 
@@ -233,7 +233,7 @@ class OutboxWorker:
     """Leases due items and redelivers them; safe to run in every replica (leases are exclusive).
 
     An item is leased for at least as long as its redelivery can take (the longest ``backend_timeout`` and
-    the claim's margin, :func:`~proxy.policy.claim_lease`), so no other replica redelivers it meanwhile.
+    the claim's margin, :func:`~proxy.pipeline.policy.claim_lease`), so no other replica redelivers it meanwhile.
     """
 
     def __init__(

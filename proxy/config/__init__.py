@@ -1,0 +1,58 @@
+"""``proxy.yaml``: the schema (:mod:`.schema`, every key and whether a reload applies it), reading a file
+(:mod:`.loading`) and the generated reference (:mod:`.reference`, ``make docs``). Reloading a running proxy
+reaches the pipeline, so it lives with the composition root (:mod:`proxy.reload`), not here."""
+
+from proxy.config.loading import load_config, parse_config, redact_url, redacted
+from proxy.config.schema import (
+    PATH_KEYS,
+    SECRET_KEYS,
+    Config,
+    ConfigError,
+    DedupConfig,
+    HmacRoute,
+    ListenerTls,
+    OutboxConfig,
+    PublicKeyRef,
+    Route,
+    RouteBase,
+    Secret,
+    StandardWebhooksRoute,
+    WechatMpRoute,
+    WechatPayV2Route,
+    WechatPayV3Route,
+    WecomRoute,
+    default_dedup_ttl,
+    default_policy,
+    parse_duration,
+    parse_size,
+    secret_problem,
+)
+
+__all__ = [
+    "PATH_KEYS",
+    "SECRET_KEYS",
+    "Config",
+    "ConfigError",
+    "DedupConfig",
+    "HmacRoute",
+    "ListenerTls",
+    "OutboxConfig",
+    "PublicKeyRef",
+    "Route",
+    "RouteBase",
+    "Secret",
+    "StandardWebhooksRoute",
+    "WechatMpRoute",
+    "WechatPayV2Route",
+    "WechatPayV3Route",
+    "WecomRoute",
+    "default_dedup_ttl",
+    "default_policy",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+    "redact_url",
+    "redacted",
+    "secret_problem",
+]
