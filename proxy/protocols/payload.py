@@ -29,15 +29,26 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_object(body: bytes, numbers_as_text: bool = False) -> dict[str, Any]:
+def parse_object(
+    body: bytes,
+    numbers_as_text: bool = False,
+    *,
+    max_number_len: int | None = None,
+    max_depth: int | None = None,
+) -> dict[str, Any]:
     """Parse a JSON object (numbers as ``str`` as written with ``numbers_as_text``); else :class:`Rejected` (400).
 
     A key given twice in one object is malformed: ``json.loads`` keeps the last value, a backend's parser may
     keep the first, and what is signed or checked must be what the backend reads (``{"amount":"1","amount":
-    "88800"}`` verified as 88800 and reached a first-wins backend as 1)."""
+    "88800"}`` verified as 88800 and reached a first-wins backend as 1). ``max_number_len`` refuses a number
+    written with more characters (a 100,000-digit "id" kept as text would reach keys and logs; as an int it
+    costs quadratic time), ``max_depth`` objects and arrays nested deeper than that (arrays included, which
+    :func:`flatten` skips)."""
     if not body.strip():
         raise Rejected("empty_body", 400)
     number: Any = str if numbers_as_text else None
+    if max_number_len is not None:
+        number = _bounded_number(max_number_len, numbers_as_text)
     try:
         value = json.loads(
             body,
@@ -50,7 +61,32 @@ def parse_object(body: bytes, numbers_as_text: bool = False) -> dict[str, Any]:
         raise Rejected("malformed_json", 400) from None
     if not isinstance(value, dict):
         raise Rejected("malformed_json", 400, "not a JSON object")
+    if max_depth is not None and nesting(value) > max_depth:
+        raise Rejected("malformed_json", 400, "nested too deeply")
     return value
+
+
+def _bounded_number(limit: int, as_text: bool) -> Any:
+    def number(text: str) -> Any:
+        if len(text) > limit:
+            raise ValueError("number too long")
+        if as_text:
+            return text
+        return float(text) if any(c in text for c in ".eE") else int(text)
+
+    return number
+
+
+def nesting(value: object) -> int:
+    """How deeply objects and arrays nest in a parsed JSON value (a scalar is 0, ``{}`` and ``[]`` are 1)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def scalar_text(value: object) -> str | None:

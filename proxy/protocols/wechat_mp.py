@@ -55,7 +55,29 @@ def combined_key_id(*key_ids: str) -> str:
     return next((k for k in key_ids if k != "current"), "current")
 
 
-def _check_openid(req: Inbound, message: Mapping[str, str]) -> None:
+def check_query(
+    tokens: Sequence[tuple[str, str]], req: Inbound, now: float, window: float
+) -> tuple[str, str, str]:
+    """``(token_id, timestamp, nonce)`` of a request whose query carries a valid ``signature`` within the window."""
+    q = req.query
+    for p in ("signature", "timestamp", "nonce"):
+        if not q.get(p):
+            raise Rejected("missing_param", 403, p)
+    key_id = check_signature(tokens, q["signature"], q["timestamp"], q["nonce"])
+    check_timestamp(q["timestamp"], now, window)
+    return key_id, q["timestamp"], q["nonce"]
+
+
+def url_verification(tokens: Sequence[tuple[str, str]], req: Inbound, now: float, window: float) -> Verified:
+    """The GET that saving the server URL sends (§1.2): a valid ``signature`` earns ``echostr`` byte for byte."""
+    if "echostr" not in req.query:
+        raise Rejected("missing_param", 403, "echostr")
+    key_id, _, _ = check_query(tokens, req, now, window)
+    echo = Reply(200, req.query["echostr"].encode("utf-8", "surrogatepass"), SUCCESS.content_type, "echo")
+    return Verified(key_id=key_id, direct_reply=echo)
+
+
+def check_openid(req: Inbound, message: Mapping[str, str]) -> None:
     """The ``openid`` WeChat adds to the query is covered by no signature, yet some SDKs read the sender from it:
     it must name the message's own ``FromUserName`` (authenticated in safe mode), else ``openid_mismatch``. A
     captured request sent again with another ``openid`` first would otherwise reach the backend as verified, for
@@ -160,39 +182,24 @@ class WechatMp(Protocol):
         self.app_id = app_id or ""
         self.decrypt_for_backend = decrypt_for_backend
 
-    def _check(self, req: Inbound, now: float) -> tuple[str, str, str]:
-        q = req.query
-        for p in ("signature", "timestamp", "nonce"):
-            if not q.get(p):
-                raise Rejected("missing_param", 403, p)
-        key_id = check_signature(self.tokens, q["signature"], q["timestamp"], q["nonce"])
-        check_timestamp(q["timestamp"], now, self.window)
-        return key_id, q["timestamp"], q["nonce"]
-
     def verify(self, req: Inbound, now: float) -> Verified:
         if req.method == "GET":
-            if "echostr" not in req.query:
-                raise Rejected("missing_param", 403, "echostr")
-            key_id, _, _ = self._check(req, now)
-            echo = Reply(
-                200, req.query["echostr"].encode("utf-8", "surrogatepass"), SUCCESS.content_type, "echo"
-            )
-            return Verified(key_id=key_id, direct_reply=echo)
+            return url_verification(self.tokens, req, now, self.window)
         if req.method != "POST":
             raise Rejected("method_not_allowed", 405)
-        key_id, ts, nonce = self._check(req, now)
+        key_id, ts, nonce = check_query(self.tokens, req, now, self.window)
         replay_key = f"mp:{ts}:{nonce}:{req.query['signature'].lower()}"
         encrypt_type = req.query.get("encrypt_type", "raw")
         if encrypt_type == "aes":
             verified = self._verify_encrypted(req, key_id, replay_key)
-            _check_openid(req, verified.message)
+            check_openid(req, verified.message)
             return verified
         if encrypt_type not in ("", "raw"):
             raise Rejected("bad_encrypt_type", 400)
         if self.require_encryption:
             raise Rejected("plaintext_not_allowed", 403)
         message = xmlmsg.parse(req.body)
-        _check_openid(req, message)
+        check_openid(req, message)
         return Verified(
             message=message,
             replay_key=replay_key,

@@ -194,6 +194,13 @@ class Envelope:
         doc = {"encrypt": self.encrypt, "msgsignature": self.signature, "timestamp": ts, "nonce": self.nonce}
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    def to_wxa_json(self) -> bytes:
+        """The Mini Program (and Channels shop) JSON reply: capitalised keys, ``TimeStamp`` a number, ``Nonce`` a
+        string (PROTOCOLS-MINI-OPEN.md §A1.3)."""
+        ts: str | int = int(self.timestamp) if self.timestamp.isdigit() else self.timestamp
+        doc = {"Encrypt": self.encrypt, "MsgSignature": self.signature, "TimeStamp": ts, "Nonce": self.nonce}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
 
 def envelope(
     token: str, key: bytes, message: bytes, receive_id: str, timestamp: str, nonce: str, random16: bytes
@@ -202,14 +209,15 @@ def envelope(
     return Envelope(encrypted, sha1_signature(token, timestamp, nonce, encrypted), timestamp, nonce)
 
 
-def is_sealed(reply: Reply, as_json: bool) -> bool:
-    """Whether a passive reply already is an encrypted envelope (a backend that encrypts by itself)."""
+def is_sealed(reply: Reply, as_json: bool, wxa: bool = False) -> bool:
+    """Whether a passive reply already is an encrypted envelope (a backend that encrypts by itself); ``wxa``:
+    a JSON envelope has the Mini Program's ``Encrypt`` key instead of the robots' ``encrypt``."""
     if as_json:
         try:
             doc = json.loads(reply.body)
         except (ValueError, RecursionError):
             return False
-        return isinstance(doc, dict) and "encrypt" in doc
+        return isinstance(doc, dict) and ("Encrypt" if wxa else "encrypt") in doc
     try:
         return "Encrypt" in xmlmsg.parse(reply.body)
     except Rejected:
@@ -223,9 +231,11 @@ def seal_reply(
     keys: dict[str, AesKey],
     receive_id: str,
     random_bytes: Callable[[int], bytes],
+    wxa: bool = False,
 ) -> Reply:
-    """Encrypt a plaintext passive reply with a fresh random16; anything else passes unchanged."""
-    if reply.kind != "passive" or is_sealed(reply, ctx.json):
+    """Encrypt a plaintext passive reply with a fresh random16; anything else passes unchanged. ``wxa``: a JSON
+    reply gets the Mini Program envelope (:meth:`Envelope.to_wxa_json`) instead of the robots' one."""
+    if reply.kind != "passive" or is_sealed(reply, ctx.json, wxa):
         return reply
     env = envelope(
         tokens[ctx.token_id],
@@ -237,5 +247,6 @@ def seal_reply(
         random_bytes(RANDOM_LEN),
     )
     if ctx.json:
-        return Reply(200, env.to_json(), JSON_CONTENT_TYPE, "passive", reply.normalized)
+        body = env.to_wxa_json() if wxa else env.to_json()
+        return Reply(200, body, JSON_CONTENT_TYPE, "passive", reply.normalized)
     return Reply(200, env.to_xml(), XML_CONTENT_TYPE, "passive", reply.normalized)
