@@ -250,3 +250,20 @@ def seal_reply(
         body = env.to_wxa_json() if wxa else env.to_json()
         return Reply(200, body, JSON_CONTENT_TYPE, "passive", reply.normalized)
     return Reply(200, env.to_xml(), XML_CONTENT_TYPE, "passive", reply.normalized)
+
+
+def seal_for(
+    reply: Reply,
+    context: object | None,
+    tokens: Sequence[tuple[str, str]],
+    keys: Sequence[AesKey],
+    receive_id: str,
+    random_bytes: Callable[[int], bytes],
+    wxa: bool = False,
+) -> Reply:
+    """:func:`seal_reply` for the request whose ``Verified.seal_context`` is ``context``; a request that was not
+    encrypted (no :class:`ReplyContext`) gets ``reply`` unchanged."""
+    if not isinstance(context, ReplyContext):
+        return reply
+    by_id = {k.key_id: k for k in keys}
+    return seal_reply(reply, context, dict(tokens), by_id, receive_id, random_bytes, wxa)
