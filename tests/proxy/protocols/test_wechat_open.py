@@ -531,3 +531,25 @@ def test_verify_raises_only_rejected(req: Inbound, appid: str, now: int) -> None
     routed_req = dataclasses.replace(req, path_params={"appid": appid})
     for platform in (authorization(), messages(), messages(authorizers={A_APPID: A_GH})):
         verify_or_reject(platform, routed_req, now)
+
+
+B64 = st.text(
+    st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=% <&"), max_size=400
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(encrypted=B64, appid_field=st.booleans())
+def test_correctly_signed_garbage_raises_only_rejected(encrypted: str, appid_field: bool) -> None:
+    """Past the signature (the sender holds the token) nothing but Rejected may come out of decryption."""
+    query = {
+        "timestamp": str(NOW),
+        "nonce": "n",
+        "encrypt_type": "aes",
+        "msg_signature": signature(TOKEN, str(NOW), "n", encrypted),
+    }
+    outer = {"AppId": COMPONENT} if appid_field else {"ToUserName": A_GH}
+    body = xmlmsg.build({**outer, "Encrypt": encrypted})
+    req = Inbound("POST", "/cb", query, {}, body, {"appid": A_APPID})
+    for platform in (authorization(), messages()):
+        verify_or_reject(platform, req, NOW)
