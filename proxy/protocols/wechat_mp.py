@@ -192,16 +192,49 @@ class WechatMp(Protocol):
         encrypt_type = req.query.get("encrypt_type", "raw")
         if encrypt_type == "aes":
             verified = self._verify_encrypted(req, key_id, replay_key)
-            check_openid(req, verified.message)
-            return verified
-        if encrypt_type not in ("", "raw"):
+        elif encrypt_type in ("", "raw"):
+            verified = self._verify_plaintext(req, key_id, replay_key)
+        else:
             raise Rejected("bad_encrypt_type", 400)
+        check_openid(req, verified.message)
+        return verified
+
+    # The steps a sender whose pushes are Official Account pushes in another format overrides (Mini Programs).
+
+    def _read(self, body: bytes) -> dict[str, str]:
+        """The flat fields of a message (the body, or the decrypted plaintext)."""
+        return xmlmsg.parse(body)
+
+    def _envelope(self, body: bytes) -> tuple[Mapping[str, object], str]:
+        """The fields of an encrypted body and its ``Encrypt`` string (``missing_encrypt`` without one)."""
+        outer = xmlmsg.parse(body)
+        encrypted = outer.get("Encrypt", "")
+        if not encrypted:
+            raise Rejected("missing_encrypt", 400)
+        return outer, encrypted
+
+    def _backend_body(
+        self, outer: Mapping[str, object], message: Mapping[str, str], plain: bytes, encrypted: str
+    ) -> bytes | None:
+        """What the backend receives instead of the body as sent (``None``: the body as sent)."""
+        if self.decrypt_for_backend:
+            return plain
+        if set(outer) - {"ToUserName", "Encrypt"}:
+            # Compatible mode: the plaintext fields beside <Encrypt> are unauthenticated. The backend gets the
+            # authenticated ones instead, with <Encrypt> kept for a backend that decrypts by itself.
+            return with_encrypt(plain, encrypted)
+        return None
+
+    def _reply_context(
+        self, token_id: str, aes_key_id: str, timestamp: str, nonce: str
+    ) -> wxcrypt.ReplyContext:
+        return wxcrypt.ReplyContext(token_id, aes_key_id, timestamp, nonce)
+
+    def _verify_plaintext(self, req: Inbound, key_id: str, replay_key: str) -> Verified:
         if self.require_encryption:
             raise Rejected("plaintext_not_allowed", 403)
-        message = xmlmsg.parse(req.body)
-        check_openid(req, message)
         return Verified(
-            message=message,
+            message=self._read(req.body),
             replay_key=replay_key,
             replay_ttl=2 * self.window,
             key_id=key_id,
@@ -214,28 +247,20 @@ class WechatMp(Protocol):
         q = req.query
         if not q.get("msg_signature"):
             raise Rejected("missing_param", 403, "msg_signature")
-        outer = xmlmsg.parse(req.body)
-        encrypted = outer.get("Encrypt", "")
-        if not encrypted:
-            raise Rejected("missing_encrypt", 400)
+        outer, encrypted = self._envelope(req.body)
         token_id = wxcrypt.match_token(
             self.tokens, q["msg_signature"], (q["timestamp"], q["nonce"], encrypted), "bad_msg_signature"
         )
         opened = wxcrypt.decrypt(self.aes_keys, encrypted, (self.app_id,), "wrong_app_id")
-        message = xmlmsg.parse(opened.message)
-        backend_body = opened.message if self.decrypt_for_backend else None
-        if backend_body is None and set(outer) - {"ToUserName", "Encrypt"}:
-            # Compatible mode: the plaintext fields beside <Encrypt> are unauthenticated. The backend gets the
-            # authenticated ones instead, with <Encrypt> kept for a backend that decrypts by itself.
-            backend_body = with_encrypt(opened.message, encrypted)
+        message = self._read(opened.message)
         return Verified(
             message=message,
             replay_key=replay_key,
             replay_ttl=2 * self.window,
             key_id=combined_key_id(signature_key_id, token_id, opened.key_id),
-            backend_body=backend_body,
+            backend_body=self._backend_body(outer, message, opened.message, encrypted),
             drop_query=ENCRYPTED_QUERY if self.decrypt_for_backend else (),
-            seal_context=wxcrypt.ReplyContext(token_id, opened.key_id, q["timestamp"], q["nonce"]),
+            seal_context=self._reply_context(token_id, opened.key_id, q["timestamp"], q["nonce"]),
             authenticated=opened.message,
         )
 
