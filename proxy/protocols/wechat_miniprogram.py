@@ -45,8 +45,10 @@ differs:
   shop's appid, the receiveid; UNVERIFIED in an official example), and encryption is always required, so a
   plaintext push is ``plaintext_not_allowed`` and an XML body ``format_mismatch``.
 
-Protocol facts for routes and policies: :attr:`WechatMiniProgram.methods`, ``content_types``,
-``default_dedup_ttl``, ``last_attempt`` (MP-like: 5 s, "重试三次") and ``xpay_retry_schedule``.
+:class:`WechatMiniProgram` is a :class:`wechat_mp.WechatMp` that reads its configured format and adds the
+per-event contracts. Protocol facts (class attributes, :class:`base.Protocol`): ``default_methods`` GET and POST,
+``content_types`` XML and JSON, ``default_dedup_ttl`` 10 min and ``last_attempt`` 4 as for Official Accounts
+(5 s, "总共重试三次"), policy ``ack``; ``xpay_retry_schedule`` is WeChat's schedule for ``xpay_*`` deliveries.
 
 Reasons: those of :mod:`wechat_mp` (``missing_param``, ``bad_signature``, ``bad_msg_signature``, the timestamp
 reasons, ``method_not_allowed``, ``bad_encrypt_type``, ``encryption_not_configured``, ``plaintext_not_allowed``,
@@ -62,17 +64,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from proxy.protocols import idempotency, payload, wxcrypt, xmlmsg
-from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified
-from proxy.protocols.wechat_mp import (
-    ENCRYPTED_QUERY,
-    SUCCESS,
-    check_openid,
-    check_query,
-    classify_reply,
-    combined_key_id,
-    url_verification,
-    with_encrypt,
-)
+from proxy.protocols.base import JSON_CONTENT_TYPES, XML_CONTENT_TYPES, Inbound, Rejected, Reply, Verified
+from proxy.protocols.wechat_mp import SUCCESS, WechatMp, with_encrypt
 
 Format = Literal["json", "xml"]
 
@@ -88,19 +81,15 @@ XPAY_KEY_FIELDS = ("OutTradeNo", "MchRefundId", "WxRefundId", "RetCode")
 XPAY_IDS = frozenset({"OutTradeNo", "MchRefundId", "WxRefundId"})
 MAX_NUMBER_LEN = 40  # a uint64 has 20 digits; a float's shortest repr fewer than 25 characters
 MAX_DEPTH = payload.MAX_DEPTH
-_XML_TYPES = frozenset({"", "text/xml", "application/xml", "text/plain"})
-_JSON_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
 
 
-def read_json(body: bytes) -> dict[str, Any]:
-    """A strict JSON object with numbers as their text (see the module docstring); else Rejected (400)."""
+def read_json(body: bytes, numbers_as_text: bool = True) -> dict[str, Any]:
+    """A strict JSON object, numbers as their text by default (see the module docstring); else Rejected (400)."""
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected("malformed_json", 400, "not UTF-8") from None
-    return payload.parse_object(
-        body, numbers_as_text=True, max_number_len=MAX_NUMBER_LEN, max_depth=MAX_DEPTH
-    )
+    return payload.parse_object(body, numbers_as_text, max_number_len=MAX_NUMBER_LEN, max_depth=MAX_DEPTH)
 
 
 def check_format(body: bytes, fmt: Format) -> None:
@@ -223,14 +212,15 @@ def _business_json(body: bytes) -> dict[str, Any] | None:
         return None
 
 
-class WechatMiniProgram(Protocol):
-    """One Mini Program (or Channels shop) push URL: plaintext, compatible and safe mode, JSON or XML."""
+class WechatMiniProgram(WechatMp):
+    """One Mini Program (or Channels shop) push URL: an Official Account push in JSON or XML, with per-event
+    contracts. Plaintext, compatible and safe mode, URL verification, rotation and the ``signature`` and openid
+    checks are :class:`WechatMp`'s; this class reads the configured format and adds the events' contracts."""
 
     name = "wechat-miniprogram"
-    methods: ClassVar[tuple[str, ...]] = ("GET", "POST")
-    content_types: ClassVar[frozenset[str]] = _XML_TYPES | _JSON_TYPES  # the format comes from configuration
-    default_dedup_ttl: ClassVar[float] = 600.0  # 5 s x 4 deliveries, with room; xpay_* events: XPAY_DEDUP_TTL
-    last_attempt: ClassVar[int] = 4  # "总共重试三次" (S-mini-recv copies, UNVERIFIED as current)
+    content_types = XML_CONTENT_TYPES | JSON_CONTENT_TYPES  # the format comes from configuration
+    # default_methods (GET is URL verification) and last_attempt ("总共重试三次", S-mini-recv copies; UNVERIFIED
+    # as current) are the Official Account's; xpay_* events carry their own TTL (Verified.dedup_ttl).
     xpay_retry_schedule: ClassVar[tuple[float, ...]] = XPAY_RETRY_SCHEDULE
 
     def __init__(
@@ -246,111 +236,72 @@ class WechatMiniProgram(Protocol):
         format: Format = "json",
         channels: bool = False,
     ) -> None:
-        super().__init__(*(() if random_bytes is None else (random_bytes,)))
-        if not tokens:
-            raise ValueError("a Mini Program route needs a token")
         if format not in ("json", "xml"):
             raise ValueError("format is json or xml (数据格式 in the Mini Program console)")
-        if aes_keys and not app_id:
-            raise ValueError("encoding_aes_key needs app_id (the AppID is checked inside every message)")
-        if (decrypt_for_backend or require_encryption) and not aes_keys:
-            raise ValueError("decrypt_for_backend / require_encryption need encoding_aes_key")
+        if require_encryption and not aes_keys:
+            raise ValueError("require_encryption needs encoding_aes_key")
         if channels and format != "json":
             raise ValueError("a Channels shop pushes JSON only (视频号小店 只允许为JSON): set format: json")
         if channels and not aes_keys:
             raise ValueError("a Channels shop pushes in safe mode only: it needs encoding_aes_key and app_id")
-        self.tokens = tuple(tokens)
-        self.window = timestamp_window
-        self.require_encryption = require_encryption or channels
-        self.aes_keys = tuple(wxcrypt.AesKey.decode(key_id, key) for key_id, key in aes_keys)
-        self.app_id = app_id or ""
-        self.decrypt_for_backend = decrypt_for_backend
+        super().__init__(
+            tokens,
+            timestamp_window,
+            require_encryption or channels,
+            random_bytes,
+            aes_keys=aes_keys,
+            app_id=app_id,
+            decrypt_for_backend=decrypt_for_backend,
+        )
         self.format: Format = format
         self.channels = channels
 
     def verify(self, req: Inbound, now: float) -> Verified:
-        if req.method == "GET":
-            return url_verification(self.tokens, req, now, self.window)
-        if req.method != "POST":
-            raise Rejected("method_not_allowed", 405)
-        key_id, ts, nonce = check_query(self.tokens, req, now, self.window)
-        replay_key = f"wxa:{ts}:{nonce}:{req.query['signature'].lower()}"
-        encrypt_type = req.query.get("encrypt_type", "raw")
-        if encrypt_type == "aes":
-            verified = self._verify_encrypted(req, key_id, replay_key)
-        elif encrypt_type in ("", "raw"):
-            verified = self._verify_plaintext(req, key_id, replay_key)
-        else:
-            raise Rejected("bad_encrypt_type", 400)
-        check_openid(req, verified.message)
+        verified = super().verify(req, now)
         event = event_of(verified.message)
         if not event.startswith(XPAY_PREFIX):
             return verified
         return dataclasses.replace(verified, dedup_ttl=XPAY_DEDUP_TTL, deadline=EVENT_DEADLINES.get(event))
 
-    def _verify_plaintext(self, req: Inbound, key_id: str, replay_key: str) -> Verified:
-        if self.require_encryption:
-            raise Rejected("plaintext_not_allowed", 403)
-        message = read_message(req.body, self.format)
-        if "Encrypt" in message:  # an encrypted push whose encrypt_type/msg_signature were removed
-            raise Rejected("missing_param", 403, "msg_signature")
-        return Verified(
-            message=message,
-            replay_key=replay_key,
-            replay_ttl=2 * self.window,
-            key_id=key_id,
-            authenticated=req.body,
-        )
+    def _read(self, body: bytes) -> dict[str, str]:
+        return read_message(body, self.format)
 
-    def _outer(self, body: bytes) -> tuple[Mapping[str, object], str]:
+    def _envelope(self, body: bytes) -> tuple[Mapping[str, object], str]:
+        if self.format == "xml":
+            return super()._envelope(body)
         check_format(body, self.format)
-        outer: Mapping[str, object] = read_json(body) if self.format == "json" else xmlmsg.parse(body)
+        outer = read_json(
+            body, numbers_as_text=False
+        )  # an "Encrypt" that is not a JSON string is no ciphertext
         encrypted = outer.get("Encrypt")
         if not isinstance(encrypted, str) or not encrypted:
             raise Rejected("missing_encrypt", 400)
         return outer, encrypted
 
-    def _verify_encrypted(self, req: Inbound, signature_key_id: str, replay_key: str) -> Verified:
-        if not self.aes_keys:
-            raise Rejected("encryption_not_configured", 403, "encrypt_type=aes but no encoding_aes_key")
-        q = req.query
-        if not q.get("msg_signature"):
+    def _verify_plaintext(self, req: Inbound, key_id: str, replay_key: str) -> Verified:
+        verified = super()._verify_plaintext(req, key_id, replay_key)
+        if "Encrypt" in verified.message:  # an encrypted push whose encrypt_type/msg_signature were removed
             raise Rejected("missing_param", 403, "msg_signature")
-        outer, encrypted = self._outer(req.body)
-        token_id = wxcrypt.match_token(
-            self.tokens, q["msg_signature"], (q["timestamp"], q["nonce"], encrypted), "bad_msg_signature"
-        )
-        opened = wxcrypt.decrypt(self.aes_keys, encrypted, (self.app_id,), "wrong_app_id")
-        message = read_message(opened.message, self.format)
-        if self.decrypt_for_backend:
-            backend_body: bytes | None = opened.message
-        else:
-            backend_body = self._authenticated_outer(outer, message, opened.message, encrypted)
-        return Verified(
-            message=message,
-            replay_key=replay_key,
-            replay_ttl=2 * self.window,
-            key_id=combined_key_id(signature_key_id, token_id, opened.key_id),
-            backend_body=backend_body,
-            drop_query=ENCRYPTED_QUERY if self.decrypt_for_backend else (),
-            seal_context=wxcrypt.ReplyContext(
-                token_id, opened.key_id, q["timestamp"], q["nonce"], json=self.format == "json"
-            ),
-            authenticated=opened.message,
-        )
+        return verified
 
-    def _authenticated_outer(
+    def _backend_body(
         self, outer: Mapping[str, object], message: Mapping[str, str], plain: bytes, encrypted: str
     ) -> bytes | None:
-        """``None`` (forward the body as sent) when it holds only ``ToUserName`` (the message's own) and
-        ``Encrypt``; else (compatible mode, or an edited envelope) the authenticated message plus ``Encrypt``."""
+        """The body as sent when it holds only ``ToUserName`` (the message's own) and ``Encrypt``; else (compatible
+        mode, an edited envelope) the authenticated message plus ``Encrypt``; the plaintext for a plaintext
+        backend."""
+        if self.decrypt_for_backend or "Encrypt" in message:
+            return plain
         if set(outer) <= {"ToUserName", "Encrypt"} and outer.get("ToUserName") == message.get("ToUserName"):
             return None
-        if "Encrypt" in message:
-            return plain
         return (
             json_with_encrypt(plain, encrypted) if self.format == "json" else with_encrypt(plain, encrypted)
         )
+
+    def _reply_context(
+        self, token_id: str, aes_key_id: str, timestamp: str, nonce: str
+    ) -> wxcrypt.ReplyContext:
+        return wxcrypt.ReplyContext(token_id, aes_key_id, timestamp, nonce, json=self.format == "json")
 
     def dedup_key(self, verified: Verified) -> str | None:
         """:func:`message_key`."""
@@ -361,12 +312,6 @@ class WechatMiniProgram(Protocol):
             return XPAY_ACK
         return SUCCESS
 
-    def failure_reply(self, reason: str, status: int) -> Reply:
-        return Reply(status, b"", "text/plain; charset=utf-8", "reject")
-
-    def backend_failure_reply(self, verified: Verified | None = None) -> Reply:
-        return Reply(502, b"", "text/plain; charset=utf-8", "failure")
-
     def is_backend_failure(self, status: int, content_type: str, body: bytes) -> bool:
         """A JSON answer whose ``ErrCode`` is not 0: the virtual-payment way of saying "not processed"."""
         doc = _business_json(body) if body.lstrip()[:1] == b"{" else None
@@ -375,14 +320,12 @@ class WechatMiniProgram(Protocol):
     def normalize(self, status: int, content_type: str, body: bytes, verified: Verified) -> Reply:
         if event_of(verified.message).startswith(XPAY_PREFIX):
             return self._normalize_xpay(status, content_type, body)
+        if self.format == "xml":
+            return super().normalize(status, content_type, body, verified)
         encrypted = isinstance(verified.seal_context, wxcrypt.ReplyContext)
-        if self.format == "json":
-            kind, reason = classify_json_reply(status, content_type, body, encrypted)
-        else:
-            kind, reason = classify_reply(status, content_type, body, encrypted)
+        kind, reason = classify_json_reply(status, content_type, body, encrypted)
         if kind == "passive":
-            default = wxcrypt.JSON_CONTENT_TYPE if self.format == "json" else wxcrypt.XML_CONTENT_TYPE
-            return Reply(200, body, content_type or default, "passive")
+            return Reply(200, body, content_type or wxcrypt.JSON_CONTENT_TYPE, "passive")
         if reason is None:
             return Reply(200, body, content_type or SUCCESS.content_type, "ack")
         return Reply(200, SUCCESS.body, SUCCESS.content_type, "ack", normalized=reason)

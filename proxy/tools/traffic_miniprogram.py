@@ -5,8 +5,8 @@ The sender side of :mod:`proxy.protocols.wechat_miniprogram`, for ``wxgate send`
 inputs (randomness through ``random_bytes``), in the style of :mod:`proxy.tools.traffic`. Modes
 (PROTOCOLS-MINI-OPEN.md §A1.2): ``plaintext`` (``signature`` only), ``compatible`` (the plaintext fields plus
 ``Encrypt``) and ``safe`` (``ToUserName`` and ``Encrypt``), the last two with ``encrypt_type=aes`` and
-``msg_signature``. XML pushes are Official Account pushes on the wire, so they are built by
-:func:`proxy.tools.traffic.mp_message`.
+``msg_signature``. An XML push is an Official Account push on the wire
+(:func:`proxy.tools.traffic.mp_message` builds the same).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from proxy.protocols import payload, wxcrypt, xmlmsg
 from proxy.protocols.base import Rejected
-from proxy.tools.traffic import JSON, Outbound, RandomBytes, mp_message, mp_url_check
+from proxy.tools.traffic import JSON, XML, Outbound, RandomBytes, mp_url_check
 
 Mode = Literal["plaintext", "compatible", "safe"]
 Format = Literal["json", "xml"]
@@ -45,20 +45,6 @@ def push(
     ``encoding_aes_key`` and ``app_id`` (the mini program's AppID, the envelope's receiveid)."""
     if mode != "plaintext" and encoding_aes_key is None:
         raise ValueError(f"{mode} mode needs encoding_aes_key")
-    key = None if mode == "plaintext" else encoding_aes_key
-    if fmt == "xml":
-        return mp_message(
-            path,
-            token,
-            message,
-            timestamp,
-            nonce,
-            openid=openid,
-            encoding_aes_key=key,
-            app_id=app_id,
-            compatible=mode == "compatible",
-            random_bytes=random_bytes,
-        )
     query = {
         "signature": wxcrypt.sha1_signature(token, timestamp, nonce),
         "timestamp": timestamp,
@@ -66,16 +52,30 @@ def push(
     }
     if openid is not None:
         query["openid"] = openid
-    if key is None:
-        return Outbound("POST", f"{path}?{urlencode(query)}", (("content-type", JSON),), message)
-    aes = wxcrypt.AesKey.decode("current", key).key
+    headers = (("content-type", JSON if fmt == "json" else XML),)
+    if mode == "plaintext" or encoding_aes_key is None:
+        return Outbound("POST", f"{path}?{urlencode(query)}", headers, message)
+    aes = wxcrypt.AesKey.decode("current", encoding_aes_key).key
     env = wxcrypt.envelope(token, aes, message, app_id, timestamp, nonce, random_bytes(wxcrypt.RANDOM_LEN))
-    fields: dict[str, Any] = json.loads(message)
+    fields = _fields(message, fmt)
     outer = dict(fields) if mode == "compatible" else {"ToUserName": fields.get("ToUserName", "")}
     outer["Encrypt"] = env.encrypt
     query.update(encrypt_type="aes", msg_signature=env.signature)
-    body = json.dumps(outer, ensure_ascii=False, separators=(",", ":")).encode()
-    return Outbound("POST", f"{path}?{urlencode(query)}", (("content-type", JSON),), body)
+    if fmt == "xml":
+        body = xmlmsg.build({k: str(v) for k, v in outer.items()})
+    else:
+        body = json.dumps(outer, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return Outbound("POST", f"{path}?{urlencode(query)}", headers, body)
+
+
+def _fields(message: bytes, fmt: Format) -> dict[str, Any]:
+    """The message's fields for the envelope beside ``Encrypt`` (none when it cannot be read: a hostile message
+    is still sent, encrypted, to see it refused after decryption)."""
+    try:
+        doc = json.loads(message) if fmt == "json" else xmlmsg.parse(message)
+    except (ValueError, RecursionError, Rejected):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def decode_reply(body: bytes, token: str, encoding_aes_key: str, app_id: str) -> bytes:
