@@ -202,6 +202,10 @@ def classify_json_reply(
         return "ack", payload.describe(content_type, body)
     if not doc or ("Encrypt" in doc and not encrypted):
         return "ack", "bad_passive_json"
+    if "ErrCode" in doc:
+        # A virtual-payment answer, never encrypted. Recognised by its shape as well as by the event, because an
+        # outbox redelivery normalizes the backend's answer without the message (only the seal context).
+        return "ack", None
     return "passive", None
 
 
@@ -327,7 +331,8 @@ class WechatMiniProgram(WechatMp):
         if kind == "passive":
             return Reply(200, body, content_type or wxcrypt.JSON_CONTENT_TYPE, "passive")
         if reason is None:
-            return Reply(200, body, content_type or SUCCESS.content_type, "ack")
+            default = wxcrypt.JSON_CONTENT_TYPE if body.startswith(b"{") else SUCCESS.content_type
+            return Reply(200, body, content_type or default, "ack")
         return Reply(200, SUCCESS.body, SUCCESS.content_type, "ack", normalized=reason)
 
     def _normalize_xpay(self, status: int, content_type: str, body: bytes) -> Reply:

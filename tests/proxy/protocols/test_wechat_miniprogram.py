@@ -281,6 +281,9 @@ def test_xpay_events_answer_errcode_json_unencrypted_with_a_25_hour_ttl(mode: st
     assert route.is_backend_failure(200, "application/json", b'{"ErrCode":1,"ErrMsg":"not delivered"}')
     assert route.is_backend_failure(200, "application/json", b'{"ErrCode":"-1"}')
     assert not route.is_backend_failure(200, "text/plain", b"success")
+    # an outbox redelivery normalizes with the seal context only: the answer is still never encrypted
+    redelivered = Verified(seal_context=verified.seal_context)
+    assert route.seal(route.normalize(200, "", business, redelivered), redelivered).body == business
 
 
 def test_ios_refund_query_gets_a_3_second_deadline() -> None:
