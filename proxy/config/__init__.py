@@ -5,6 +5,8 @@ reaches the pipeline, so it lives with the composition root (:mod:`proxy.reload`
 from proxy.config.loading import load_config, parse_config, redact_url, redacted
 from proxy.config.schema import (
     PATH_KEYS,
+    ROUTE_TAGS,
+    ROUTE_TYPES,
     SECRET_KEYS,
     Config,
     ConfigError,
@@ -21,8 +23,6 @@ from proxy.config.schema import (
     WechatPayV2Route,
     WechatPayV3Route,
     WecomRoute,
-    default_dedup_ttl,
-    default_policy,
     parse_duration,
     parse_size,
     secret_problem,
@@ -30,6 +30,8 @@ from proxy.config.schema import (
 
 __all__ = [
     "PATH_KEYS",
+    "ROUTE_TAGS",
+    "ROUTE_TYPES",
     "SECRET_KEYS",
     "Config",
     "ConfigError",
@@ -46,8 +48,6 @@ __all__ = [
     "WechatPayV2Route",
     "WechatPayV3Route",
     "WecomRoute",
-    "default_dedup_ttl",
-    "default_policy",
     "load_config",
     "parse_config",
     "parse_duration",

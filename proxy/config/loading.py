@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from proxy.config.schema import PATH_KEYS, SECRET_KEYS, Config, ConfigError, secret_problem
+from proxy.config.schema import PATH_KEYS, ROUTE_TAGS, SECRET_KEYS, Config, ConfigError, secret_problem
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -24,15 +24,12 @@ def _fmt_loc(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (i > 0 and loc[i - 1] == "routes") or part in _ROUTE_TAGS:
+        elif (i > 0 and loc[i - 1] == "routes") or part in ROUTE_TAGS:
             # pydantic puts the discriminator value into the path; users never wrote it
             continue
         else:
             out += f".{part}" if out else part
     return out
-
-
-_ROUTE_TAGS = {"wechat-mp", "wecom", "wechat-pay-v2", "wechat-pay-v3", "hmac", "standard-webhooks"}
 
 
 def _interpolate(value: str, environ: Mapping[str, str], where: str, problems: list[str]) -> str:

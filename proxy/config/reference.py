@@ -21,16 +21,8 @@ from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
 from proxy.config import schema
-from proxy.config.schema import RESTART_KEYS
+from proxy.config.schema import RESTART_KEYS, ROUTE_TYPES
 
-ROUTE_TYPES: tuple[type[schema.RouteBase], ...] = (
-    schema.WechatMpRoute,
-    schema.WecomRoute,
-    schema.WechatPayV2Route,
-    schema.WechatPayV3Route,
-    schema.HmacRoute,
-    schema.StandardWebhooksRoute,
-)
 _SCALARS = {bool: "bool", int: "integer", float: "number", str: "string", Path: "path"}
 _VALIDATED = {schema.parse_duration: "duration", schema.parse_size: "size", schema._to_secret: "secret"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -133,6 +133,10 @@ def _parse_hostport(v: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit listen-all default
 
 
+Policy = Literal["ack", "relay", "fail"]
+"""What wxgate answers when the backend fails or is late (``on_backend_failure``)."""
+
+
 class _Strict(BaseModel):
     # The docstring under each field is its description: docs/configuration.md is generated from them.
     model_config = ConfigDict(
@@ -216,6 +220,10 @@ class ListenerTls(_Strict):
 
 
 class RouteBase(_Strict):
+    # Whether the sender signs a timestamp, so that nonces are remembered for twice ``timestamp_window`` and a
+    # dedup record must live at least that long (WeChat Pay v2 notices carry none).
+    signed_timestamp: ClassVar[bool] = True
+
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     """The route's label in metrics, spans and logs: lowercase, unique."""
     path: str = Field(pattern=r"^/\S*$")
@@ -232,7 +240,7 @@ class RouteBase(_Strict):
     """How long the backend call may go on after an early answer; its result still settles dedup and the
     outbox.
     """
-    on_backend_failure: Literal["ack", "relay", "fail"] | None = None
+    on_backend_failure: Policy | None = None
     """A slow or failing backend: `ack` answers success and keeps the notification in the outbox, `relay`
     lets the sender retry and replays the backend's real reply (success on the last expected attempt),
     `fail` passes the failure on. Default: `fail` for WeChat Pay, `ack` otherwise.
@@ -278,12 +286,12 @@ class RouteBase(_Strict):
     @model_validator(mode="after")
     def _ttl_outlasts_replay_cache(self) -> RouteBase:
         # Nonces are remembered for twice the window; a dedup record that expires sooner lets an exact replay
-        # (fresh timestamp, already seen) through to the backend again. Pay v2 notices carry no timestamp.
-        ttl, proto = self.dedup.ttl, getattr(self, "protocol", "")
+        # (fresh timestamp, already seen) through to the backend again.
+        ttl = self.dedup.ttl
         if (
             self.dedup.enabled
             and ttl is not None
-            and proto != "wechat-pay-v2"
+            and self.signed_timestamp
             and ttl < 2 * self.timestamp_window
         ):
             raise ValueError(
@@ -344,6 +352,8 @@ class WecomRoute(RouteBase):
 
 
 class WechatPayV2Route(RouteBase):
+    signed_timestamp: ClassVar[bool] = False
+
     protocol: Literal["wechat-pay-v2"]
     api_key: SecretStr
     """The APIv2 key (32 characters) set on the merchant platform."""
@@ -414,21 +424,10 @@ Route = Annotated[
     Field(discriminator="protocol"),
 ]
 
-_PAY = ("wechat-pay-v2", "wechat-pay-v3")
-
-
-def default_policy(route: RouteBase) -> str:
-    """MP/WeCom acknowledge at the deadline (users must never see an error); Pay lets WeChat Pay retry."""
-    if route.on_backend_failure is not None:
-        return route.on_backend_failure
-    return "fail" if getattr(route, "protocol", "") in _PAY else "ack"
-
-
-def default_dedup_ttl(route: RouteBase) -> float:
-    if route.dedup.ttl is not None:
-        return route.dedup.ttl
-    default = 25 * 3600.0 if getattr(route, "protocol", "") in _PAY else 600.0
-    return max(default, 2 * route.timestamp_window)  # outlast the replay cache (see RouteBase)
+ROUTE_TYPES: tuple[type[RouteBase], ...] = get_args(get_args(Route)[0])
+"""Every route schema class, in the order of :data:`Route`."""
+ROUTE_TAGS = frozenset(get_args(t.model_fields["protocol"].annotation)[0] for t in ROUTE_TYPES)
+"""The ``protocol`` values a route may have (the discriminator of :data:`Route`)."""
 
 
 RESTART_KEYS = ("listen", "admin", "store", "upstream", "upstream_pool_size", "upstream_connect_timeout")

@@ -21,7 +21,16 @@ from opentelemetry.trace import Status, StatusCode
 
 from proxy.observability.metrics import Metrics
 from proxy.observability.tracing import Tracing
-from proxy.stores.base import Claim, OutboxItem, OutboxStats, Sighting, Store
+from proxy.stores.base import (
+    NO_NOTE,
+    Claim,
+    Inspection,
+    Note,
+    OutboxItem,
+    OutboxStats,
+    Sighting,
+    Store,
+)
 
 
 class InstrumentedStore(Store):
@@ -70,8 +79,8 @@ class InstrumentedStore(Store):
         await self._call("ping", self.inner.ping())
 
     # -- dedup -----------------------------------------------------------------------------------------------
-    async def claim(self, key: str, lease: float, ttl: float) -> Claim:
-        return await self._call("claim", self.inner.claim(key, lease, ttl))
+    async def claim(self, key: str, lease: float, ttl: float, note: Note = NO_NOTE) -> Claim:
+        return await self._call("claim", self.inner.claim(key, lease, ttl, note))
 
     async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
         return await self._call("complete", self.inner.complete(key, token, reply, ttl))
@@ -82,6 +91,12 @@ class InstrumentedStore(Store):
     async def settle(self, key: str, lease: float, timeout: float) -> Claim:
         return await self._call("settle", self.inner.settle(key, lease, timeout))
 
+    async def inspect(self, key: str) -> Inspection | None:
+        return await self._call("inspect", self.inner.inspect(key))
+
+    async def resolve(self, alias: str) -> str | None:
+        return await self._call("resolve", self.inner.resolve(alias))
+
     async def remember(self, key: str, ttl: float) -> bool:
         return await self._call("remember", self.inner.remember(key, ttl))
 
@@ -89,9 +104,16 @@ class InstrumentedStore(Store):
         return await self._call("remember_signed", self.inner.remember_signed(signed, body, ttl))
 
     async def claim_signed(
-        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+        self,
+        signed: str,
+        body: str,
+        replay_ttl: float,
+        key: str,
+        lease: float,
+        ttl: float,
+        note: Note = NO_NOTE,
     ) -> tuple[Sighting, Claim | None]:
-        call = self.inner.claim_signed(signed, body, replay_ttl, key, lease, ttl)
+        call = self.inner.claim_signed(signed, body, replay_ttl, key, lease, ttl, note)
         return await self._call("claim_signed", call)
 
     # -- outbox ----------------------------------------------------------------------------------------------

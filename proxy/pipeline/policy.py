@@ -16,13 +16,11 @@ from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.routes import RouteRuntime
 from proxy.stores.base import StoreUnavailable
 
-# WeChat MP/WeCom deliver a message four times at most (the first delivery and "重试三次").
-LAST_ATTEMPT = {"wechat-mp": 4, "wecom": 4}
-
 
 def is_last_attempt(ex: Exchange) -> bool:
+    """Whether this delivery is the sender's last expected one (its protocol's ``last_attempt``)."""
     assert ex.route is not None
-    return ex.outcome.attempt >= LAST_ATTEMPT.get(ex.route.protocol_name, 1)
+    return ex.outcome.attempt >= ex.route.protocol.last_attempt
 
 
 def acknowledges(ex: Exchange) -> bool:

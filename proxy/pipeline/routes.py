@@ -7,57 +7,54 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from proxy.config import Config, RouteBase, default_dedup_ttl, default_policy
+from proxy.config import Config, RouteBase
+from proxy.config.schema import Policy
 from proxy.protocols import build_protocol
 from proxy.protocols.base import Protocol
-
-# Methods a sender uses when a route does not list its own (GET is URL verification where it exists).
-DEFAULT_METHODS = {
-    "wechat-mp": ("GET", "POST"),
-    "wecom": ("GET", "POST"),
-    "wechat-pay-v2": ("POST",),
-    "wechat-pay-v3": ("POST",),
-    "hmac": ("GET", "POST"),
-    "standard-webhooks": ("POST",),
-}
-_XML = frozenset({"", "text/xml", "application/xml", "text/plain"})
-_JSON = frozenset({"", "application/json", "text/json", "text/plain"})
-# Content types a POST may carry; anything else is refused before parsing (415).
-CONTENT_TYPES: dict[str, frozenset[str] | None] = {
-    "wechat-mp": _XML,
-    "wecom": _XML | _JSON,  # smart robots post JSON {"encrypt": ...}
-    "wechat-pay-v2": _XML,
-    "wechat-pay-v3": _JSON | _XML,  # console refunds send v2 XML to v3 URLs (PROTOCOLS §3.6)
-    "hmac": None,
-    "standard-webhooks": None,
-}
 
 
 @dataclass(frozen=True, slots=True)
 class RouteRuntime:
+    """A configured route with its protocol built and every default its configuration left unset applied from the
+    protocol's class attributes (:class:`~proxy.protocols.base.Protocol`)."""
+
     name: str
     protocol_name: str
     config: RouteBase
     protocol: Protocol
     upstream: str  # base URL without trailing slash
-    policy: str  # ack | relay | fail
+    policy: Policy
     dedup_ttl: float
     methods: frozenset[str]
-    content_types: frozenset[str] | None
+    content_types: frozenset[str] | None  # a POST's accepted content types; None: any
+
+
+def effective_policy(route: RouteBase, protocol: type[Protocol] | Protocol) -> Policy:
+    """``on_backend_failure``, else the sender's default (MP/WeCom acknowledge at the deadline, users must never
+    see an error; WeChat Pay is told of the failure and retries)."""
+    return route.on_backend_failure or protocol.default_policy
+
+
+def effective_dedup_ttl(route: RouteBase, protocol: type[Protocol] | Protocol) -> float:
+    """``dedup.ttl``, else the sender's default raised to twice ``timestamp_window``: a dedup record outlives
+    the replay cache, so an exact replay is never forwarded again (see ``RouteBase``)."""
+    if route.dedup.ttl is not None:
+        return route.dedup.ttl
+    return max(protocol.default_dedup_ttl, 2 * route.timestamp_window)
 
 
 def build_route(config: Config, route: RouteBase) -> RouteRuntime:
-    proto: str = getattr(route, "protocol")  # noqa: B009 - every concrete route has it
+    protocol = build_protocol(route)
     return RouteRuntime(
         name=route.name,
-        protocol_name=proto,
+        protocol_name=protocol.name,
         config=route,
-        protocol=build_protocol(route),
+        protocol=protocol,
         upstream=config.upstream_for(route),
-        policy=default_policy(route),
-        dedup_ttl=default_dedup_ttl(route),
-        methods=frozenset(route.methods or DEFAULT_METHODS[proto]),
-        content_types=CONTENT_TYPES[proto],
+        policy=effective_policy(route, protocol),
+        dedup_ttl=effective_dedup_ttl(route, protocol),
+        methods=frozenset(route.methods or protocol.default_methods),
+        content_types=protocol.content_types,
     )
 
 

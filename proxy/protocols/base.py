@@ -9,6 +9,11 @@ The addons adapt mitmproxy flows to these calls:
 - ``normalize`` (forward addon)  backend's 2xx answer -> the reply the sender's contract requires;
 - ``seal``      (envelope addon) plaintext reply -> wire reply (re-encryption in safe mode);
 - ``success_reply`` / ``failure_reply`` / ``backend_failure_reply``: the protocol's fixed answers.
+
+What a route needs to know about its sender before any request arrives (methods, content types, default dedup
+TTL and backend-failure policy, the last delivery attempt) are class attributes of the protocol, declared on
+:class:`Protocol` with their defaults; :mod:`proxy.pipeline.routes` applies them where the configuration leaves a
+key unset. Adding a sender touches its protocol module and its schema class only.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from proxy.config.schema import Policy
+
 ReplyKind = Literal["echo", "ack", "passive", "failure", "reject"]
+# Bodies a sender posts as XML or as JSON (an empty or text/plain content type is accepted with either).
+XML_CONTENT_TYPES = frozenset({"", "text/xml", "application/xml", "text/plain"})
+JSON_CONTENT_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
 
 
 class Rejected(Exception):
@@ -126,6 +136,20 @@ class Protocol(abc.ABC):
     """One sender's verification, idempotency and reply contract."""
 
     name: ClassVar[str]
+    """The route's ``protocol`` value in configuration, and its label in metrics, spans and logs."""
+    default_methods: ClassVar[tuple[str, ...]] = ("POST",)
+    """HTTP methods a route accepts when its ``methods`` is unset (GET too where the sender verifies the URL)."""
+    content_types: ClassVar[frozenset[str] | None] = None
+    """Content types a POST may carry (``""``: none given); any other is refused before parsing (415). ``None``:
+    any, for senders whose signature covers the raw body whatever it is."""
+    default_dedup_ttl: ClassVar[float] = 600.0
+    """``dedup.ttl`` when unset: longer than the sender's retries last (raised to twice ``timestamp_window``)."""
+    default_policy: ClassVar[Policy] = "ack"
+    """``on_backend_failure`` when unset: ``ack`` where users must never see an error, ``fail`` where the sender
+    retries on a schedule of its own (WeChat Pay)."""
+    last_attempt: ClassVar[int] = 1
+    """The sender's last expected delivery of one message (the ``relay`` policy acknowledges on it); 1 when its
+    retries are not counted, so every attempt is treated as the last."""
 
     def __init__(self, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.random_bytes = random_bytes

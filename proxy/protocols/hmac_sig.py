@@ -92,6 +92,7 @@ class HmacSignature(Protocol):
     """One route of an in-house sender signing with a shared secret."""
 
     name = "hmac"
+    default_methods = ("GET", "POST")
 
     def __init__(
         self,

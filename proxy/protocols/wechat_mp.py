@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from proxy.protocols import idempotency, wxcrypt, xmlmsg
 from proxy.protocols.base import (
+    XML_CONTENT_TYPES,
     Inbound,
     Protocol,
     Rejected,
@@ -156,6 +157,9 @@ class WechatMp(Protocol):
     """One Official Account route: plaintext, compatible and safe mode."""
 
     name = "wechat-mp"
+    default_methods = ("GET", "POST")  # GET is URL verification
+    content_types = XML_CONTENT_TYPES
+    last_attempt = 4  # the first delivery and "重试三次"
 
     def __init__(
         self,

@@ -44,7 +44,15 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy.protocols import idempotency, xmlmsg
-from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, constant_time_equal
+from proxy.protocols.base import (
+    XML_CONTENT_TYPES,
+    Inbound,
+    Protocol,
+    Rejected,
+    Reply,
+    Verified,
+    constant_time_equal,
+)
 from proxy.protocols.payload import describe
 
 XML_CONTENT_TYPE = "text/xml; charset=utf-8"
@@ -186,6 +194,9 @@ class WechatPayV2(Protocol):
     """One APIv2 ``notify_url`` (payment and refund notices of one merchant)."""
 
     name = "wechat-pay-v2"
+    content_types = XML_CONTENT_TYPES
+    default_dedup_ttl = 25 * 3600.0  # WeChat Pay retries a notice for about 24 h
+    default_policy = "fail"  # WeChat Pay retries on its own schedule; nobody waits on the answer
 
     def __init__(
         self,

@@ -53,6 +53,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.protocols import idempotency, payload
 from proxy.protocols.base import (
+    JSON_CONTENT_TYPES,
+    XML_CONTENT_TYPES,
     Inbound,
     Protocol,
     Rejected,
@@ -153,6 +155,10 @@ class WechatPayV3(Protocol):
     """One APIv3 ``notify_url`` of one merchant."""
 
     name = "wechat-pay-v3"
+    # console refunds send v2 XML notices to v3 URLs (PROTOCOLS §3.6)
+    content_types = JSON_CONTENT_TYPES | XML_CONTENT_TYPES
+    default_dedup_ttl = 25 * 3600.0  # WeChat Pay retries a notice for about 24 h
+    default_policy = "fail"  # WeChat Pay retries on its own schedule; nobody waits on the answer
 
     def __init__(
         self,

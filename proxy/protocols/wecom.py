@@ -26,7 +26,16 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 
 from proxy.protocols import payload, wxcrypt, xmlmsg
-from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, check_timestamp
+from proxy.protocols.base import (
+    JSON_CONTENT_TYPES,
+    XML_CONTENT_TYPES,
+    Inbound,
+    Protocol,
+    Rejected,
+    Reply,
+    Verified,
+    check_timestamp,
+)
 from proxy.protocols.wechat_mp import classify_reply, combined_key_id, message_key
 
 EMPTY = Reply(200, b"", "text/plain; charset=utf-8", "ack")
@@ -41,6 +50,9 @@ class Wecom(Protocol):
     """One WeCom callback URL (an app, a third-party suite, or a smart robot)."""
 
     name = "wecom"
+    default_methods = ("GET", "POST")  # GET is URL verification
+    content_types = XML_CONTENT_TYPES | JSON_CONTENT_TYPES  # smart robots post JSON {"encrypt": ...}
+    last_attempt = 4  # the first delivery and "重试三次"
 
     def __init__(
         self,

@@ -18,6 +18,10 @@ Dedup state machine for one key (``attempt`` counts deliveries of the key seen b
     returns IN_FLIGHT. ``settle`` never increments ``attempt``.
 
 Records expire ``ttl`` seconds after their last write, whatever their state.
+
+For ``wxgate lookup`` a record also keeps when it was first seen and the trace id of its first sighting, and a
+first claim (``note``) files it under its lookup aliases (the hashed ids an operator has: ``MsgId``,
+``out_trade_no``, …), each kept ``ttl`` after that claim: :meth:`Store.resolve` and :meth:`Store.inspect`.
 """
 
 from __future__ import annotations
@@ -68,6 +72,30 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Note:
+    """What a first claim files for ``wxgate lookup``: its trace id and the aliases it can be found by."""
+
+    trace_id: str = ""
+    aliases: tuple[str, ...] = ()
+
+
+NO_NOTE = Note()
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """A dedup record as :meth:`Store.inspect` reads it (times in Unix seconds, ``None`` where unknown)."""
+
+    state: str  # "in_flight", "released" or "done"
+    attempt: int
+    first_seen: float | None
+    lease_until: float | None  # in flight only
+    expires_at: float | None
+    trace_id: str
+    reply: bytes | None  # done only: the cached reply blob
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxItem:
     id: str
     route: str
@@ -113,7 +141,8 @@ class Store(abc.ABC):
 
     # -- dedup -----------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def claim(self, key: str, lease: float, ttl: float) -> Claim: ...
+    async def claim(self, key: str, lease: float, ttl: float, note: Note = NO_NOTE) -> Claim:
+        """``note`` is written only when the claim creates the record."""
 
     @abc.abstractmethod
     async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
@@ -125,6 +154,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def settle(self, key: str, lease: float, timeout: float) -> Claim: ...
+
+    @abc.abstractmethod
+    async def inspect(self, key: str) -> Inspection | None:
+        """The live record of ``key`` without touching it (``wxgate lookup``)."""
+
+    @abc.abstractmethod
+    async def resolve(self, alias: str) -> str | None:
+        """The key a first claim filed under ``alias`` (:class:`Note`), if it has not expired."""
 
     # -- nonce replay cache ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -139,7 +176,14 @@ class Store(abc.ABC):
         ``body``. A forgery sent twice is FORGED twice: its body is never remembered as accepted."""
 
     async def claim_signed(
-        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+        self,
+        signed: str,
+        body: str,
+        replay_ttl: float,
+        key: str,
+        lease: float,
+        ttl: float,
+        note: Note = NO_NOTE,
     ) -> tuple[Sighting, Claim | None]:
         """The replay cache and the dedup claim of one verified request: ``remember_signed(signed, body,
         replay_ttl)``, then, unless that says FORGED (no claim is made: ``None``), ``claim(key, lease, ttl)``.
@@ -147,7 +191,7 @@ class Store(abc.ABC):
         sighting = await self.remember_signed(signed, body, replay_ttl)
         if sighting is Sighting.FORGED:
             return sighting, None
-        return sighting, await self.claim(key, lease, ttl)
+        return sighting, await self.claim(key, lease, ttl, note)
 
     # -- outbox ----------------------------------------------------------------------------------------------
     @abc.abstractmethod

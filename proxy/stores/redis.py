@@ -29,8 +29,11 @@ from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
 from proxy.stores.base import (
+    NO_NOTE,
     Claim,
     ClaimState,
+    Inspection,
+    Note,
     OutboxItem,
     OutboxStats,
     Sighting,
@@ -198,10 +201,29 @@ class RedisStore(Store):
             self._slots.release()
 
     # -- dedup -----------------------------------------------------------------------------------------------
-    async def claim(self, key: str, lease: float, ttl: float) -> Claim:
+    def _aliases(self, note: Note) -> list[str]:
+        """Alias keys to write in the claim script: a cluster keeps them apart (:meth:`_file_aliases`)."""
+        if not note.aliases or isinstance(self._client, RedisCluster):
+            return []
+        return [self._key(alias, "a") for alias in note.aliases]
+
+    async def _file_aliases(self, key: str, ttl: float, note: Note, claim: Claim) -> None:
+        """On a cluster, a record's aliases (other slots) after the claim that created it. Best effort: they
+        serve ``wxgate lookup`` only, so a failure here never fails the request."""
+        if not note.aliases or claim.attempt != 1 or not isinstance(self._client, RedisCluster):
+            return
+        with contextlib.suppress(StoreUnavailable):
+            async with self._slot():
+                for alias in note.aliases:
+                    await self._client.set(self._key(alias, "a"), key, px=_ms(ttl))
+
+    async def claim(self, key: str, lease: float, ttl: float, note: Note = NO_NOTE) -> Claim:
         token = new_token()
-        raw = await self._eval(self._scripts.claim, [self._key(key, "d")], [token, _ms(lease), _ms(ttl)])
-        return _claim(raw, token)[0]
+        keys = [self._key(key, "d"), *self._aliases(note)]
+        args: list[EncodableT] = [token, _ms(lease), _ms(ttl), note.trace_id, key]
+        claim = _claim(await self._eval(self._scripts.claim, keys, args), token)[0]
+        await self._file_aliases(key, ttl, note, claim)
+        return claim
 
     async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
         args: list[EncodableT] = [token, reply, _ms(ttl), self._channel, key]
@@ -230,6 +252,27 @@ class RedisStore(Store):
             await self._subscriber.ready(min(max(deadline - loop.time(), 0.0), self._settle_poll))
             return await settle_loop(check, wake, deadline - loop.time(), self._settle_poll)
 
+    async def inspect(self, key: str) -> Inspection | None:
+        raw = await self._eval(self._scripts.inspect, [self._key(key, "d")], [])
+        if not raw:
+            return None
+        state, attempt, lease_until, reply, first_seen, trace, pttl, now = raw
+        state = {"f": "in_flight", "r": "released", "d": "done"}.get(bytes(state).decode(), "unknown")
+        return Inspection(
+            state=state,
+            attempt=int(attempt),
+            first_seen=int(first_seen) / 1000 if first_seen else None,
+            lease_until=int(lease_until) / 1000 if lease_until and state == "in_flight" else None,
+            expires_at=(int(now) + int(pttl)) / 1000 if int(pttl) >= 0 else None,
+            trace_id=bytes(trace).decode(),
+            reply=bytes(reply) if state == "done" and reply else (b"" if state == "done" else None),
+        )
+
+    async def resolve(self, alias: str) -> str | None:
+        async with self._slot():
+            found = await self._client.get(self._key(alias, "a"))
+        return None if found is None else found.decode() if isinstance(found, bytes) else str(found)
+
     # -- nonce replay cache ----------------------------------------------------------------------------------
     async def remember(self, key: str, ttl: float) -> bool:
         # Not a bare SET NX: if redis-py's retry re-sends it after the first one was applied, the token lets
@@ -248,15 +291,21 @@ class RedisStore(Store):
         return Sighting(bytes(raw).decode())
 
     async def claim_signed(
-        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+        self,
+        signed: str,
+        body: str,
+        replay_ttl: float,
+        key: str,
+        lease: float,
+        ttl: float,
+        note: Note = NO_NOTE,
     ) -> tuple[Sighting, Claim | None]:
         if isinstance(self._client, RedisCluster):
-            return await super().claim_signed(signed, body, replay_ttl, key, lease, ttl)  # two slots
+            return await super().claim_signed(signed, body, replay_ttl, key, lease, ttl, note)  # two slots
         token = new_token()
-        keys = [*self._signed_keys(signed, body), self._key(key, "d")]
-        raw = await self._eval(
-            self._scripts.claim_signed, keys, [token, _ms(lease), _ms(ttl), _ms(replay_ttl)]
-        )
+        keys = [*self._signed_keys(signed, body), self._key(key, "d"), *self._aliases(note)]
+        args: list[EncodableT] = [token, _ms(lease), _ms(ttl), _ms(replay_ttl), note.trace_id, key]
+        raw = await self._eval(self._scripts.claim_signed, keys, args)
         sighting = Sighting(bytes(raw[0]).decode())
         return sighting, (_claim(raw[1:], token)[0] if sighting is not Sighting.FORGED else None)
 

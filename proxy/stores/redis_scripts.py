@@ -2,7 +2,10 @@
 
 Dedup record ``<ns>:{<key>}:d`` is a hash: ``s`` state (``f`` in flight, ``r`` released, ``d`` done), ``a``
 attempt, ``o`` owner token, ``l`` lease end (ms, Redis clock), ``t`` ttl (ms), ``r`` reply, ``w`` "someone is
-waiting in settle". Each script touches that one key, so it works on Redis Cluster whatever the key's slot.
+waiting in settle", ``c`` first seen (ms, Redis clock) and ``x`` the first sighting's trace id. Each script
+touches that one key, so it works on Redis Cluster whatever the key's slot; a claim that creates the record
+also files it under its lookup aliases (``<ns>:{<alias>}:a`` -> key, extra KEYS), which only a single server
+takes in the same script (on a cluster the store writes them apart).
 
 Leases are compared against Redis' own clock (``TIME``), not one passed in: replicas whose clocks disagree by
 a second would otherwise disagree on whether a lease expired, and the TTLs (``PEXPIRE``) run on that clock
@@ -34,13 +37,15 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# claim(k, token, lease, ttl) -> {state, attempt[, reply | ms left]}; needs ``now`` (_NOW) in scope.
+# claim(k, token, lease, ttl, trace, key, first alias index in KEYS) -> {state, attempt[, reply | ms left]};
+# needs ``now`` (_NOW) in scope.
 _CLAIM_FN = """
-local function claim(k, token, lease, ttl)
+local function claim(k, token, lease, ttl, trace, key, aliases)
   local s, a, l, r, o = unpack(redis.call('HMGET', k, 's', 'a', 'l', 'r', 'o'))
   if not s then
-    redis.call('HSET', k, 's', 'f', 'a', 1, 'o', token, 'l', now + lease, 't', ttl)
+    redis.call('HSET', k, 's', 'f', 'a', 1, 'o', token, 'l', now + lease, 't', ttl, 'c', now, 'x', trace)
     redis.call('PEXPIRE', k, math.max(lease, ttl))
+    for i = aliases, #KEYS do redis.call('SET', KEYS[i], key, 'PX', ttl) end
     return {'new', 1}
   end
   if s == 'f' and o == token then
@@ -64,7 +69,12 @@ local function claim(k, token, lease, ttl)
 end
 """
 
-CLAIM = _NOW + _CLAIM_FN + "return claim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))"
+# KEYS: the record, then its aliases; ARGV: token, lease, ttl, trace id, key.
+CLAIM = (
+    _NOW
+    + _CLAIM_FN
+    + "return claim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], 2)"
+)
 
 REMEMBER = """
 local v = redis.call('GET', KEYS[1])
@@ -95,7 +105,8 @@ end
 REMEMBER_SIGNED = _REMEMBER_SIGNED_FN + "return remember_signed(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
 # Both for one verified request: the replay cache, then (unless forged) the dedup claim, with one token.
-# KEYS: signed values with the body, signed values alone, the dedup record; ARGV: token, lease, ttl, replay ttl.
+# KEYS: signed values with the body, signed values alone, the dedup record, its aliases; ARGV: token, lease,
+# ttl, replay ttl, trace id, key.
 # Returns {sighting} when forged (no claim), else {sighting, state, attempt[, reply | ms left]}.
 CLAIM_SIGNED = (
     _NOW
@@ -104,7 +115,7 @@ CLAIM_SIGNED = (
     + """
 local seen = remember_signed(KEYS[1], KEYS[2], ARGV[1], ARGV[4])
 if seen == 'forged' then return {seen} end
-local c = claim(KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+local c = claim(KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5], ARGV[6], 4)
 table.insert(c, 1, seen)
 return c
 """
@@ -139,7 +150,7 @@ SETTLE = (
 local k, token, lease = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local s, a, l, r, t = unpack(redis.call('HMGET', k, 's', 'a', 'l', 'r', 't'))
 if not s then
-  redis.call('HSET', k, 's', 'f', 'a', 1, 'o', token, 'l', now + lease, 't', lease)
+  redis.call('HSET', k, 's', 'f', 'a', 1, 'o', token, 'l', now + lease, 't', lease, 'c', now)
   redis.call('PEXPIRE', k, lease)
   return {'new', 1}
 end
@@ -152,6 +163,16 @@ end
 redis.call('HSET', k, 's', 'f', 'o', token, 'l', now + lease)
 redis.call('PEXPIRE', k, math.max(lease, tonumber(t)))
 return {'new', a}
+"""
+)
+
+# For wxgate lookup: {state, attempt, lease end, reply, first seen, trace, ms to live, now} (times: ms).
+INSPECT = (
+    _NOW
+    + """
+local s, a, l, r, c, x = unpack(redis.call('HMGET', KEYS[1], 's', 'a', 'l', 'r', 'c', 'x'))
+if not s then return false end
+return {s, a, l or false, r or false, c or false, x or '', redis.call('PTTL', KEYS[1]), now}
 """
 )
 
@@ -299,6 +320,7 @@ class Scripts:
     complete: AsyncScript
     release: AsyncScript
     settle: AsyncScript
+    inspect: AsyncScript
     outbox_put: AsyncScript
     outbox_lease: AsyncScript
     outbox_ack: AsyncScript

@@ -17,7 +17,17 @@ import time
 from collections.abc import Callable
 
 from proxy.stores import sqlite_ops as ops
-from proxy.stores.base import Claim, OutboxItem, OutboxStats, Sighting, Store, new_token
+from proxy.stores.base import (
+    NO_NOTE,
+    Claim,
+    Inspection,
+    Note,
+    OutboxItem,
+    OutboxStats,
+    Sighting,
+    Store,
+    new_token,
+)
 from proxy.stores.sqlite_worker import SqliteWorker
 from proxy.stores.waiters import KeyWaiters, settle_loop
 
@@ -57,9 +67,11 @@ class SqliteStore(Store):
         await self._worker.run(lambda c: c.execute("SELECT 1").fetchone())
 
     # -- dedup -----------------------------------------------------------------------------------------------
-    async def claim(self, key: str, lease: float, ttl: float) -> Claim:
+    async def claim(self, key: str, lease: float, ttl: float, note: Note = NO_NOTE) -> Claim:
         now, token = self._clock(), new_token()
-        return await self._worker.run(lambda c: ops.claim(c, key, token=token, lease=lease, ttl=ttl, now=now))
+        return await self._worker.run(
+            lambda c: ops.claim(c, key, token=token, lease=lease, ttl=ttl, now=now, note=note)
+        )
 
     async def complete(self, key: str, token: str, reply: bytes, ttl: float) -> bool:
         now = self._clock()
@@ -86,6 +98,14 @@ class SqliteStore(Store):
         with self._waiters.watch(key) as wake:
             return await settle_loop(check, wake, timeout, self._settle_poll)
 
+    async def inspect(self, key: str) -> Inspection | None:
+        now = self._clock()
+        return await self._worker.run(lambda c: ops.inspect(c, key, now))
+
+    async def resolve(self, alias: str) -> str | None:
+        now = self._clock()
+        return await self._worker.run(lambda c: ops.resolve(c, alias, now))
+
     # -- nonce replay cache ----------------------------------------------------------------------------------
     async def remember(self, key: str, ttl: float) -> bool:
         now = self._clock()
@@ -96,12 +116,19 @@ class SqliteStore(Store):
         return await self._worker.run(lambda c: ops.remember_signed(c, signed, body, ttl, now))
 
     async def claim_signed(
-        self, signed: str, body: str, replay_ttl: float, key: str, lease: float, ttl: float
+        self,
+        signed: str,
+        body: str,
+        replay_ttl: float,
+        key: str,
+        lease: float,
+        ttl: float,
+        note: Note = NO_NOTE,
     ) -> tuple[Sighting, Claim | None]:
         now, token = self._clock(), new_token()
         return await self._worker.run(
             lambda c: ops.claim_signed(
-                c, signed, body, replay_ttl, key, token=token, lease=lease, ttl=ttl, now=now
+                c, signed, body, replay_ttl, key, token=token, lease=lease, ttl=ttl, now=now, note=note
             )
         )
 

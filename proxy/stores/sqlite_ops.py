@@ -5,16 +5,18 @@ from the caller (the store's injectable clock) and touches nothing but the conne
 treated as absent when read and deleted in bulk by :func:`purge_expired`, which the worker runs
 periodically. Dedup states: ``f`` in flight, ``r`` released, ``d`` done (the state machine is in
 ``base.py``). A record lives ``ttl`` seconds after its last write, an in-flight one at least until its
-lease ends.
+lease ends. ``first_seen`` and ``trace`` are written when a record is created (and kept by later writes);
+``alias`` maps a lookup alias to its key (:class:`~proxy.stores.base.Note`). Schema version 2 added them;
+a version 1 database is migrated in place when the store opens.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-from proxy.stores.base import Claim, ClaimState, OutboxItem, OutboxStats, Sighting
+from proxy.stores.base import Claim, ClaimState, Inspection, Note, OutboxItem, OutboxStats, Sighting
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
     key TEXT PRIMARY KEY,
@@ -24,9 +26,13 @@ CREATE TABLE IF NOT EXISTS dedup (
     lease_until REAL NOT NULL DEFAULT 0,
     ttl REAL NOT NULL,
     expires_at REAL NOT NULL,
-    reply BLOB
+    reply BLOB,
+    first_seen REAL,
+    trace TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS dedup_expires ON dedup (expires_at);
+CREATE TABLE IF NOT EXISTS alias (alias TEXT PRIMARY KEY, key TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS alias_expires ON alias (expires_at);
 CREATE TABLE IF NOT EXISTS nonce (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS nonce_expires ON nonce (expires_at);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -52,13 +58,19 @@ def create_schema(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"schema version {version} was written by a newer wxgate; upgrade wxgate")
-    conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    # Version 1 had no first_seen/trace: its rows keep working, shown with those unknown.
+    migrate = (
+        "ALTER TABLE dedup ADD COLUMN first_seen REAL; ALTER TABLE dedup ADD COLUMN trace TEXT NOT NULL DEFAULT '';"
+        if version == 1
+        else ""
+    )
+    conn.executescript(f"BEGIN; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
 
 def purge_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:
     """Delete up to ``limit`` expired dedup and nonce rows each; the count tells the caller to come back."""
     deleted = 0
-    for table in ("dedup", "nonce"):
+    for table in ("dedup", "nonce", "alias"):
         cur = conn.execute(
             f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE expires_at <= ? LIMIT ?)",  # noqa: S608
             (now, limit),
@@ -79,17 +91,54 @@ def _live(conn: sqlite3.Connection, key: str, now: float) -> _Record | None:
 def _own(
     conn: sqlite3.Connection, key: str, *, attempt: int, token: str, now: float, lease: float, ttl: float
 ) -> None:
+    """Take the claim of a live record (first_seen and trace stay)."""
     conn.execute(
-        "INSERT OR REPLACE INTO dedup (key, state, attempt, owner, lease_until, ttl, expires_at, reply)"
-        " VALUES (?, 'f', ?, ?, ?, ?, ?, NULL)",
-        (key, attempt, token, now + lease, ttl, now + max(ttl, lease)),
+        "UPDATE dedup SET state = 'f', attempt = ?, owner = ?, lease_until = ?, ttl = ?, expires_at = ?,"
+        " reply = NULL WHERE key = ?",
+        (attempt, token, now + lease, ttl, now + max(ttl, lease), key),
     )
 
 
-def claim(conn: sqlite3.Connection, key: str, *, token: str, lease: float, ttl: float, now: float) -> Claim:
+def _create(
+    conn: sqlite3.Connection,
+    key: str,
+    state: str,
+    owner: str | None,
+    lease_until: float,
+    ttl: float,
+    expires_at: float,
+    reply: bytes | None,
+    *,
+    now: float,
+    note: Note,
+) -> None:
+    """A new record with attempt 1 (replacing an expired row not purged yet), filed under its aliases."""
+    conn.execute(
+        "INSERT OR REPLACE INTO dedup"
+        " (key, state, attempt, owner, lease_until, ttl, expires_at, reply, first_seen, trace)"
+        " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
+        (key, state, owner, lease_until, ttl, expires_at, reply, now, note.trace_id),
+    )
+    if note.aliases:
+        conn.executemany(
+            "INSERT OR REPLACE INTO alias (alias, key, expires_at) VALUES (?, ?, ?)",
+            [(alias, key, now + ttl) for alias in note.aliases],
+        )
+
+
+def claim(
+    conn: sqlite3.Connection,
+    key: str,
+    *,
+    token: str,
+    lease: float,
+    ttl: float,
+    now: float,
+    note: Note,
+) -> Claim:
     rec = _live(conn, key, now)
     if rec is None:
-        _own(conn, key, attempt=1, token=token, now=now, lease=lease, ttl=ttl)
+        _create(conn, key, "f", token, now + lease, ttl, now + max(ttl, lease), None, now=now, note=note)
         return Claim(ClaimState.NEW, 1, token=token)
     state, attempt, _, lease_until, _, reply = rec
     attempt += 1
@@ -113,12 +162,15 @@ def complete(conn: sqlite3.Connection, key: str, *, token: str, reply: bytes, tt
     rec = _live(conn, key, now)
     if rec is not None and rec[0] == "d":
         return False
+    if rec is None:
+        _create(conn, key, "d", None, 0.0, ttl, now + ttl, reply, now=now, note=Note())
+        return False
     conn.execute(
-        "INSERT OR REPLACE INTO dedup (key, state, attempt, owner, lease_until, ttl, expires_at, reply)"
-        " VALUES (?, 'd', ?, NULL, 0, ?, ?, ?)",
-        (key, rec[1] if rec else 1, ttl, now + ttl, reply),
+        "UPDATE dedup SET state = 'd', owner = NULL, lease_until = 0, ttl = ?, expires_at = ?, reply = ?"
+        " WHERE key = ?",
+        (ttl, now + ttl, reply, key),
     )
-    return rec is not None and rec[0] == "f" and rec[2] == token
+    return rec[0] == "f" and rec[2] == token
 
 
 def release(conn: sqlite3.Connection, key: str, token: str, now: float) -> bool:
@@ -136,7 +188,7 @@ def settle_check(
     """One look for ``settle``: DONE, a takeover (NEW, attempt unchanged), or IN_FLIGHT and its lease left."""
     rec = _live(conn, key, now)
     if rec is None:
-        _own(conn, key, attempt=1, token=token, now=now, lease=lease, ttl=lease)
+        _create(conn, key, "f", token, now + lease, lease, now + lease, None, now=now, note=Note())
         return Claim(ClaimState.NEW, 1, token=token), 0.0
     state, attempt, _, lease_until, ttl, reply = rec
     if state == "d":
@@ -145,6 +197,34 @@ def settle_check(
         return Claim(ClaimState.IN_FLIGHT, attempt), lease_until - now
     _own(conn, key, attempt=attempt, token=token, now=now, lease=lease, ttl=ttl)
     return Claim(ClaimState.NEW, attempt, token=token), 0.0
+
+
+_STATES = {"f": "in_flight", "r": "released", "d": "done"}
+
+
+def inspect(conn: sqlite3.Connection, key: str, now: float) -> Inspection | None:
+    row = conn.execute(
+        "SELECT state, attempt, lease_until, expires_at, reply, first_seen, trace FROM dedup"
+        " WHERE key = ? AND expires_at > ?",
+        (key, now),
+    ).fetchone()
+    if row is None:
+        return None
+    state, attempt, lease_until, expires_at, reply, first_seen, trace = row
+    return Inspection(
+        state=_STATES.get(state, state),
+        attempt=attempt,
+        first_seen=first_seen,
+        lease_until=lease_until if state == "f" else None,
+        expires_at=expires_at,
+        trace_id=trace or "",
+        reply=bytes(reply) if state == "d" and reply is not None else None,
+    )
+
+
+def resolve(conn: sqlite3.Connection, alias: str, now: float) -> str | None:
+    row = conn.execute("SELECT key FROM alias WHERE alias = ? AND expires_at > ?", (alias, now)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def remember(conn: sqlite3.Connection, key: str, ttl: float, now: float) -> bool:
@@ -186,12 +266,13 @@ def claim_signed(
     lease: float,
     ttl: float,
     now: float,
+    note: Note,
 ) -> tuple[Sighting, Claim | None]:
     """:meth:`Store.claim_signed` in one transaction: one trip to the worker thread instead of two."""
     sighting = remember_signed(conn, signed, body, replay_ttl, now)
     if sighting is Sighting.FORGED:
         return sighting, None
-    return sighting, claim(conn, key, token=token, lease=lease, ttl=ttl, now=now)
+    return sighting, claim(conn, key, token=token, lease=lease, ttl=ttl, now=now, note=note)
 
 
 # -- outbox --------------------------------------------------------------------------------------------------

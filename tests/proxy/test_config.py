@@ -103,6 +103,13 @@ ROUTES: dict[str, dict[str, object]] = {
     },
     "hmac": {"secret": "${K}"},
     "standard-webhooks": {"secret": "${K}"},
+    "wechat-miniprogram": {"token": "${K}", "app_id": "wx0123456789abcdef", "encoding_aes_key": "${K}"},
+    "wechat-open-platform": {
+        "kind": "authorization",
+        "component_app_id": "wx0123456789abcdef",
+        "token": "${K}",
+        "encoding_aes_key": "${K}",
+    },
 }
 SECRETS = [
     (proto, key)
@@ -185,15 +192,6 @@ def test_a_dedup_ttl_shorter_than_twice_the_window_is_refused() -> None:
     # no timestamp on Pay v2 notices, and no dedup record when dedup is off
     assert parse_config({"routes": [route("wechat-pay-v2", dedup={"ttl": "1m"})]}, {"K": "k"}).routes
     assert parse_config({"routes": [{**MP, "dedup": {"enabled": False, "ttl": "1m"}}]}, {"T": "x"}).routes
-
-
-def test_the_default_dedup_ttl_outlasts_a_long_window() -> None:
-    from proxy.config import default_dedup_ttl
-
-    cfg = parse_config(
-        {"routes": [{**MP, "timestamp_window": "15m"}, {**MP, "name": "b", "path": "/b"}]}, {"T": "x"}
-    )
-    assert [default_dedup_ttl(r) for r in cfg.routes] == [1800.0, 600.0]
 
 
 # -- store URLs --------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ async def test_calls_inside_a_trace_get_client_spans(
 
 
 class Down(SqliteStore):
-    async def claim(self, key: str, lease: float, ttl: float) -> object:  # type: ignore[override]
+    async def claim(self, key: str, lease: float, ttl: float, note: object = None) -> object:  # type: ignore[override]
         raise StoreUnavailable("sqlite file is not writable: check the volume")
 
     async def remember(self, key: str, ttl: float) -> bool:

@@ -10,8 +10,10 @@ import asyncio
 import time
 from collections import Counter
 
+import pytest
+
 from proxy.stores import ClaimState, OutboxItem, OutboxStats
-from proxy.stores.base import Claim, Sighting
+from proxy.stores.base import Claim, Note, Sighting
 from tests.proxy.stores.conftest import Subject
 
 NEW, IN_FLIGHT, DONE = ClaimState.NEW, ClaimState.IN_FLIGHT, ClaimState.DONE
@@ -458,3 +460,66 @@ async def test_outbox_stats_report_depth_oldest_age_and_dead_letters(subject: Su
     assert await s.outbox_stats(NOW) == OutboxStats(depth=2, oldest_age=30.0, dead=0)
     await s.outbox_bury("old", "x")
     assert await s.outbox_stats(NOW) == OutboxStats(depth=1, oldest_age=10.0, dead=1)
+
+
+# -- lookup: inspect / resolve --------------------------------------------------------------------------------
+async def test_inspect_shows_a_record_through_its_states_without_touching_it(subject: Subject) -> None:
+    s = subject.store
+    assert await s.inspect("k") is None
+    before = time.time() - 5  # Redis' clock vs ours: loose bounds
+    first = await s.claim("k", LEASE, TTL, Note("4bf92f3577b34da6a3ce929d0e0e4736"))
+    seen = await s.inspect("k")
+    assert seen is not None
+    assert (seen.state, seen.attempt, seen.trace_id, seen.reply) == (
+        "in_flight",
+        1,
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        None,
+    )
+    assert seen.first_seen is not None and seen.lease_until is not None and seen.expires_at is not None
+    if subject.kind.startswith("redis"):
+        assert before < seen.first_seen < time.time() + 5
+    assert seen.lease_until - seen.first_seen == pytest.approx(LEASE, abs=1)
+    assert (await s.inspect("k")) == seen  # looking changes nothing
+    await s.claim("k", LEASE, TTL, Note("other-trace"))  # a retry: attempt 2, the first trace stays
+    await s.complete("k", first.token or "", REPLY, TTL)
+    done = await s.inspect("k")
+    assert done is not None
+    assert (done.state, done.attempt, done.trace_id, done.reply, done.lease_until) == (
+        "done",
+        2,
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        REPLY,
+        None,
+    )
+    assert done.first_seen == seen.first_seen
+
+
+async def test_a_released_record_says_so(subject: Subject) -> None:
+    s = subject.store
+    first = await s.claim("k", LEASE, TTL)
+    await s.release("k", first.token or "")
+    seen = await s.inspect("k")
+    assert seen is not None and (seen.state, seen.attempt, seen.trace_id) == ("released", 1, "")
+
+
+async def test_a_first_claim_files_the_record_under_its_aliases(subject: Subject) -> None:
+    s = subject.store
+    note = Note("", ("r:alias-msgid", "r:alias-from-time"))
+    await s.claim("r:key", LEASE, TTL, note)
+    assert await s.resolve("r:alias-msgid") == "r:key"
+    assert await s.resolve("r:alias-from-time") == "r:key"
+    assert await s.resolve("r:unknown") is None
+    # Later claims of the key write no aliases (nor do they move existing ones).
+    await s.claim("r:key", LEASE, TTL, Note("", ("r:late-alias",)))
+    assert await s.resolve("r:late-alias") is None
+    _, claim = await s.claim_signed("sig", "body", TTL, "r:key2", LEASE, TTL, Note("", ("r:signed-alias",)))
+    assert claim is not None and await s.resolve("r:signed-alias") == "r:key2"
+
+
+async def test_aliases_expire_with_the_ttl(subject: Subject) -> None:
+    s = subject.store
+    await s.claim("r:key", SHORT, SHORT, Note("", ("r:alias",)))
+    await subject.advance(PAST_SHORT)
+    assert await s.resolve("r:alias") is None
+    assert await s.inspect("r:key") is None

@@ -275,8 +275,8 @@ async def test_a_retried_call_whose_first_run_was_applied_is_not_a_repeat(
         assert await scripts.remember(keys=nonce, args=["tok-2", 60_000]) == 0  # a real repeat
         assert not await store.remember("signed-request", 60)
         record = [store._key("notification", "d")]
-        first = await scripts.claim(keys=record, args=["tok-1", 10_000, 60_000])
-        retried = await scripts.claim(keys=record, args=["tok-1", 10_000, 60_000])
+        first = await scripts.claim(keys=record, args=["tok-1", 10_000, 60_000, "", "notification"])
+        retried = await scripts.claim(keys=record, args=["tok-1", 10_000, 60_000, "", "notification"])
         assert [bytes(first[0]), first[1]] == [bytes(retried[0]), retried[1]] == [b"new", 1]
         other = await store.claim("notification", 10, 60)
         assert (other.state, other.attempt) == (ClaimState.IN_FLIGHT, 2)

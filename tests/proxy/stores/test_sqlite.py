@@ -163,3 +163,25 @@ async def test_missing_state_directory_is_created(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert (tmp_path / "fresh" / "volume" / "state.db").exists()
+
+
+V1_DEDUP = """
+CREATE TABLE dedup (key TEXT PRIMARY KEY, state TEXT NOT NULL, attempt INTEGER NOT NULL, owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0, ttl REAL NOT NULL, expires_at REAL NOT NULL, reply BLOB);
+INSERT INTO dedup VALUES ('r:old', 'd', 2, NULL, 0, 600, 1700000600, x'6f6b');
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(V1_DEDUP)
+    async with SqliteStore(str(path), clock=FakeClock(NOW)) as store:
+        old = await store.inspect("r:old")
+        assert old is not None and (old.state, old.attempt, old.reply) == ("done", 2, b"ok")
+        assert (old.first_seen, old.trace_id) == (None, "")  # not recorded before version 2
+        again = await store.claim("r:old", 10, 600)
+        assert (again.state, again.reply) == (ClaimState.DONE, b"ok")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -1,0 +1,71 @@
+"""A route's effective settings: what its configuration leaves unset comes from its protocol's class attributes
+(methods, content types, backend-failure policy, dedup TTL, last attempt), and its label is the protocol's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import ROUTE_TAGS, Config, parse_config
+from proxy.config.schema import Policy
+from proxy.pipeline.routes import RouteRuntime, build_route
+from tests.proxy.protocols import vectors as v
+
+ENV = {"K": "k" * 32, "AES": v.MP_KEY}
+XML = frozenset({"", "text/xml", "application/xml", "text/plain"})
+JSON = frozenset({"", "application/json", "text/json", "text/plain"})
+H = 3600.0
+
+
+def routes(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    cert = tmp_path / "platform.pem"
+    cert.write_bytes(v.V15_CERTIFICATE)
+    return {
+        "wechat-mp": {"token": "${K}"},
+        "wecom": {"token": "${K}", "encoding_aes_key": "${AES}", "receive_id": "ww1"},
+        "wechat-pay-v2": {"api_key": "${K}", "mch_id": "1900000001"},
+        "wechat-pay-v3": {"apiv3_key": "${K}", "mch_id": "1900000001", "platform_certificates": [str(cert)]},
+        "hmac": {"secret": "${K}"},
+        "standard-webhooks": {"secret": "${K}"},
+    }
+
+
+def runtime(tmp_path: Path, proto: str, **extra: object) -> RouteRuntime:
+    fields = {"name": "r", "path": "/r", "protocol": proto, **routes(tmp_path)[proto], **extra}
+    config: Config = parse_config({"routes": [fields]}, ENV)
+    return build_route(config, config.routes[0])
+
+
+GET_POST, POST = frozenset({"GET", "POST"}), frozenset({"POST"})
+# protocol -> (methods, content types, policy, dedup ttl, last attempt): what wxgate has always applied
+DEFAULTS: dict[str, tuple[frozenset[str], frozenset[str] | None, Policy, float, int]] = {
+    "wechat-mp": (GET_POST, XML, "ack", 600.0, 4),
+    "wecom": (GET_POST, XML | JSON, "ack", 600.0, 4),
+    "wechat-pay-v2": (POST, XML, "fail", 25 * H, 1),
+    "wechat-pay-v3": (POST, JSON | XML, "fail", 25 * H, 1),
+    "hmac": (GET_POST, None, "ack", 600.0, 1),
+    "standard-webhooks": (POST, None, "ack", 600.0, 1),
+}
+
+
+@pytest.mark.parametrize("proto", DEFAULTS)
+def test_unset_keys_take_the_protocols_defaults(tmp_path: Path, proto: str) -> None:
+    methods, content_types, policy, ttl, last = DEFAULTS[proto]
+    r = runtime(tmp_path, proto)
+    assert r.protocol_name == proto and proto in ROUTE_TAGS
+    assert (r.methods, r.content_types, r.policy, r.dedup_ttl) == (methods, content_types, policy, ttl)
+    assert r.protocol.last_attempt == last
+
+
+@pytest.mark.parametrize("proto", DEFAULTS)
+def test_configured_keys_win_over_the_protocols_defaults(tmp_path: Path, proto: str) -> None:
+    r = runtime(tmp_path, proto, methods=["PUT"], on_backend_failure="relay", dedup={"ttl": "2h"})
+    assert (r.methods, r.policy, r.dedup_ttl) == (frozenset({"PUT"}), "relay", 2 * H)
+
+
+def test_the_default_dedup_ttl_outlasts_a_long_timestamp_window(tmp_path: Path) -> None:
+    # nonces are remembered for twice the window; a dedup record must live at least as long
+    assert runtime(tmp_path, "wechat-mp", timestamp_window="15m").dedup_ttl == 1800.0
+    assert runtime(tmp_path, "wechat-pay-v3", timestamp_window="15m").dedup_ttl == 25 * H
