@@ -53,6 +53,7 @@ from proxy.stores.base import Store, StoreUnavailable
 from proxy.tasks import BackgroundTasks
 from proxy.tls import ServerCertificate
 from proxy.upstream.client import UpstreamClient
+from proxy.worker_role import WorkerRole
 
 logger = logging.getLogger("wxgate")
 
@@ -153,9 +154,14 @@ class Lifecycle:
 
 class Sidecar:
     def __init__(
-        self, rt: Runtime, config_path: Path | None = None, environ: Mapping[str, str] | None = None
+        self,
+        rt: Runtime,
+        config_path: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        role: WorkerRole | None = None,  # one of `workers: N` processes (proxy.workers); None: on its own
     ) -> None:
         self.rt = rt
+        self.role = role
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -293,17 +299,24 @@ class Sidecar:
             # that starts later (routes' store_down policy; /readyz says why it is not ready; the clients
             # connect on first use). Exiting would crash-loop every restarted replica until it is back.
             logger.warning("%s; serving anyway: routes follow their store_down policy until it answers", e)
+        if self.role is not None:
+            self.role.adopt_listeners()
         self.master = self._make_master()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
-        await self.admin.start(*cfg.admin_addr)
-        counters = OutboxCounters(self.rt.metrics.outbox_redelivery, self.rt.metrics.outbox_dead_letter)
-        worker = self.outbox_worker = OutboxWorker(
-            self.rt.store, self.rt.table, self.rt.client, counters, tracing=self.rt.tracing
-        )
-        self._worker = loop.create_task(worker.run(), name="outbox worker")
+        if self.role is None:
+            await self.admin.start(*cfg.admin_addr)
+        else:  # the supervisor serves `admin` for all workers and reads each one's on a Unix socket
+            await self.admin.start_unix(self.role.admin_socket)
+            self.role.watch_supervisor(self._on_signal)
+        if self.role is None or self.role.runs_outbox:
+            counters = OutboxCounters(self.rt.metrics.outbox_redelivery, self.rt.metrics.outbox_dead_letter)
+            worker = self.outbox_worker = OutboxWorker(
+                self.rt.store, self.rt.table, self.rt.client, counters, tracing=self.rt.tracing
+            )
+            self._worker = loop.create_task(worker.run(), name="outbox worker")
         self._probes = loop.create_task(Probes(self.rt.metrics, self.rt.store).run(), name="probes")
         logger.info(
             "wxgate listening on %s%s (admin %s), %d routes, store %s",
@@ -329,6 +342,6 @@ class Sidecar:
         return 0
 
 
-async def serve(config: Config, config_path: Path | None = None) -> int:
-    """Run the sidecar; with ``config_path``, SIGHUP reloads that file."""
-    return await Sidecar(build_runtime(config), config_path).run()
+async def serve(config: Config, config_path: Path | None = None, role: WorkerRole | None = None) -> int:
+    """Run the sidecar; with ``config_path``, SIGHUP reloads that file; ``role``: as one of ``workers: N``."""
+    return await Sidecar(build_runtime(config), config_path, role=role).run()

@@ -26,11 +26,20 @@ def _load(path: str) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logs.setup(config.log_level)
-    from proxy.app import serve
+    from proxy.cpus import resolve_workers
     from proxy.stores import StoreUnavailable
+    from proxy.worker_role import WorkerRole
 
+    role = WorkerRole.from_environ(os.environ)  # set when a `workers: N` supervisor started this process
+    workers = resolve_workers(config.workers)
     try:
-        return asyncio.run(serve(config, Path(args.config)))
+        if role is None and workers > 1:
+            from proxy.workers import supervise
+
+            return supervise(config, Path(args.config), workers)
+        from proxy.app import serve
+
+        return asyncio.run(serve(config, Path(args.config), role))
     except StoreUnavailable as e:  # an embedded store that cannot open (a shared one is waited for)
         print(f"wxgate: cannot open the store: {e}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from proxy.stores.url import parse_redis_url, scheme_of, sqlite_path
+from proxy.stores.url import MEMORY, parse_redis_url, scheme_of, sqlite_path
 
 SECRET_KEYS = frozenset(
     {
@@ -430,7 +430,15 @@ ROUTE_TAGS = frozenset(get_args(t.model_fields["protocol"].annotation)[0] for t 
 """The ``protocol`` values a route may have (the discriminator of :data:`Route`)."""
 
 
-RESTART_KEYS = ("listen", "admin", "store", "upstream", "upstream_pool_size", "upstream_connect_timeout")
+RESTART_KEYS = (
+    "listen",
+    "admin",
+    "store",
+    "upstream",
+    "upstream_pool_size",
+    "upstream_connect_timeout",
+    "workers",
+)
 """The top-level keys a reload cannot apply (sockets, the store connection, the backend pool); every other key is
 live: SIGHUP or ``POST /-/reload`` applies it without dropping a connection."""
 
@@ -467,6 +475,11 @@ class Config(_Strict):
     """Keep-alive connections kept open to the backend."""
     drain_timeout: Duration = 10.0
     """On SIGTERM: how long in-flight requests and backend calls may take to finish."""
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
+    """Processes serving `listen` (each one core): `1`, a number, or `auto` (the CPUs wxgate may use: its CPU
+    affinity and cgroup CPU quota, rounded down). Above 1, a supervisor runs them, restarts a crashed one, passes
+    on SIGHUP and SIGTERM, and serves `admin` for all (`/metrics` with a `worker` label). Needs a store the
+    workers share: Redis or a `sqlite:///` file, not `sqlite://:memory:`."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Level of the JSON log lines on stderr; `info` writes one line per request."""
     log_hash_key: SecretStr | None = None
@@ -520,6 +533,16 @@ class Config(_Strict):
         wildcard = {"0.0.0.0", "::"}  # noqa: S104 - comparing, not binding
         if lport == aport != 0 and (lhost == ahost or lhost in wildcard or ahost in wildcard):
             raise ValueError(f"listen and admin both bind port {lport}; give admin its own port")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_store(self) -> Config:
+        if self.workers != 1 and self.store == MEMORY:
+            raise ValueError(
+                f"workers: {self.workers} with store sqlite://:memory: gives each worker its own memory, so a "
+                "retry reaching another worker is not recognised as a duplicate; use a sqlite:///path file or "
+                "redis://, or workers: 1"
+            )
         return self
 
     @model_validator(mode="after")

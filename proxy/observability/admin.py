@@ -42,9 +42,16 @@ class AdminServer:
         return web.Response(status=503, text=f"not ready: {problem}\n")
 
     async def start(self, host: str, port: int) -> None:
+        await web.TCPSite(await self._setup(), host, port).start()
+
+    async def start_unix(self, path: str) -> None:
+        """Serve on a Unix socket: a worker's admin, read by the supervisor that serves ``admin``."""
+        await web.UnixSite(await self._setup(), path).start()
+
+    async def _setup(self) -> web.AppRunner:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        return self._runner
 
     async def stop(self) -> None:
         if self._runner is not None:
