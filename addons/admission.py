@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from mitmproxy import http
 
-from proxy.pipeline.exchange import exchange
-from proxy.pipeline.forwarding import request_query
+from proxy.pipeline.exchange import exchange, request_query
 from proxy.pipeline.replies import reject
+from proxy.reload import Loaded
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A request head (names and values) this large is no callback: WeChat's are under 1 KiB; nginx allows 32 KiB.
@@ -76,6 +76,9 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class Admission:
     def __init__(self, trusted_proxies: Sequence[IpNetwork] = ()) -> None:
         self.trusted = tuple(trusted_proxies)
+
+    def reconfigure(self, loaded: Loaded) -> None:
+        self.trusted = tuple(loaded.config.trusted_proxies)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""

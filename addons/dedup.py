@@ -11,61 +11,53 @@ are hashed before they reach the store, the backend (``X-Wxgate-Dedup-Key``) or 
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
 
-from proxy.pipeline.exchange import Exchange, exchange
-from proxy.pipeline.policy import ACK_GRACE, acknowledges, before_deadline, claim_lease, time_left
+from proxy.pipeline.backend_leg import early_reply, store_down
+from proxy.pipeline.claims import raw_key, store_key
+from proxy.pipeline.exchange import Authenticated, exchange
+from proxy.pipeline.lookup_note import lookup_note
+from proxy.pipeline.policy import ACK_GRACE, before_deadline, claim_lease, dedup_ttl, time_left
 from proxy.pipeline.replies import decode_reply, reject, respond
 from proxy.pipeline.settlement import Settlement
-from proxy.protocols import idempotency
-from proxy.protocols.base import Reply
 from proxy.stores.base import Claim, ClaimState, Sighting, Store, StoreUnavailable
 
 logger = logging.getLogger("wxgate")
-
-
-def dedup_key(ex: Exchange) -> str | None:
-    """The un-hashed key: the route's ``dedup.fields`` when the message has every one of them (JSON-encoded with
-    their names), else the digest of the whole authenticated message; without ``fields``, the protocol's recipe
-    (a documented unique id, else that digest: :mod:`proxy.protocols.idempotency`)."""
-    assert ex.route is not None and ex.verified is not None
-    fields = ex.route.config.dedup.fields
-    if fields:
-        return idempotency.fields_key(ex.verified.message, fields) or idempotency.digest_key(ex.verified)
-    return ex.route.protocol.dedup_key(ex.verified)
-
-
-def hashed(route: str, raw: str) -> str:
-    return f"{route}:{hashlib.sha256(raw.encode()).hexdigest()[:32]}"
 
 
 class Dedup:
     def __init__(self, store: Store, settlement: Settlement) -> None:
         self.store = store
         self.settlement = settlement
+        # What each claim state means for this attempt (IN_FLIGHT first waits for the holder to settle).
+        self._outcomes: dict[ClaimState, Callable[[http.HTTPFlow, Authenticated, Claim], Awaitable[None]]] = {
+            ClaimState.NEW: self._forward,
+            ClaimState.DONE: self._replay,
+            ClaimState.IN_FLIGHT: self._still_in_flight,
+        }
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         ex = exchange(flow)
-        if ex is None or ex.route is None or ex.outcome.verdict != "verified":
+        if ex is None or ex.route is None or ex.outcome.verdict != "verified" or ex.verified is None:
             return
         if not ex.route.config.dedup.enabled:
             return
+        authentic = ex.authenticated()
         try:
-            await self._claim(flow, ex)
+            await self._claim(flow, authentic)
         except Exception:
-            logger.exception("deduplication failed unexpectedly on route %s", ex.route.name)
+            logger.exception("deduplication failed unexpectedly on route %s", authentic.route.name)
             if not flow.response:
                 ex.outcome.reason = "dedup_error"
-                respond(flow, ex, ex.route.protocol.backend_failure_reply(ex.verified))
+                respond(flow, ex, authentic.route.protocol.backend_failure_reply(ex.verified))
 
-    async def _claim(self, flow: http.HTTPFlow, ex: Exchange) -> None:
-        assert ex.route is not None
-        raw = dedup_key(ex)
+    async def _claim(self, flow: http.HTTPFlow, ex: Authenticated) -> None:
+        raw = raw_key(ex.route, ex.verified)
         replay, ex.replay = ex.replay, None
         if raw is None:
             ex.outcome.dedup = "no_key"
@@ -80,43 +72,42 @@ class Dedup:
             if sighting is not Sighting.NEW:  # a repeat too: nothing can tell a retry from a replay
                 reject(flow, ex, "replayed_nonce", 403)
             return None
-        key = ex.dedup_key_raw = hashed(ex.route.name, raw)
+        key = ex.dedup_key_raw = store_key(ex.route.name, raw)
         ex.outcome.dedup_key = key.rsplit(":", 1)[1][:16]
         lease = claim_lease(ex.route)  # covers the backend call, however long backend_timeout lets it run
+        ttl = dedup_ttl(ex.route, ex.verified)
+        note = lookup_note(ex.route, ex.verified, ex.span)
         try:
             if replay is None:
-                claim = await before_deadline(ex, self.store.claim(key, lease, ex.route.dedup_ttl))
+                claim = await before_deadline(ex, self.store.claim(key, lease, ttl, note))
             else:
                 claiming = self.store.claim_signed(
-                    replay.signed, replay.body, replay.ttl, key, lease, ex.route.dedup_ttl
+                    replay.signed, replay.body, replay.ttl, key, lease, ttl, note
                 )
                 sighting, found = await before_deadline(ex, claiming)
                 if found is None:  # the signed values came with another body: a forgery, claimed nothing
                     return reject(flow, ex, "replayed_nonce", 403)
                 claim, ex.repeat = found, sighting is Sighting.REPEAT
-        except StoreUnavailable as e:
-            return self._store_down(flow, ex, e)
-        ex.outcome.attempt = claim.attempt
-        if claim.state is ClaimState.IN_FLIGHT:
-            ex.outcome.dedup = "duplicate_inflight"
-            try:
+            ex.outcome.attempt = claim.attempt
+            if claim.state is ClaimState.IN_FLIGHT:
+                ex.outcome.dedup = "duplicate_inflight"
                 # settle returns IN_FLIGHT by itself at the deadline; the outer bound only catches a hung store.
                 settling = self.store.settle(key, lease, max(time_left(ex), 0.0))
                 claim = await before_deadline(ex, settling, grace=ACK_GRACE)
-            except StoreUnavailable as e:
-                return self._store_down(flow, ex, e)
-            if claim.state is ClaimState.IN_FLIGHT:
-                return await self._still_in_flight(flow, ex)
-        if claim.state is ClaimState.DONE:
-            ex.outcome.dedup = ex.outcome.dedup or "duplicate_done"
-            return self._replay(flow, ex, claim)
+        except StoreUnavailable as e:
+            return self._store_down(flow, ex, e)
+        return await self._outcomes[claim.state](flow, ex, claim)
+
+    async def _forward(self, flow: http.HTTPFlow, ex: Authenticated, claim: Claim) -> None:
+        """This attempt holds the claim: the forward addon calls the backend."""
         ex.outcome.dedup = ex.outcome.dedup or "new"
         ex.dedup_token = claim.token
         self.settlement.holding(ex)
-        return None
 
-    def _replay(self, flow: http.HTTPFlow, ex: Exchange, claim: Claim) -> None:
-        assert claim.reply is not None and ex.route is not None
+    async def _replay(self, flow: http.HTTPFlow, ex: Authenticated, claim: Claim) -> None:
+        """Delivered before: the backend's reply again, without touching the backend."""
+        assert claim.reply is not None
+        ex.outcome.dedup = ex.outcome.dedup or "duplicate_done"
         try:
             reply = decode_reply(claim.reply)
         except (ValueError, KeyError):
@@ -126,27 +117,16 @@ class Dedup:
             reply = ex.route.protocol.success_reply(ex.verified)
         respond(flow, ex, reply)
 
-    async def _still_in_flight(self, flow: http.HTTPFlow, ex: Exchange) -> None:
-        """The first attempt still holds the claim and this attempt's deadline has come."""
-        assert ex.route is not None
-        ex.outcome.deadline = ex.route.policy
-        reply: Reply = ex.route.protocol.backend_failure_reply(ex.verified)
-        if acknowledges(ex):
-            # The holder may have died (kill -9) or failed to write its outbox item (store down): nothing
-            # says it made the notification durable. This attempt queues its own redelivery before
-            # acknowledging; the redelivery goes through the claim, so the backend still gets it once.
-            try:
-                await before_deadline(ex, self.settlement.before_ack(ex, in_flight=True), grace=ACK_GRACE)
-                reply = ex.route.protocol.success_reply(ex.verified)
-            except Exception:
-                logger.exception("could not make route %s's retry durable; not acknowledging", ex.route.name)
-                ex.outcome.outbox = "failed"
-        respond(flow, ex, reply)
+    async def _still_in_flight(self, flow: http.HTTPFlow, ex: Authenticated, claim: Claim) -> None:
+        """The first attempt still holds the claim and this attempt's deadline has come.
 
-    def _store_down(self, flow: http.HTTPFlow, ex: Exchange, err: StoreUnavailable) -> None:
-        assert ex.route is not None
-        ex.outcome.dedup = "store_error"
-        logger.warning("dedup store unavailable on route %s: %s", ex.route.name, err)
-        if ex.route.config.dedup.store_down == "fail_closed":
-            ex.outcome.reason = "store_unavailable"
-            respond(flow, ex, ex.route.protocol.backend_failure_reply(ex.verified))
+        The holder may have died (kill -9) or failed to write its outbox item (store down): nothing says it
+        made the notification durable, so an acknowledgement here queues this attempt's own redelivery first
+        (:func:`~proxy.pipeline.backend_leg.early_reply`); the redelivery goes through the claim, so the
+        backend still gets it once."""
+        ex.outcome.deadline = ex.route.policy
+        respond(flow, ex, await early_reply(ex, self.settlement, in_flight=True))
+
+    def _store_down(self, flow: http.HTTPFlow, ex: Authenticated, err: StoreUnavailable) -> None:
+        if (reply := store_down(ex, err)) is not None:
+            respond(flow, ex, reply)

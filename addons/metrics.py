@@ -12,7 +12,8 @@ from mitmproxy import http
 
 from proxy.observability.logs import UserRef, log_outcome
 from proxy.observability.metrics import Metrics, exemplar_of
-from proxy.pipeline.exchange import answered_status, ensure_exchange, exchange
+from proxy.pipeline.exchange import answered_status, exchange
+from proxy.reload import Loaded
 
 
 class MetricsAddon:
@@ -20,9 +21,15 @@ class MetricsAddon:
         self.metrics = metrics
         self.user_ref = user_ref if user_ref is not None else UserRef()
 
+    def reconfigure(self, loaded: Loaded) -> None:
+        """A reloaded ``log_hash_key`` re-keys the user hash from the next request on."""
+        self.user_ref = self.user_ref.rekeyed(loaded.config.log_hash_key)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        ensure_exchange(flow).counted = True
-        self.metrics.in_flight.inc()
+        ex = exchange(flow)
+        if ex is not None:
+            ex.counted = True
+            self.metrics.in_flight.inc()
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)

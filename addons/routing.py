@@ -5,16 +5,17 @@ A route matches its ``path`` exactly. A path that is not exactly a route's but n
 slashes, ``;`` parameters, a suffix, a script's path info) is refused with 400 ``noncanonical_path``: never
 passed through unverified to a backend that may route it to the protected handler.
 
-Owns ``unmatched`` and the route table. Starts the :class:`~proxy.pipeline.exchange.Exchange` every later addon reads.
+Owns ``unmatched`` and the route table.
 """
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from proxy.pipeline.exchange import ensure_exchange
+from proxy.pipeline.exchange import exchange
 from proxy.pipeline.replies import reject
 from proxy.pipeline.routes import RouteTable
+from proxy.reload import Loaded
 
 
 class Routing:
@@ -24,17 +25,14 @@ class Routing:
         self.table = table
         self.unmatched = unmatched
 
-    def use(self, table: RouteTable, unmatched: str) -> None:
+    def reconfigure(self, loaded: Loaded) -> None:
         """Swap in a reloaded route table. A request keeps the route it was matched with: the later addons read
         ``ex.route``, never the table."""
-        if unmatched not in ("passthrough", "deny"):
-            raise ValueError("unmatched must be passthrough or deny")
-        self.table, self.unmatched = table, unmatched
+        self.table, self.unmatched = loaded.table, loaded.config.unmatched
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        ex = ensure_exchange(flow)
-        ex.outcome.method = flow.request.method[:32]  # a token of any length to mitmproxy; bounded in the log
-        if flow.response or flow.error or not flow.live:
+        ex = exchange(flow)
+        if ex is None or flow.response or flow.error or not flow.live:
             return
         route = self.table.match(flow.request.path)
         if route is None and (target := self.table.impersonated(flow.request.path)) is not None:

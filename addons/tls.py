@@ -13,7 +13,8 @@ from __future__ import annotations
 from mitmproxy import http, tls
 from OpenSSL import SSL
 
-from proxy.pipeline.exchange import ensure_exchange
+from proxy.pipeline.exchange import exchange
+from proxy.reload import Loaded
 from proxy.tls import ServerCertificate
 
 PLAIN_HTTP_REFUSED = b"This port speaks HTTPS: plain HTTP is refused. Use an https:// URL.\n"
@@ -28,6 +29,11 @@ class TlsTermination:
             raise ValueError("plain_http must be refuse or allow")
         # One tuple, swapped in one assignment: a handshake never sees one setting of the old and one of the new.
         self._state = (cert, plain_http == "refuse" and cert is not None)
+
+    def reconfigure(self, loaded: Loaded) -> None:
+        """A reloaded certificate (or ``plain_http``) serves the next handshake; open connections keep theirs."""
+        tls = loaded.config.tls
+        self.use(loaded.tls, tls.plain_http if tls else "refuse")
 
     @property
     def cert(self) -> ServerCertificate | None:
@@ -46,11 +52,10 @@ class TlsTermination:
             return
         if not self._state[1] or flow.client_conn.tls_established:
             return
-        ex = ensure_exchange(flow)
-        ex.outcome.method = flow.request.method
-        ex.outcome.verdict = "denied"
-        ex.outcome.reason = "plain_http"
-        ex.outcome.reply_kind = "reject"
+        if (ex := exchange(flow)) is not None:
+            ex.outcome.verdict = "denied"
+            ex.outcome.reason = "plain_http"
+            ex.outcome.reply_kind = "reject"
         flow.response = http.Response.make(
             400, PLAIN_HTTP_REFUSED, {"content-type": "text/plain; charset=utf-8", "connection": "close"}
         )

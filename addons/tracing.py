@@ -15,7 +15,7 @@ from mitmproxy import http
 from opentelemetry import context, trace
 
 from proxy.observability.tracing import Tracing
-from proxy.pipeline.exchange import answered_status, ensure_exchange, exchange
+from proxy.pipeline.exchange import answered_status, exchange
 
 
 def _enter(span: trace.Span) -> None:
@@ -28,7 +28,9 @@ class TracingAddon:
         self.tracing = tracing
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        ex = ensure_exchange(flow)
+        ex = exchange(flow)
+        if ex is None:
+            return
         req = flow.request
         conn = flow.client_conn
         ex.span = self.tracing.start_server(

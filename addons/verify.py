@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
 
-from proxy.pipeline.exchange import Exchange, Replay, exchange
-from proxy.pipeline.forwarding import query_items as parse_query
-from proxy.pipeline.forwarding import request_query
+from proxy.pipeline.backend_leg import store_down
+from proxy.pipeline.exchange import Replay, Routed, exchange, request_query
+from proxy.pipeline.exchange import query_items as parse_query
 from proxy.pipeline.policy import before_deadline
 from proxy.pipeline.replies import reject, respond
 from proxy.protocols.base import Inbound, Rejected
@@ -33,7 +33,8 @@ Remember = Callable[[str, float], Awaitable[bool]]
 
 def inbound_of(request: http.Request, query_items: list[tuple[str, str]] | None = None) -> Inbound:
     """The request as protocols see it: first value of each query name; header names lower-cased, a repeated
-    header's values joined with ", " (as mitmproxy's ``Headers`` reads them), read from the raw fields."""
+    header's values joined with ", " (as mitmproxy's ``Headers`` reads them), read from the raw fields; what the
+    route's path template captured."""
     path = request.path
     query: dict[str, str] = {}
     for k, v in query_items if query_items is not None else parse_query(path):
@@ -58,14 +59,13 @@ class Verify:
         if ex is None or ex.route is None:
             return
         try:
-            await self._verify(flow, ex)
+            await self._verify(flow, ex.routed())
         except Exception:
             logger.exception("verification failed unexpectedly on route %s", ex.route.name)
             if not flow.response:
                 reject(flow, ex, "verify_error", 500)
 
-    async def _verify(self, flow: http.HTTPFlow, ex: Exchange) -> None:
-        assert ex.route is not None
+    async def _verify(self, flow: http.HTTPFlow, ex: Routed) -> None:
         route = ex.route
         ex.inbound = inbound_of(flow.request, request_query(flow, ex))
         try:
@@ -89,12 +89,9 @@ class Verify:
             else:  # any repeat is refused
                 try:
                     fresh = await before_deadline(ex, self.remember(signed, verified.replay_ttl))
-                except StoreUnavailable:
-                    ex.outcome.dedup = "store_error"
-                    if route.config.dedup.store_down == "fail_closed":
-                        ex.outcome.reason = "store_unavailable"
-                        ex.outcome.verdict = "rejected"
-                        return respond(flow, ex, route.protocol.backend_failure_reply(ex.verified))
+                except StoreUnavailable as e:
+                    if (reply := store_down(ex, e)) is not None:
+                        return respond(flow, ex, reply)
                     fresh = True
                 if not fresh:
                     return reject(flow, ex, "replayed_nonce", 403)

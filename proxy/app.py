@@ -32,6 +32,7 @@ from addons.envelope import Envelope
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
 from addons.routing import Routing
+from addons.start import ExchangeStart
 from addons.tls import TlsTermination
 from addons.tracing import TracingAddon
 from addons.verify import Verify
@@ -195,6 +196,7 @@ class Sidecar:
             core.Core(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
+            ExchangeStart(),  # first: every later hook of ours reads the request's Exchange
             self.tls,  # before TlsConfig: it serves our certificate, never mitmproxy's generated ones
             ListenerTls(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
@@ -273,16 +275,10 @@ class Sidecar:
         self.rt.config, self.rt.table, self.rt.tls = cfg, loaded.table, loaded.tls
         self.rt.metrics.init_routes((r.name, r.protocol_name) for r in loaded.table.routes)
         self.rt.metrics.tls_certificate(loaded.tls.not_after if loaded.tls else None)
-        for addon in self.chain:
-            if isinstance(addon, Routing):
-                addon.use(loaded.table, cfg.unmatched)
-            elif isinstance(addon, Admission):
-                addon.trusted = tuple(cfg.trusted_proxies)
-            elif isinstance(addon, MetricsAddon):
-                addon.user_ref = addon.user_ref.rekeyed(cfg.log_hash_key)
-        self.tls.use(loaded.tls, cfg.tls.plain_http if cfg.tls else "refuse")
-        if self.outbox_worker is not None:
-            self.outbox_worker.use(loaded.table)
+        # As mitmproxy's ``configure`` event: every part that holds reloadable state takes the new one itself.
+        for part in (*self.chain, self.tls, self.outbox_worker):
+            if (reconfigure := getattr(part, "reconfigure", None)) is not None:
+                reconfigure(loaded)
         if self.master is not None:
             self.master.options.update(body_size_limit=str(cfg.body_size_limit))
         bound_request_heads(cfg.head_timeout, None, cfg.body_timeout, cfg.body_size_limit)

@@ -33,7 +33,7 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import __version__
-from proxy.observability.outcome import Outcome
+from proxy.observability.outcome import DEDUP_RESULTS, POLICIES, UPSTREAM_RESULTS, Outcome
 from proxy.stores.base import OutboxStats
 from proxy.upstream.client import UpstreamResult
 
@@ -67,9 +67,6 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 # Event-loop lag: 1 ms is healthy, 10-100 ms delays every request in flight, 1 s is a stall.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-UPSTREAM_RESULTS = ("2xx", "3xx", "4xx", "5xx", "timeout", "refused", "error")
-DEDUP_RESULTS = ("new", "duplicate_done", "duplicate_inflight", "store_error", "no_key")
-POLICIES = ("ack", "relay", "fail")
 VERIFICATION_RESULTS = ("ok", "rejected", "probe")
 REDELIVERY_RESULTS = ("delivered", "duplicate", "failed")
 STORE_OPERATIONS = (

@@ -9,7 +9,21 @@ know.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
+
+from proxy.config.schema import Policy
+from proxy.upstream.client import UpstreamKind
+
+Verdict = Literal["pending", "verified", "rejected", "direct", "passthrough", "denied", "admitted"]
+DedupResult = Literal["new", "duplicate_done", "duplicate_inflight", "store_error", "no_key"]
+OutboxState = Literal["queued", "failed", "unacked"]
+ReplyKind = Literal["echo", "ack", "passive", "failure", "reject", "passthrough"]
+UpstreamResultLabel = UpstreamKind | Literal["none"]
+
+# The label values a metric can carry, drawn from the types above (never written out a second time).
+DEDUP_RESULTS: tuple[DedupResult, ...] = get_args(DedupResult)
+POLICIES: tuple[Policy, ...] = get_args(Policy)
+UPSTREAM_RESULTS: tuple[UpstreamKind, ...] = get_args(UpstreamKind)
 
 
 @dataclass(slots=True)
@@ -19,19 +33,19 @@ class Outcome:
     route: str = "unmatched"
     protocol: str = "none"
     method: str = ""
-    verdict: str = "pending"  # verified | rejected | direct | passthrough | denied | admitted
-    reason: str = ""  # rejection / failure reason code
+    verdict: Verdict = "pending"
+    reason: str = ""  # rejection / failure reason code (a closed set per protocol: docs/operations.md)
     key_id: str = ""  # which key verified
-    dedup: str = ""  # new | duplicate_done | duplicate_inflight | store_error | disabled | no_key
+    dedup: DedupResult | Literal[""] = ""
     dedup_key: str = ""  # hash, never the raw key
     attempt: int = 0
-    upstream: str = "none"  # 2xx | 3xx | 4xx | 5xx | timeout | refused | error | none
+    upstream: UpstreamResultLabel = "none"
     upstream_status: int = 0
     upstream_seconds: float = 0.0
-    reply_kind: str = ""  # echo | ack | passive | failure | reject | passthrough
+    reply_kind: ReplyKind | Literal[""] = ""
     normalized: str = ""  # why the backend's answer was replaced
-    deadline: str = ""  # the policy that answered at the deadline (ack | relay | fail) if one did
-    outbox: str = ""  # queued | failed when the notification went to the outbox
+    deadline: Policy | Literal[""] = ""  # the policy that answered at the deadline, if one did
+    outbox: OutboxState | Literal[""] = ""  # the notification went to the outbox (or could not)
     user: str = ""  # hash of the sender-side user id (openid / FromUserName), never the id itself
     status: int = 0
     duration_seconds: float = 0.0

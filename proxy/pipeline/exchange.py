@@ -1,14 +1,22 @@
-"""Per-request state shared by the addon chain, and the outcome record every request ends with.
+"""Per-request state shared by the addon chain.
 
-The addons keep one :class:`Exchange` in ``flow.metadata["wxgate"]``. Its :class:`Outcome` is the single source
-of truth that metrics, spans and the JSON log line all read, so no addon re-derives what another decided.
+Lifetime: the first addon of the chain (:class:`addons.exchange.ExchangeStart`) creates one :class:`Exchange`
+per flow in ``requestheaders`` and keeps it in ``flow.metadata["wxgate"]``; every later addon reads it with
+:func:`exchange`; the metrics addon finishes it (``finished``) when the answer has gone out. Its
+:class:`~proxy.observability.outcome.Outcome` is the single source of truth that metrics, spans and the JSON log
+line all read, so no addon re-derives what another decided.
+
+Stages narrow it once instead of asserting field by field: :meth:`Exchange.routed` (a route matched) and
+:meth:`Exchange.authenticated` (the request was verified) return the same object typed with those fields set.
+The query of the request target is parsed here, once per request (:func:`request_query`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl
 
 from proxy.observability.outcome import Outcome
 
@@ -42,6 +50,34 @@ class Exchange:
     counted: bool = False  # counted in the in-flight gauge (by the metrics addon)
     finished: bool = False
 
+    def routed(self) -> Routed:
+        """This exchange, typed with its route set (``LookupError`` if no route matched)."""
+        if self.route is None:
+            raise LookupError("the request matched no route")
+        return cast(Routed, self)
+
+    def authenticated(self) -> Authenticated:
+        """This exchange, typed with its route, inbound request and verified message set (``LookupError`` if
+        it was not verified)."""
+        if self.route is None or self.inbound is None or self.verified is None:
+            raise LookupError("the request was not verified")
+        return cast(Authenticated, self)
+
+
+class Routed(Exchange):
+    """The type of an exchange whose route is set (never instantiated: :meth:`Exchange.routed` narrows)."""
+
+    __slots__ = ()
+    route: RouteRuntime
+
+
+class Authenticated(Routed):
+    """The type of an exchange that was verified: route, inbound request and verified message are set."""
+
+    __slots__ = ()
+    inbound: Inbound
+    verified: Verified
+
 
 @dataclass(frozen=True, slots=True)
 class Replay:
@@ -73,3 +109,18 @@ def ensure_exchange(flow: http.HTTPFlow) -> Exchange:
     if not isinstance(ex, Exchange):
         ex = flow.metadata[METADATA_KEY] = Exchange()
     return ex
+
+
+def query_items(path: str) -> list[tuple[str, str]]:
+    """Every ``(name, value)`` of a request target's query, in order, decoded as mitmproxy's ``Request.query``
+    decodes them; from the target itself, since ``Request.query`` rebuilds and re-parses the whole URL on
+    every access."""
+    query = path.partition("#")[0].partition("?")[2]
+    return parse_qsl(query, keep_blank_values=True, errors="surrogateescape") if query else []
+
+
+def request_query(flow: http.HTTPFlow, ex: Exchange) -> list[tuple[str, str]]:
+    """:func:`query_items` of the flow's target, parsed once per request (admission, verify and forward read it)."""
+    if ex.query is None:
+        ex.query = query_items(flow.request.path)
+    return ex.query

@@ -1,4 +1,5 @@
-"""The backend request wxgate builds for a verified callback, and the reply decided from the backend's answer.
+"""The backend request wxgate builds for a verified callback (what the backend's answer becomes is
+:mod:`proxy.pipeline.backend_leg`'s).
 
 The backend receives the request as the sender made it minus what wxgate consumed (decrypted body and dropped
 query parameters when ``decrypt_for_backend`` is on), plus trusted ``X-Wxgate-*`` headers and wxgate's own ``traceparent`` (the sender's, and its ``tracestate``,
@@ -7,13 +8,11 @@ are dropped).
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
-from mitmproxy import http
-
-from proxy.pipeline.exchange import Exchange
-from proxy.protocols.base import Reply
-from proxy.upstream.client import UpstreamResult
+if TYPE_CHECKING:
+    from proxy.pipeline.exchange import Authenticated
 
 # Hop-by-hop and framing headers are the pool's business, not the sender's.
 _DROP = frozenset(
@@ -35,24 +34,8 @@ _DROP = frozenset(
 )
 
 
-def query_items(path: str) -> list[tuple[str, str]]:
-    """Every ``(name, value)`` of a request target's query, in order, decoded as mitmproxy's ``Request.query``
-    decodes them; from the target itself, since ``Request.query`` rebuilds and re-parses the whole URL on
-    every access."""
-    query = path.partition("#")[0].partition("?")[2]
-    return parse_qsl(query, keep_blank_values=True, errors="surrogateescape") if query else []
-
-
-def request_query(flow: http.HTTPFlow, ex: Exchange) -> list[tuple[str, str]]:
-    """:func:`query_items` of the flow's target, parsed once per request (admission, verify and forward read it)."""
-    if ex.query is None:
-        ex.query = query_items(flow.request.path)
-    return ex.query
-
-
-def backend_request(ex: Exchange, query: list[tuple[str, str]]) -> tuple[str, dict[str, str], bytes]:
+def backend_request(ex: Authenticated, query: list[tuple[str, str]]) -> tuple[str, dict[str, str], bytes]:
     """``(url, headers, body)`` for the backend call."""
-    assert ex.route is not None and ex.inbound is not None and ex.verified is not None
     verified = ex.verified
     kept = [(k, v) for k, v in query if k not in verified.drop_query]
     url = ex.route.upstream + ex.inbound.path + (("?" + urlencode(kept)) if kept else "")
@@ -60,6 +43,10 @@ def backend_request(ex: Exchange, query: list[tuple[str, str]]) -> tuple[str, di
     headers["x-wxgate-verified"] = "1"
     headers["x-wxgate-protocol"] = ex.route.protocol_name
     headers["x-wxgate-route"] = ex.route.name
+    # the path's appid on an Open Platform message route: not signed, so said to be verified only when bound
+    if verified.tenant is not None:
+        headers["x-wxgate-authorizer-appid"] = verified.tenant
+        headers["x-wxgate-authorizer-verified"] = "true" if verified.tenant_verified else "false"
     if ex.outcome.dedup_key:
         headers["x-wxgate-dedup-key"] = ex.outcome.dedup_key
     if ex.outcome.attempt:
@@ -68,16 +55,3 @@ def backend_request(ex: Exchange, query: list[tuple[str, str]]) -> tuple[str, di
         headers["traceparent"] = ex.traceparent
     body = verified.backend_body if verified.backend_body is not None else ex.inbound.body
     return url, headers, body
-
-
-def is_failure(ex: Exchange, result: UpstreamResult) -> bool:
-    """5xx, timeouts, refusals, non-2xx and protocol-level failures (e.g. Pay's FAIL XML) all count as failed."""
-    if not result.ok:
-        return True
-    assert ex.route is not None
-    return ex.route.protocol.is_backend_failure(result.status, result.content_type, result.body)
-
-
-def success_reply(ex: Exchange, result: UpstreamResult) -> Reply:
-    assert ex.route is not None and ex.verified is not None
-    return ex.route.protocol.normalize(result.status, result.content_type, result.body, ex.verified)

@@ -21,13 +21,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.config import OutboxConfig
 from proxy.observability.tracing import Tracing
-from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.backend_leg import answer, is_failure
+from proxy.pipeline.exchange import Authenticated
 from proxy.pipeline.forwarding import backend_request
-from proxy.pipeline.policy import claim_lease
+from proxy.pipeline.policy import claim_lease, dedup_ttl
 from proxy.pipeline.replies import encode_reply
 from proxy.pipeline.routes import RouteRuntime, RouteTable
 from proxy.pipeline.settlement import Settlement
@@ -38,6 +39,13 @@ from proxy.stores.base import ClaimState, OutboxItem, Store, StoreUnavailable
 from proxy.upstream.client import UpstreamClient, UpstreamResult
 
 logger = logging.getLogger("wxgate")
+
+
+class Reloaded(Protocol):
+    """What a reload hands the outbox (:class:`proxy.reload.Loaded` has it)."""
+
+    @property
+    def table(self) -> RouteTable: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,9 @@ class Delivery:
     # How the verified request shapes the backend's reply (ids, never secrets): see reply_context().
     context: dict[str, Any] | None = None
     max_age: float | None = None  # the owning route's outbox.max_age when it was queued
+    dedup_ttl: float | None = (
+        None  # the message's own dedup TTL when its kind retries longer than the route's
+    )
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -63,6 +74,7 @@ class Delivery:
                 "k": self.dedup_key,
                 "c": self.context,
                 "a": self.max_age,
+                "t": self.dedup_ttl,
             },
             separators=(",", ":"),
         ).encode()
@@ -70,7 +82,13 @@ class Delivery:
     @classmethod
     def decode(cls, blob: bytes) -> Delivery:
         d = json.loads(blob)
-        return cls(d["m"], d["p"], dict(d["h"]), base64.b64decode(d["b"]), d["k"], d.get("c"), d.get("a"))
+        return cls(
+            d["m"], d["p"], dict(d["h"]), base64.b64decode(d["b"]), d["k"], d.get("c"), d.get("a"), d.get("t")
+        )
+
+    def ttl(self, route: RouteRuntime) -> float:
+        """The dedup record's TTL: the route's, or the message's own if longer (as when it was first claimed)."""
+        return route.dedup_ttl if self.dedup_ttl is None else max(route.dedup_ttl, self.dedup_ttl)
 
     def verified(self) -> Verified:
         """The verification context the reply is normalized with, as it was when the request was verified
@@ -107,17 +125,17 @@ class StoreSettlement(Settlement):
         self.store = store
         self.clock = clock
         # dedup token -> the exchange holding that claim and when its lease ends (perf_counter)
-        self._held: dict[str, tuple[Exchange, float]] = {}
+        self._held: dict[str, tuple[Authenticated, float]] = {}
 
-    def holding(self, ex: Exchange) -> None:
-        if ex.dedup_token is None or ex.route is None:
+    def holding(self, ex: Authenticated) -> None:
+        if ex.dedup_token is None:
             return
         now = time.perf_counter()
         if len(self._held) >= 1024:  # a request that never settled (cut off before forwarding) is let go
             self._held = {t: h for t, h in self._held.items() if h[1] > now}
         self._held[ex.dedup_token] = (ex, now + claim_lease(ex.route))
 
-    def _settled(self, ex: Exchange) -> None:
+    def _settled(self, ex: Authenticated) -> None:
         if ex.dedup_token is not None:
             self._held.pop(ex.dedup_token, None)
 
@@ -134,22 +152,21 @@ class StoreSettlement(Settlement):
                 if ex.outbox_id is not None:
                     await self.store.outbox_defer(ex.outbox_id, self.clock(), "cut short by shutdown")
             except StoreUnavailable as e:
-                route = ex.route.name if ex.route is not None else "?"
-                logger.warning("could not release claim on route %s (its lease will expire): %s", route, e)
+                logger.warning(
+                    "could not release claim on route %s (its lease will expire): %s", ex.route.name, e
+                )
         return len(held)
 
-    async def before_ack(self, ex: Exchange, in_flight: bool) -> None:
-        assert ex.route is not None and ex.inbound is not None
+    async def before_ack(self, ex: Authenticated, in_flight: bool) -> None:
         if ex.outbox_id is not None:
             return
         # While the first call is still running the worker must not race it: give it backend_timeout first.
         ex.outbox_id = await self._enqueue(ex, ex.route.config.backend_timeout if in_flight else 0.0)
         ex.outcome.outbox = "queued"
 
-    async def _enqueue(self, ex: Exchange, head_start: float) -> str:
-        assert ex.route is not None and ex.inbound is not None
+    async def _enqueue(self, ex: Authenticated, head_start: float) -> str:
         url, headers, body = backend_request(ex, list(ex.inbound.query.items()))
-        context = reply_context(ex.verified.seal_context if ex.verified is not None else None)
+        context = reply_context(ex.verified.seal_context)
         cfg, now = ex.route.config.outbox, self.clock()
         delivery = Delivery(
             ex.inbound.method,
@@ -159,27 +176,25 @@ class StoreSettlement(Settlement):
             ex.dedup_key_raw,
             context,
             cfg.max_age,
+            ex.verified.dedup_ttl,
         )
         due = now + head_start + backoff(0, cfg.backoff_base, cfg.backoff_max)
         item_id = uuid.uuid4().hex
         await self.store.outbox_put(OutboxItem(item_id, ex.route.name, delivery.encode(), 0, now, due))
         return item_id
 
-    async def delivered(self, ex: Exchange, reply: Reply, late: bool) -> None:
-        assert ex.route is not None
+    async def delivered(self, ex: Authenticated, reply: Reply, late: bool) -> None:
         self._settled(ex)
         if ex.dedup_token is not None and ex.dedup_key_raw is not None:
             try:
-                await self.store.complete(
-                    ex.dedup_key_raw, ex.dedup_token, encode_reply(reply), ex.route.dedup_ttl
-                )
+                ttl = dedup_ttl(ex.route, ex.verified)
+                await self.store.complete(ex.dedup_key_raw, ex.dedup_token, encode_reply(reply), ttl)
             except StoreUnavailable as e:
                 logger.warning("could not record delivery on route %s: %s", ex.route.name, e)
         if ex.outbox_id is not None:
             await self._drop(ex.outbox_id)
 
-    async def failed(self, ex: Exchange, result: UpstreamResult, acked: bool, late: bool) -> None:
-        assert ex.route is not None
+    async def failed(self, ex: Authenticated, result: UpstreamResult, acked: bool, late: bool) -> None:
         self._settled(ex)
         if ex.dedup_token is not None and ex.dedup_key_raw is not None:
             try:
@@ -260,8 +275,12 @@ class OutboxWorker:
         self._last_warning = float("-inf")
         self.use(table)
 
-    def use(self, table: RouteTable) -> None:
+    def reconfigure(self, loaded: Reloaded) -> None:
         """Redeliver with a reloaded route table (new secrets, upstreams, outbox limits) from the next item on."""
+        self.use(loaded.table)
+
+    def use(self, table: RouteTable) -> None:
+        """Redeliver with ``table`` from the next item on."""
         self.table, self._by_name = table, {r.name: r for r in table.routes}
         # Items leased in one batch run concurrently: the lease covers the slowest route's call.
         self.item_lease = max([self.lease, *(claim_lease(r) for r in table.routes)])
@@ -336,7 +355,7 @@ class OutboxWorker:
         token: str | None = None
         if delivery.dedup_key is not None:
             lease = claim_lease(route)
-            claim = await self.store.claim(delivery.dedup_key, lease, route.dedup_ttl)
+            claim = await self.store.claim(delivery.dedup_key, lease, delivery.ttl(route))
             if claim.state is ClaimState.DONE:
                 await self.store.outbox_ack(item.id)  # a sender retry got it through meanwhile
                 self.counters.redeliveries(route.name, "duplicate")
@@ -399,15 +418,10 @@ class OutboxWorker:
         self, route: RouteRuntime, item: OutboxItem, d: Delivery, token: str | None, result: UpstreamResult
     ) -> str:
         cfg = route.config.outbox
-        failed = not result.ok or route.protocol.is_backend_failure(
-            result.status, result.content_type, result.body
-        )
-        if not failed:
+        if not is_failure(route, result):
             if d.dedup_key is not None and token is not None:
-                reply = route.protocol.normalize(
-                    result.status, result.content_type, result.body, d.verified()
-                )
-                await self.store.complete(d.dedup_key, token, encode_reply(reply), route.dedup_ttl)
+                reply = answer(route, result, d.verified())
+                await self.store.complete(d.dedup_key, token, encode_reply(reply), d.ttl(route))
             await self.store.outbox_ack(item.id)
             self.counters.redeliveries(route.name, "delivered")
             return "delivered"

@@ -8,7 +8,7 @@ whether the backend call is still running (the deadline came first) or already f
 
 from __future__ import annotations
 
-from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.exchange import Authenticated
 from proxy.protocols.base import Reply
 from proxy.upstream.client import UpstreamResult
 
@@ -16,19 +16,19 @@ from proxy.upstream.client import UpstreamResult
 class Settlement:
     """The default: no store. An acknowledged failure is only counted (``outcome.outbox = "unacked"``)."""
 
-    def holding(self, ex: Exchange) -> None:
+    def holding(self, ex: Authenticated) -> None:
         """``ex`` now holds a dedup claim (``ex.dedup_token``) until ``delivered`` or ``failed``."""
 
     async def release_held(self) -> int:
         """Shutdown: release the claims of requests whose backend call was cut short; returns how many."""
         return 0
 
-    async def before_ack(self, ex: Exchange, in_flight: bool) -> None:
+    async def before_ack(self, ex: Authenticated, in_flight: bool) -> None:
         ex.outcome.outbox = "unacked"
 
-    async def delivered(self, ex: Exchange, reply: Reply, late: bool) -> None:
+    async def delivered(self, ex: Authenticated, reply: Reply, late: bool) -> None:
         if late and ex.outcome.outbox == "unacked":
             ex.outcome.outbox = ""
 
-    async def failed(self, ex: Exchange, result: UpstreamResult, acked: bool, late: bool) -> None:
+    async def failed(self, ex: Authenticated, result: UpstreamResult, acked: bool, late: bool) -> None:
         return None

@@ -20,16 +20,19 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from proxy.upstream.http1 import BodyTooLarge, ProtocolError, Response, ResponseParser, request_bytes
 
 MAX_REPLY_BYTES = 1024 * 1024  # WeChat replies are tiny; a runaway backend must not exhaust memory
+UpstreamKind = Literal["2xx", "3xx", "4xx", "5xx", "timeout", "refused", "error"]
+_CLASSES: dict[int, UpstreamKind] = {2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamResult:
-    kind: str  # 2xx | 3xx | 4xx | 5xx | timeout | refused | error
+    kind: UpstreamKind
     status: int = 0
     content_type: str = ""
     body: bytes = b""
@@ -179,7 +182,7 @@ class UpstreamClient:
         except (ProtocolError, OSError, ValueError) as e:
             return UpstreamResult("error", seconds=time.perf_counter() - started, error=type(e).__name__)
         return UpstreamResult(
-            f"{response.status // 100}xx",
+            _CLASSES.get(response.status // 100, "error"),
             response.status,
             response.headers.get("content-type", ""),
             response.body,

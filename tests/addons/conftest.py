@@ -40,7 +40,9 @@ def mp_flow(msg_id: int = 1, content: str = "hi", now: int | None = None) -> htt
 
 def routed(f: http.HTTPFlow, rt: RouteTable) -> Exchange:
     from addons.routing import Routing
+    from addons.start import ExchangeStart
 
+    ExchangeStart().requestheaders(f)
     Routing(rt).requestheaders(f)
     return ensure_exchange(f)
 

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from mitmproxy import http
 
-from addons.dedup import Dedup, dedup_key
+from addons.dedup import Dedup
 from addons.verify import Verify
+from proxy.pipeline.claims import raw_key
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.outbox import Delivery, StoreSettlement
 from proxy.pipeline.replies import encode_reply
 from proxy.protocols.base import Reply
 from proxy.stores import SqliteStore
-from proxy.stores.base import OutboxItem, Store, StoreUnavailable
+from proxy.stores.base import NO_NOTE, OutboxItem, Store, StoreUnavailable
 from proxy.tools.sender import mp_message, mp_text
 from tests.addons.conftest import TOKEN, Nonces, flow_of, mp_flow, routed, table
 
@@ -120,7 +121,7 @@ async def test_configured_fields_override_the_recipe(store: SqliteStore) -> None
     f = mp_flow(9)
     ex = routed(f, table(dedup={"fields": ["FromUserName", "Content"]}))
     await Verify(Nonces().remember).request(f)
-    assert dedup_key(ex) == 'fields|[["FromUserName","oUser"],["Content","hi"]]'
+    assert raw_key(ex.route, ex.verified) == 'fields|[["FromUserName","oUser"],["Content","hi"]]'
 
 
 async def test_configured_fields_join_unambiguously() -> None:
@@ -129,7 +130,7 @@ async def test_configured_fields_join_unambiguously() -> None:
         f = flow_of(mp_message("/wx", TOKEN, mp_text("gh", user, content, 9)))
         ex = routed(f, table(dedup={"fields": ["FromUserName", "Content"]}))
         await Verify(Nonces().remember).request(f)
-        keys.add(dedup_key(ex))
+        keys.add(raw_key(ex.route, ex.verified))
     assert len(keys) == 2
 
 
@@ -140,12 +141,12 @@ async def test_configured_fields_missing_from_the_message_fall_back_to_its_diges
         f = mp_flow(9, content, now=now)
         ex = routed(f, table(dedup={"fields": ["FromUserName", "Event"]}))
         await Verify(Nonces().remember).request(f)
-        keys.append(dedup_key(ex) or "")
+        keys.append(raw_key(ex.route, ex.verified) or "")
     assert keys[0].startswith("digest|") and keys[0] != keys[1] and keys[1] == keys[2]
 
 
 class DownStore(SqliteStore):
-    async def claim(self, key: str, lease: float, ttl: float):  # type: ignore[no-untyped-def]
+    async def claim(self, key: str, lease: float, ttl: float, note: Any = NO_NOTE):  # type: ignore[no-untyped-def]
         raise StoreUnavailable("redis://127.0.0.1:1 refused the connection")
 
     async def claim_signed(self, *args: object):  # type: ignore[no-untyped-def]
@@ -165,7 +166,7 @@ async def test_store_down(policy: str, answered: bool) -> None:
 
 
 class HungStore(SqliteStore):
-    async def claim(self, key: str, lease: float, ttl: float):  # type: ignore[no-untyped-def]
+    async def claim(self, key: str, lease: float, ttl: float, note: Any = NO_NOTE):  # type: ignore[no-untyped-def]
         await asyncio.sleep(30)  # a store that accepted the connection and never answers
         raise AssertionError("unreachable")
 
@@ -195,9 +196,9 @@ class CountingStore(SqliteStore):
         super().__init__(":memory:")
         self.calls: list[str] = []
 
-    async def claim(self, key: str, lease: float, ttl: float):  # type: ignore[no-untyped-def]
+    async def claim(self, key: str, lease: float, ttl: float, note: Any = NO_NOTE):  # type: ignore[no-untyped-def]
         self.calls.append("claim")
-        return await super().claim(key, lease, ttl)
+        return await super().claim(key, lease, ttl, note)
 
     async def remember(self, key: str, ttl: float) -> bool:
         self.calls.append("remember")
@@ -262,7 +263,7 @@ async def test_without_a_dedup_key_a_first_sighting_proceeds_and_a_repeat_is_ref
     counting: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every recipe now yields a key (an id or the digest); a protocol may still return None.
-    monkeypatch.setattr("addons.dedup.dedup_key", lambda ex: None)
+    monkeypatch.setattr("addons.dedup.raw_key", lambda route, verified: None)
     first, again = mp_flow(), mp_flow()
     again.request = first.request.copy()
     exs = await chain(counting, first, again)

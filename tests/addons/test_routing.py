@@ -4,6 +4,7 @@ import pytest
 from mitmproxy.test import tflow
 
 from addons.routing import Routing
+from addons.start import ExchangeStart
 from proxy.pipeline.exchange import exchange
 from proxy.pipeline.routes import path_segments
 from tests.addons.conftest import table
@@ -12,6 +13,7 @@ from tests.addons.conftest import table
 def test_configured_path_gets_its_route() -> None:
     f = tflow.tflow()
     f.request.path = "/wx?signature=1"
+    ExchangeStart().requestheaders(f)
     Routing(table()).requestheaders(f)
     ex = exchange(f)
     assert ex is not None and ex.route is not None
@@ -22,6 +24,7 @@ def test_configured_path_gets_its_route() -> None:
 def test_unknown_path_passes_through_by_default() -> None:
     f = tflow.tflow()
     f.request.path = "/elsewhere"
+    ExchangeStart().requestheaders(f)
     Routing(table()).requestheaders(f)
     ex = exchange(f)
     assert ex is not None and ex.route is None
@@ -32,6 +35,7 @@ def test_unknown_path_passes_through_by_default() -> None:
 def test_unknown_path_is_denied_in_deny_mode() -> None:
     f = tflow.tflow()
     f.request.path = "/elsewhere"
+    ExchangeStart().requestheaders(f)
     Routing(table(), "deny").requestheaders(f)
     assert f.response is not None and f.response.status_code == 404
     ex = exchange(f)
@@ -41,6 +45,7 @@ def test_unknown_path_is_denied_in_deny_mode() -> None:
 def test_already_answered_flow_is_left_alone() -> None:
     f = tflow.tflow(resp=True)
     f.request.path = "/wx"
+    ExchangeStart().requestheaders(f)
     Routing(table()).requestheaders(f)
     ex = exchange(f)
     assert ex is not None and ex.route is None
@@ -69,6 +74,7 @@ def test_already_answered_flow_is_left_alone() -> None:
 def test_another_spelling_of_a_route_path_is_refused_under_that_route(path: str) -> None:
     f = tflow.tflow()
     f.request.path = path
+    ExchangeStart().requestheaders(f)
     Routing(table()).requestheaders(f)
     ex = exchange(f)
     assert f.response is not None and f.response.status_code == 400
@@ -96,6 +102,7 @@ def test_another_spelling_of_a_route_path_is_refused_under_that_route(path: str)
 def test_paths_that_are_not_a_spelling_of_a_route_pass_through(path: str) -> None:
     f = tflow.tflow()
     f.request.path = path
+    ExchangeStart().requestheaders(f)
     Routing(table()).requestheaders(f)
     ex = exchange(f)
     assert f.response is None and ex is not None and ex.outcome.verdict == "passthrough"

@@ -4,6 +4,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
+from addons.start import ExchangeStart
 from addons.tls import TlsTermination
 from proxy.pipeline.exchange import exchange
 from proxy.tls import ServerCertificate, server_certificate
@@ -25,6 +26,7 @@ def plain_flow(tls: bool = False) -> http.HTTPFlow:
 
 def test_plain_http_is_refused_with_a_reason_when_tls_is_on(cert: ServerCertificate) -> None:
     f = plain_flow()
+    ExchangeStart().requestheaders(f)
     TlsTermination(cert).requestheaders(f)
     assert f.response is not None and f.response.status_code == 400
     assert f.response.headers["connection"] == "close"
@@ -37,12 +39,14 @@ def test_tls_requests_and_allowed_plain_requests_pass(
     cert: ServerCertificate, plain_http: str, tls: bool
 ) -> None:
     f = plain_flow(tls)
+    ExchangeStart().requestheaders(f)
     TlsTermination(cert, plain_http).requestheaders(f)
     assert f.response is None
 
 
 def test_without_a_certificate_nothing_is_refused() -> None:
     f = plain_flow()
+    ExchangeStart().requestheaders(f)
     TlsTermination(None, "refuse").requestheaders(f)
     assert f.response is None
 

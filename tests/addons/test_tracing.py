@@ -21,6 +21,7 @@ from addons.dedup import Dedup
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
 from addons.routing import Routing
+from addons.start import ExchangeStart
 from addons.tracing import TracingAddon
 from addons.verify import Verify
 from proxy.observability.instrumented_store import InstrumentedStore
@@ -45,6 +46,7 @@ class Chain:
         self.upstream = FakeUpstream(result)
         self.tasks = BackgroundTasks()
         self.addons: list[Any] = [
+            ExchangeStart(),
             *([TracingAddon(tracing)] if tracing else []),
             MetricsAddon(self.metrics),
             Routing(self.table),

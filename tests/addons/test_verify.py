@@ -5,7 +5,7 @@ import time
 import pytest
 
 from addons.verify import Verify, inbound_of
-from proxy.pipeline.forwarding import query_items
+from proxy.pipeline.exchange import query_items
 from proxy.stores.base import StoreUnavailable
 from proxy.tools.sender import mp_verify_url
 from tests.addons.conftest import TOKEN, Nonces, flow_of, mp_flow, routed, table

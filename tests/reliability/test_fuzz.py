@@ -33,6 +33,7 @@ from addons.envelope import Envelope
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
 from addons.routing import Routing
+from addons.start import ExchangeStart
 from addons.verify import Verify
 from proxy.config import parse_config
 from proxy.observability.metrics import Metrics
@@ -351,6 +352,7 @@ async def through_chain(
     settlement = StoreSettlement(store)
     chain = [
         MetricsAddon(Metrics(CollectorRegistry())),
+        ExchangeStart(),
         Routing(table, "deny"),
         Admission(),
         Verify(store.remember),
