@@ -1,4 +1,17 @@
-"""The ``wxgate`` command: run, check, send, demo-backend."""
+"""The ``wxgate`` command: run, check, send, outbox, demo-backend.
+
+``-c/--config FILE`` goes before or after the subcommand (``wxgate -c FILE run``, ``wxgate run -c FILE``; given
+twice, the later one wins). Each subcommand is one ``cmd_*`` function, found in :data:`COMMANDS`.
+
+What a user can meet, printed on stderr without a traceback (:data:`ERRORS`), and the exit status:
+
+* ``ConfigError``       2  ``wxgate: configuration error:`` and what is wrong (every command that reads a config)
+* ``StoreUnavailable``  1  ``wxgate: cannot open the store: …`` and what to check (run, outbox)
+* ``CannotListen``      1  ``wxgate: cannot listen: …``: the admin port is taken or not ours to bind (run; the
+                           listener's own failure is reported by mitmproxy)
+* ``UnusableOptions``   2  ``wxgate send: …``: no request can be built from these options (e.g. no --signing-key)
+* a usage error         2  argparse's usage line and what it did not understand
+"""
 
 from __future__ import annotations
 
@@ -8,7 +21,7 @@ import errno
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -16,7 +29,25 @@ import yaml
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, redacted
 from proxy.observability import logs
+from proxy.stores import StoreUnavailable
 from proxy.tools import outbox_cli
+
+
+class CannotListen(Exception):
+    """The admin address is taken or not ours to bind."""
+
+
+class UnusableOptions(Exception):
+    """``wxgate send``: the options and the route cannot make a request."""
+
+
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    # exception: (exit status, what stderr says before the exception's own message)
+    ConfigError: (2, "wxgate: configuration error:\n"),
+    StoreUnavailable: (1, "wxgate: cannot open the store: "),
+    CannotListen: (1, "wxgate: cannot listen: "),
+    UnusableOptions: (2, "wxgate send: "),
+}
 
 
 def _load(path: str) -> Config:
@@ -27,11 +58,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logs.setup(config.log_level)
     from proxy.cpus import resolve_workers
-    from proxy.stores import StoreUnavailable
     from proxy.worker_role import WorkerRole
 
     role = WorkerRole.from_environ(os.environ)  # set when a `workers: N` supervisor started this process
     workers = resolve_workers(config.workers)
+    # An embedded store that cannot open raises StoreUnavailable (a shared one is waited for).
     try:
         if role is None and workers > 1:
             from proxy.workers import supervise
@@ -40,15 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from proxy.app import serve
 
         return asyncio.run(serve(config, Path(args.config), role))
-    except StoreUnavailable as e:  # an embedded store that cannot open (a shared one is waited for)
-        print(f"wxgate: cannot open the store: {e}", file=sys.stderr)
-        return 1
     except OSError as e:
         if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise
-        # The admin port taken or not ours to bind (the listener's own failure is reported by mitmproxy).
-        print(f"wxgate: cannot listen: {e}", file=sys.stderr)
-        return 1
+        raise CannotListen(e) from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -94,8 +120,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         sender.build(route, opts)
     except (ValueError, OSError) as e:
-        print(f"wxgate send: {e}", file=sys.stderr)
-        return 2
+        raise UnusableOptions(e) from None
 
     def show(a: sender.Attempt) -> None:
         body = a.body.decode("utf-8", "replace")
@@ -117,23 +142,52 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return asyncio.run(outbox_cli.run(_load(args.config), args))
 
 
-def cmd_demo_backend(args: argparse.Namespace, rest: Sequence[str]) -> int:
+def cmd_demo_backend(args: argparse.Namespace) -> int:
     from proxy.tools import demo_backend
 
-    return demo_backend.main(list(rest))
+    return demo_backend.main(args.passed_on)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "send": cmd_send,
+    "outbox": cmd_outbox,
+    "demo-backend": cmd_demo_backend,
+}
+PASSES_ON = {"demo-backend"}  # subcommands that parse their own arguments
+
+
+def config_option(top: bool = False) -> argparse.ArgumentParser:
+    """A parent parser with ``-c/--config``. Only the top level has a default: a subcommand's own ``-c`` is
+    absent unless given (argparse copies a subcommand's values over the top level's), so the later one wins."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "-c",
+        "--config",
+        default="proxy.yaml" if top else argparse.SUPPRESS,
+        help="configuration file (default ./proxy.yaml)",
+    )
+    return p
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wxgate", description="Sidecar proxy for WeChat callbacks.")
+    p = argparse.ArgumentParser(
+        prog="wxgate", description="Sidecar proxy for WeChat callbacks.", parents=[config_option(top=True)]
+    )
     p.add_argument("--version", action="version", version=f"wxgate {__version__}")
-    p.add_argument("-c", "--config", default="proxy.yaml", help="configuration file (default ./proxy.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the sidecar")
+    config = [config_option()]
+    sub.add_parser("run", help="run the sidecar", parents=config)
     sub.add_parser(
-        "check", help="validate the configuration and print the effective routes (secrets redacted)"
+        "check",
+        help="validate the configuration and print the effective routes (secrets redacted)",
+        parents=config,
     )
     s = sub.add_parser(
-        "send", help="send a signed callback like the route's sender does (5 s timeout, 3 retries)"
+        "send",
+        help="send a signed callback like the route's sender does (5 s timeout, 3 retries)",
+        parents=config,
     )
     s.add_argument(
         "kind",
@@ -158,22 +212,22 @@ def parser() -> argparse.ArgumentParser:
         "--serial", help="Pay v3: the Wechatpay-Serial to send (default: the route's first key id)"
     )
     sub.add_parser("demo-backend", help="run the demo legacy backend (see --help)", add_help=False)
-    outbox_cli.add_parser(sub)
+    outbox_cli.add_parser(sub, parents=config)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "demo-backend" in argv:
-        i = argv.index("demo-backend")
-        return cmd_demo_backend(argparse.Namespace(), argv[i + 1 :])
-    args = parser().parse_args(argv)
-    handlers = {"run": cmd_run, "check": cmd_check, "send": cmd_send, "outbox": cmd_outbox}
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if rest and args.command not in PASSES_ON:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.passed_on = rest
     try:
-        return handlers[args.command](args)
-    except ConfigError as e:
-        print(f"wxgate: configuration error:\n{e}", file=sys.stderr)
-        return 2
+        return COMMANDS[args.command](args)
+    except tuple(ERRORS) as e:
+        status, prefix = next(v for kind, v in ERRORS.items() if isinstance(e, kind))
+        print(f"{prefix}{e}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def load_tls(config: Config) -> ServerCertificate | None:
     if config.tls is None:
         return None
     try:
-        return server_certificate(config.tls.cert_file, config.tls.key_file, config.tls.min_version)
+        return server_certificate(config.tls.certified_key, config.tls.min_version)
     except ValueError as e:
         raise ConfigError(f"tls: {e}") from None
 

@@ -1,24 +1,19 @@
 """TLS termination on the listener: the certificate senders are shown, loaded from PEM files.
 
-Owns ``tls.cert_file``, ``tls.key_file`` and ``tls.min_version`` (``tls.plain_http`` is the addon's). Files are read
-once per load (start and every SIGHUP), checked (the key belongs to the first certificate), and turned into one
-OpenSSL context that every new connection shares; a reload builds a new context, so connections already open
-keep the certificate they were handshaken with. Errors are ``ValueError`` naming the file and what to fix.
+Owns ``tls.min_version`` (``tls.plain_http`` is the addon's). ``tls.cert_file`` and ``tls.key_file`` are read once
+per load (start and every SIGHUP) when the configuration is validated (:mod:`proxy.config.certificates`); what was
+read and checked is turned here into one OpenSSL context that every new connection shares. A reload builds a new
+context, so connections already open keep the certificate they were handshaken with. Errors are ``ValueError``
+naming the file and what to fix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 
-PrivateKey = (
-    rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
-)
+from proxy.config.certificates import CertifiedKey
 
 # Mozilla's "intermediate" TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are OpenSSL's own).
 CIPHERS_TLS12 = (
@@ -28,45 +23,6 @@ CIPHERS_TLS12 = (
 MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 # Every sender speaks HTTP/1.1; h2 is chosen only for a client that offers nothing else.
 ALPN_PREFERENCE = (b"http/1.1", b"h2")
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read {what} {path} ({e.strerror})") from None
-
-
-def read_chain(path: Path) -> list[x509.Certificate]:
-    """The PEM certificates in ``path``: the server certificate first, then its intermediates."""
-    raw = _read(path, "certificate file")
-    try:
-        return x509.load_pem_x509_certificates(raw)
-    except ValueError:
-        raise ValueError(
-            f"{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----, the server certificate first)"
-        ) from None
-
-
-def read_key(path: Path) -> PrivateKey:
-    raw = _read(path, "key file")
-    try:
-        key = serialization.load_pem_private_key(raw, password=None)
-    except TypeError:
-        raise ValueError(f"{path} is encrypted; wxgate needs the PEM private key unencrypted") from None
-    except ValueError:
-        raise ValueError(f"{path} holds no PEM private key (expected -----BEGIN PRIVATE KEY-----)") from None
-    if not isinstance(key, PrivateKey):
-        raise ValueError(f"{path}: {type(key).__name__} keys cannot serve TLS; use an RSA or EC key")
-    return key
-
-
-def check_pair(chain: list[x509.Certificate], key: PrivateKey, cert_file: Path, key_file: Path) -> None:
-    if chain[0].public_key() != key.public_key():
-        raise ValueError(
-            f"the key in {key_file} does not belong to the first certificate in {cert_file} "
-            "(put the server certificate first, then its intermediates)"
-        )
 
 
 def select_alpn(conn: SSL.Connection, offers: list[bytes]) -> bytes | SSL._NoOverlappingProtocols:
@@ -85,10 +41,9 @@ class ServerCertificate:
     subject: str
 
 
-def server_certificate(cert_file: Path, key_file: Path, min_version: str = "1.2") -> ServerCertificate:
-    chain = read_chain(cert_file)
-    key = read_key(key_file)
-    check_pair(chain, key, cert_file, key_file)
+def server_certificate(certified: CertifiedKey, min_version: str = "1.2") -> ServerCertificate:
+    """The OpenSSL context serving ``certified`` (the files as ``tls`` validation read them)."""
+    chain, key, cert_file = certified.chain, certified.key, certified.cert_file
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(MIN_VERSIONS[min_version])
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)

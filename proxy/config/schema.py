@@ -2,7 +2,8 @@
 
 Validation happens once at start (and by ``wxgate check``); an error names the key path (``routes[0].token``)
 and says what is expected. Unknown keys are errors. Reading the file, ``${ENV}`` interpolation and secret files
-are :mod:`proxy.config.loading`'s; this module does no I/O of its own except the TLS files a listener names.
+are :mod:`proxy.config.loading`'s; this module does no I/O of its own except reading, once, the TLS files a listener names
+(:mod:`proxy.config.certificates`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
+from proxy.config.certificates import CertifiedKey, read_chain, read_key
 from proxy.stores.url import MEMORY, parse_redis_url, scheme_of, sqlite_path
 
 SECRET_KEYS = frozenset(
@@ -195,28 +199,37 @@ class ListenerTls(_Strict):
     plain_http: Literal["refuse", "allow"] = "refuse"
     """Plain HTTP on the TLS port: `refuse` answers 400 and closes the connection, `allow` serves both."""
 
-    @field_validator("cert_file")
-    @classmethod
-    def _readable_chain(cls, v: Path) -> Path:
-        from proxy.tls import read_chain
-
-        read_chain(v)
-        return v
-
-    @field_validator("key_file")
-    @classmethod
-    def _readable_key(cls, v: Path) -> Path:
-        from proxy.tls import read_key
-
-        read_key(v)
-        return v
+    _certified: CertifiedKey | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _key_matches(self) -> ListenerTls:
-        from proxy.tls import check_pair, read_chain, read_key
-
-        check_pair(read_chain(self.cert_file), read_key(self.key_file), self.cert_file, self.key_file)
+    def _read_files(self) -> ListenerTls:
+        # Each file is read once, here; the TLS context is built from what was read (proxy.tls), never re-read.
+        chain, key, problems = None, None, []
+        try:
+            chain = read_chain(self.cert_file)
+        except ValueError as e:
+            problems.append(_problem("cert_file", self.cert_file, e))
+        try:
+            key = read_key(self.key_file)
+        except ValueError as e:
+            problems.append(_problem("key_file", self.key_file, e))
+        if problems or chain is None or key is None:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        self._certified = CertifiedKey(self.cert_file, self.key_file, chain, key)  # checks the pair
         return self
+
+    @property
+    def certified_key(self) -> CertifiedKey:
+        """The certificate chain and key as read (and checked) when this configuration was validated."""
+        assert self._certified is not None, "a validated ListenerTls has read its files"
+        return self._certified
+
+
+def _problem(key: str, value: object, error: ValueError) -> InitErrorDetails:
+    """A validation error at ``key`` (a model validator's own errors have no key of their own)."""
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": str(error)}), loc=(key,), input=value
+    )
 
 
 class RouteBase(_Strict):

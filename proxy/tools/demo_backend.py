@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,56 @@ def passive_text(msg: dict[str, str], content: str) -> bytes:
             "Content": content,
         }
     )
+
+
+FIXED: dict[str, tuple[int, str, bytes]] = {  # mode: (status, content type, body)
+    "success": (200, "text/plain", b"success"),
+    "empty": (200, "text/plain", b""),
+    "ok": (200, "text/plain", b"ok"),
+    "json": (200, "application/json", b'{"errcode":0,"errmsg":"ok"}'),
+    "html500": (500, "text/html", b"<html><body><h1>500 Internal Server Error</h1></body></html>"),
+    "status201": (201, "text/plain", b"created"),
+    "fail": (500, "text/plain", b"backend failed"),
+    "payfail": (200, "text/xml", b"<xml><return_code><![CDATA[FAIL]]></return_code></xml>"),
+    "paysuccess": (
+        200,
+        "text/xml",
+        b"<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>",
+    ),
+    "v3fail": (500, "application/json", b'{"code":"FAIL","message":"busy"}'),
+    "html200": (200, "text/html", b"<!DOCTYPE html><html><body><h1>Server Error</h1></body></html>"),
+    "v3error200": (200, "application/json", b'{"code":"ERROR","message":"db down"}'),
+}
+
+
+def _passive(request: web.Request, body: bytes) -> web.Response:
+    """A text passive reply echoing the message (``success`` when the body is no WeChat XML)."""
+    try:
+        msg = xmlmsg.parse(body)
+    except Rejected:
+        return web.Response(text="success")
+    return web.Response(
+        body=passive_text(msg, f"echo: {msg.get('Content', msg.get('Event', ''))}"),
+        content_type="application/xml",
+    )
+
+
+def _down(request: web.Request, body: bytes) -> web.Response:
+    """Drop the connection without an answer."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=500)
+
+
+def _fixed(status: int, content_type: str, data: bytes) -> Callable[[web.Request, bytes], web.Response]:
+    return lambda request, body: web.Response(status=status, body=data, content_type=content_type)
+
+
+MODES: dict[str, Callable[[web.Request, bytes], web.Response]] = {
+    "passive": _passive,
+    "down": _down,
+    **{mode: _fixed(*answer) for mode, answer in FIXED.items()},
+}
 
 
 class DemoBackend:
@@ -80,49 +131,26 @@ class DemoBackend:
             _, seconds, then = (mode + ":passive").split(":", 2)
             await asyncio.sleep(float(seconds))
             mode = then.split(":", 1)[0]
-        if mode == "down":
-            if request.transport is not None:
-                request.transport.close()
-            return web.Response(status=500)
-        simple: dict[str, tuple[int, str, bytes]] = {
-            "success": (200, "text/plain", b"success"),
-            "empty": (200, "text/plain", b""),
-            "ok": (200, "text/plain", b"ok"),
-            "json": (200, "application/json", b'{"errcode":0,"errmsg":"ok"}'),
-            "html500": (500, "text/html", b"<html><body><h1>500 Internal Server Error</h1></body></html>"),
-            "status201": (201, "text/plain", b"created"),
-            "fail": (500, "text/plain", b"backend failed"),
-            "payfail": (200, "text/xml", b"<xml><return_code><![CDATA[FAIL]]></return_code></xml>"),
-            "paysuccess": (
-                200,
-                "text/xml",
-                b"<xml><return_code><![CDATA[SUCCESS]]></return_code>"
-                b"<return_msg><![CDATA[OK]]></return_msg></xml>",
-            ),
-            "v3fail": (500, "application/json", b'{"code":"FAIL","message":"busy"}'),
-            "html200": (200, "text/html", b"<!DOCTYPE html><html><body><h1>Server Error</h1></body></html>"),
-            "v3error200": (200, "application/json", b'{"code":"ERROR","message":"db down"}'),
-        }
-        if mode in simple:
-            status, ctype, data = simple[mode]
-            return web.Response(status=status, body=data, content_type=ctype)
-        try:
-            msg = xmlmsg.parse(body)
-        except Rejected:
-            return web.Response(text="success")
-        return web.Response(
-            body=passive_text(msg, f"echo: {msg.get('Content', msg.get('Event', ''))}"),
-            content_type="application/xml",
-        )
+        return MODES.get(mode, _passive)(request, body)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not host:port")
+    return host or "127.0.0.1", int(port)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="wxgate demo-backend", description=__doc__.splitlines()[0])
-    p.add_argument("--listen", default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)")
-    p.add_argument("--mode", default="passive")
+    p.add_argument(
+        "--listen", type=_listen, default="127.0.0.1:9000", help="host:port (default 127.0.0.1:9000)"
+    )
+    p.add_argument("--mode", default="passive", help=f"one of {', '.join(MODES)}, slow:N or slow:N:MODE")
     args = p.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
+    host, port = args.listen
     backend = DemoBackend(args.mode)
-    print(json.dumps({"msg": "demo backend listening", "listen": args.listen, "mode": args.mode}), flush=True)
-    web.run_app(backend.app, host=host or "127.0.0.1", port=int(port), print=None, access_log=None)
+    listening = {"msg": "demo backend listening", "listen": f"{host}:{port}", "mode": args.mode}
+    print(json.dumps(listening), flush=True)
+    web.run_app(backend.app, host=host, port=port, print=None, access_log=None)
     return 0

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives import serialization
@@ -150,63 +151,70 @@ def _wechat_xml(opts: SendOptions, to: str) -> bytes:
 
 
 def _build(route: RouteBase, opts: SendOptions) -> traffic.Outbound:
-    if isinstance(route, WechatMpRoute):
-        token = route.token.reveal()
-        if opts.kind == "verify":
-            return traffic.mp_url_check(route.path, token, str(secrets.randbelow(10**19)), _now(), _nonce())
-        aes = route.encoding_aes_key.reveal() if route.encoding_aes_key else None
-        return traffic.mp_message(
-            route.path,
-            token,
-            _wechat_xml(opts, "gh_demo"),
-            _now(),
-            _nonce(),
-            openid=opts.user,
-            encoding_aes_key=aes,
-            app_id=route.app_id or "",
-        )
-    if isinstance(route, WecomRoute):
-        token, aes = route.token.reveal(), route.encoding_aes_key.reveal()
-        if opts.kind == "verify":
-            echo = str(secrets.randbelow(10**19))
-            return traffic.wecom_url_check(route.path, token, aes, route.receive_id, echo, _now(), _nonce())
-        return traffic.wecom_message(
-            route.path,
-            token,
-            aes,
-            route.receive_id,
-            _wechat_xml(opts, route.receive_id),
-            _now(),
-            _nonce(),
-            agent_id="1000002",
-        )
-    if isinstance(route, WechatPayV2Route):
-        return _pay_v2(
-            route.path, route.api_key.reveal(), route.mch_id, route.app_id or "wxd930ea5d5a258f4f", opts
-        )
-    if isinstance(route, WechatPayV3Route):
-        return _pay_v3(route, opts)
-    if isinstance(route, HmacRoute):
-        params = {"event": opts.event, "id": opts.message_id, "content": opts.content}
-        return traffic.hmac_request(
-            route.path,
-            route.secret.reveal(),
-            params,
-            _now(),
-            _nonce(),
-            sign_param=route.sign_param,
-            sign_header=route.sign_header,
-            timestamp_param=route.timestamp_param,
-            nonce_param=route.nonce_param,
-        )
-    if isinstance(route, StandardWebhooksRoute):
-        body = json.dumps(
-            {"type": opts.event, "data": {"id": opts.message_id, "content": opts.content}}
-        ).encode()
-        return traffic.standard_webhook(
-            route.path, route.secret.reveal(), f"msg_{opts.message_id}", _now(), body
-        )
-    raise ValueError(f"no sender for route {route.name!r}")
+    builder = _SENDERS.get(type(route))
+    if builder is None:
+        raise ValueError(f"no sender for route {route.name!r}")
+    return builder(route, opts)
+
+
+def _wechat_mp(route: WechatMpRoute, opts: SendOptions) -> traffic.Outbound:
+    token = route.token.reveal()
+    if opts.kind == "verify":
+        return traffic.mp_url_check(route.path, token, str(secrets.randbelow(10**19)), _now(), _nonce())
+    aes = route.encoding_aes_key.reveal() if route.encoding_aes_key else None
+    return traffic.mp_message(
+        route.path,
+        token,
+        _wechat_xml(opts, "gh_demo"),
+        _now(),
+        _nonce(),
+        openid=opts.user,
+        encoding_aes_key=aes,
+        app_id=route.app_id or "",
+    )
+
+
+def _wecom(route: WecomRoute, opts: SendOptions) -> traffic.Outbound:
+    token, aes = route.token.reveal(), route.encoding_aes_key.reveal()
+    if opts.kind == "verify":
+        echo = str(secrets.randbelow(10**19))
+        return traffic.wecom_url_check(route.path, token, aes, route.receive_id, echo, _now(), _nonce())
+    return traffic.wecom_message(
+        route.path,
+        token,
+        aes,
+        route.receive_id,
+        _wechat_xml(opts, route.receive_id),
+        _now(),
+        _nonce(),
+        agent_id="1000002",
+    )
+
+
+def _wechat_pay_v2(route: WechatPayV2Route, opts: SendOptions) -> traffic.Outbound:
+    return _pay_v2(
+        route.path, route.api_key.reveal(), route.mch_id, route.app_id or "wxd930ea5d5a258f4f", opts
+    )
+
+
+def _hmac(route: HmacRoute, opts: SendOptions) -> traffic.Outbound:
+    params = {"event": opts.event, "id": opts.message_id, "content": opts.content}
+    return traffic.hmac_request(
+        route.path,
+        route.secret.reveal(),
+        params,
+        _now(),
+        _nonce(),
+        sign_param=route.sign_param,
+        sign_header=route.sign_header,
+        timestamp_param=route.timestamp_param,
+        nonce_param=route.nonce_param,
+    )
+
+
+def _standard_webhooks(route: StandardWebhooksRoute, opts: SendOptions) -> traffic.Outbound:
+    body = json.dumps({"type": opts.event, "data": {"id": opts.message_id, "content": opts.content}}).encode()
+    return traffic.standard_webhook(route.path, route.secret.reveal(), f"msg_{opts.message_id}", _now(), body)
 
 
 def _pay_v2(path: str, api_key: str, mch_id: str, app_id: str, opts: SendOptions) -> traffic.Outbound:
@@ -270,6 +278,16 @@ def _pay_v3(route: WechatPayV3Route, opts: SendOptions) -> traffic.Outbound:
         notification_id=f"EV-{opts.message_id}",
         probe=opts.probe,
     )
+
+
+_SENDERS: dict[type[RouteBase], Callable[[Any, SendOptions], traffic.Outbound]] = {
+    WechatMpRoute: _wechat_mp,
+    WecomRoute: _wecom,
+    WechatPayV2Route: _wechat_pay_v2,
+    WechatPayV3Route: _pay_v3,
+    HmacRoute: _hmac,
+    StandardWebhooksRoute: _standard_webhooks,
+}
 
 
 def accepted(status: int, body: bytes) -> bool:

@@ -6,6 +6,7 @@ from mitmproxy.test import tflow
 
 from addons.start import ExchangeStart
 from addons.tls import TlsTermination
+from proxy.config import parse_config
 from proxy.pipeline.exchange import exchange
 from proxy.tls import ServerCertificate, server_certificate
 from tests.support.certs import authority, server_cert
@@ -15,7 +16,9 @@ from tests.support.certs import authority, server_cert
 def cert(tmp_path_factory: pytest.TempPathFactory) -> ServerCertificate:
     d = tmp_path_factory.mktemp("tls")
     server_cert(authority(), d / "c.pem", d / "k.pem")
-    return server_certificate(d / "c.pem", d / "k.pem")
+    tls = parse_config({"tls": {"cert_file": str(d / "c.pem"), "key_file": str(d / "k.pem")}}, {}).tls
+    assert tls is not None
+    return server_certificate(tls.certified_key)
 
 
 def plain_flow(tls: bool = False) -> http.HTTPFlow:

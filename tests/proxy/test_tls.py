@@ -18,11 +18,35 @@ def tls_config(cert: Path, key: Path) -> dict[str, object]:
 
 def test_a_matching_pair_loads_with_its_expiry(tmp_path: Path) -> None:
     cert = server_cert(authority(), tmp_path / "c.pem", tmp_path / "k.pem", days=3)
-    loaded = server_certificate(tmp_path / "c.pem", tmp_path / "k.pem")
-    assert loaded.not_after == cert.not_valid_after_utc.timestamp()
-    assert loaded.subject == "CN=localhost"
     cfg = parse_config(tls_config(tmp_path / "c.pem", tmp_path / "k.pem"), {})
     assert cfg.tls is not None and cfg.tls.plain_http == "refuse" and cfg.tls.min_version == "1.2"
+    loaded = server_certificate(cfg.tls.certified_key)
+    assert loaded.not_after == cert.not_valid_after_utc.timestamp()
+    assert loaded.subject == "CN=localhost"
+
+
+def test_each_file_is_read_once_and_what_was_checked_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = authority()
+    first = server_cert(ca, tmp_path / "c.pem", tmp_path / "k.pem", days=3)
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counted(path: Path) -> bytes:
+        reads.append(path.name)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    cfg = parse_config(tls_config(tmp_path / "c.pem", tmp_path / "k.pem"), {})
+    assert cfg.tls is not None
+    # a renewal landing between validation and the context build is not mixed into it
+    renewed = server_cert(ca, tmp_path / "c.pem", tmp_path / "k.pem", days=30)
+    loaded = server_certificate(cfg.tls.certified_key, cfg.tls.min_version)
+    assert sorted(reads) == ["c.pem", "k.pem"]
+    assert (
+        loaded.not_after == first.not_valid_after_utc.timestamp() != renewed.not_valid_after_utc.timestamp()
+    )
 
 
 def test_config_errors_name_the_key_and_the_file(tmp_path: Path) -> None:
