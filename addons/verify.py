@@ -31,7 +31,11 @@ logger = logging.getLogger("wxgate")
 Remember = Callable[[str, float], Awaitable[bool]]
 
 
-def inbound_of(request: http.Request, query_items: list[tuple[str, str]] | None = None) -> Inbound:
+def inbound_of(
+    request: http.Request,
+    query_items: list[tuple[str, str]] | None = None,
+    path_params: dict[str, str] | None = None,
+) -> Inbound:
     """The request as protocols see it: first value of each query name; header names lower-cased, a repeated
     header's values joined with ", " (as mitmproxy's ``Headers`` reads them), read from the raw fields; what the
     route's path template captured."""
@@ -44,7 +48,8 @@ def inbound_of(request: http.Request, query_items: list[tuple[str, str]] | None 
         name = raw_name.decode("utf-8", "surrogateescape").lower()
         value = raw_value.decode("utf-8", "surrogateescape")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return Inbound(request.method, path.split("?", 1)[0], query, headers, request.raw_content or b"")
+    body = request.raw_content or b""
+    return Inbound(request.method, path.split("?", 1)[0], query, headers, body, path_params or {})
 
 
 class Verify:
@@ -67,13 +72,17 @@ class Verify:
 
     async def _verify(self, flow: http.HTTPFlow, ex: Routed) -> None:
         route = ex.route
-        ex.inbound = inbound_of(flow.request, request_query(flow, ex))
+        path_params = route.path_params(flow.request.path)
+        ex.inbound = inbound_of(flow.request, request_query(flow, ex), path_params)
         try:
             verified = route.protocol.verify(ex.inbound, self.clock())
         except Rejected as r:
             return reject(flow, ex, r.reason, r.status)
         ex.verified = verified
         ex.outcome.key_id = verified.key_id
+        if verified.tenant is not None:
+            ex.outcome.tenant = verified.tenant
+            ex.outcome.tenant_verified = "true" if verified.tenant_verified else "false"
         if verified.direct_reply is not None:
             ex.outcome.verdict = "direct"
             return respond(flow, ex, verified.direct_reply)

@@ -19,13 +19,16 @@ from proxy.config.schema import (
     RouteBase,
     Secret,
     StandardWebhooksRoute,
+    WechatMiniProgramRoute,
     WechatMpRoute,
+    WechatOpenPlatformRoute,
     WechatPayV2Route,
     WechatPayV3Route,
     WecomRoute,
     parse_duration,
     parse_size,
     secret_problem,
+    template_params,
 )
 
 __all__ = [
@@ -44,7 +47,9 @@ __all__ = [
     "RouteBase",
     "Secret",
     "StandardWebhooksRoute",
+    "WechatMiniProgramRoute",
     "WechatMpRoute",
+    "WechatOpenPlatformRoute",
     "WechatPayV2Route",
     "WechatPayV3Route",
     "WecomRoute",
@@ -55,4 +60,5 @@ __all__ = [
     "redact_url",
     "redacted",
     "secret_problem",
+    "template_params",
 ]

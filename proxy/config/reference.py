@@ -73,6 +73,8 @@ def type_name(annotation: Any, metadata: list[Any] | None = None) -> str:
         return " or ".join(dict.fromkeys(names))
     if origin is list:
         return f"list of {type_name(args[0])}"
+    if origin is dict:
+        return f"mapping of {type_name(args[0])} to {type_name(args[1])}"
     if annotation in (ipaddress.IPv4Network, ipaddress.IPv6Network):
         return "CIDR"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

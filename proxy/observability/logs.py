@@ -1,7 +1,8 @@
 """JSON logging: one line per request from its outcome record, and JSON for everything else wxgate logs.
 
 Secrets, tokens, ciphertexts and message contents are never logged: the outcome record holds only closed
-labels, numbers, the dedup key's hash and the user's keyed hash (:class:`UserRef`).
+labels, numbers, the dedup key's hash, the user's keyed hash (:class:`UserRef`) and, on an Open Platform message
+route, the authorizer's appid (``tenant``: an account's public id, not a user's).
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ class Outcome:
     deadline: Policy | Literal[""] = ""  # the policy that answered at the deadline, if one did
     outbox: OutboxState | Literal[""] = ""  # the notification went to the outbox (or could not)
     user: str = ""  # hash of the sender-side user id (openid / FromUserName), never the id itself
+    # the account a multi-tenant route received the message for (an Open Platform authorizer's appid), and
+    # whether it was bound to the authenticated message (as the backend's header says it); spans and logs only,
+    # never a metric label (thousands of tenants)
+    tenant: str = ""
+    tenant_verified: Literal["", "true", "false"] = ""
     status: int = 0
     duration_seconds: float = 0.0
 

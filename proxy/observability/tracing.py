@@ -5,7 +5,7 @@ Spans (attribute keys from ``opentelemetry.semconv`` where one exists, ``wxgate.
 
 - SERVER ``{METHOD} {http.route}`` per inbound request (``{METHOD}`` when no route matched); 5xx is ERROR, 4xx
   stays UNSET; ``wxgate.route/protocol/verdict/reason/key_id/dedup.result/dedup.key/attempt/upstream.result/
-  reply_kind/normalized/deadline/outbox`` from the outcome record. Retries of one notification share
+  reply_kind/normalized/deadline/outbox/tenant`` (and ``wxgate.tenant.verified``) from the outcome record. Retries of one notification share
   ``wxgate.dedup.key`` (the key's hash), which is how a trace backend finds them together.
 - CLIENT ``{METHOD} {route path}`` per backend call, child of the server span; its ``traceparent`` is what the
   backend receives. Any non-2xx answer, timeout or refusal is ERROR with ``error.type``.
@@ -109,11 +109,14 @@ def outcome_attributes(o: Outcome) -> dict[str, AttributeValue]:
         ("wxgate.normalized", o.normalized),
         ("wxgate.deadline", o.deadline),
         ("wxgate.outbox", o.outbox),
+        ("wxgate.tenant", o.tenant),
     )
     for key, value in optional:
         if value:
             # key_id comes from a request header (Wechatpay-Serial and the like): bounded like the rest.
             attrs[key] = bounded(value) if isinstance(value, str) else value
+    if o.tenant_verified:
+        attrs["wxgate.tenant.verified"] = o.tenant_verified == "true"
     return attrs
 
 

@@ -1,16 +1,29 @@
-"""The route table: which configured route a request belongs to, with everything built for it once at start."""
+"""The route table: which configured route a request belongs to, with everything built for it once at start.
+
+Paths are fixed strings, except an Open Platform message route's template (``/open/{appid}/callback``, where the
+console URL has ``$APPID$``): its ``{name}`` segment matches one segment of a request's path that is already in
+canonical form and that the parameter's check accepts (:data:`PATH_PARAM_CHECKS`: an appid), and the value goes
+to the protocol as ``Inbound.path_params``. Exact paths are matched first, then templates; any other spelling of
+a template's path (``/OPEN/wx…/callback``, ``/open/%77x…/callback``, ``/open/wx…/callback/``) is
+:meth:`RouteTable.impersonated` like a fixed path's.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from proxy.config import Config, RouteBase
+from proxy.config import Config, RouteBase, template_params
 from proxy.config.schema import Policy
 from proxy.protocols import build_protocol
 from proxy.protocols.base import Protocol
+from proxy.protocols.wechat_open import is_appid
+
+# What a template segment must hold, by its name (the schema says which protocols take which names).
+PATH_PARAM_CHECKS: Mapping[str, Callable[[str], bool]] = {"appid": is_appid}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +40,11 @@ class RouteRuntime:
     dedup_ttl: float
     methods: frozenset[str]
     content_types: frozenset[str] | None  # a POST's accepted content types; None: any
+    template: PathTemplate | None = None  # the path's template segments, if it has any
+
+    def path_params(self, path: str) -> dict[str, str]:
+        """What this route's template captures from ``path`` (empty for a fixed path)."""
+        return (self.template.capture(path) or {}) if self.template is not None else {}
 
 
 def effective_policy(route: RouteBase, protocol: type[Protocol] | Protocol) -> Policy:
@@ -55,6 +73,7 @@ def build_route(config: Config, route: RouteBase) -> RouteRuntime:
         dedup_ttl=effective_dedup_ttl(route, protocol),
         methods=frozenset(route.methods or protocol.default_methods),
         content_types=protocol.content_types,
+        template=PathTemplate.parse(route.path),
     )
 
 
@@ -118,31 +137,104 @@ def _stem(segments: tuple[str, ...]) -> tuple[str, ...]:
     return (*segments[:-1], segments[-1].split(".", 1)[0])
 
 
+@dataclass(frozen=True, slots=True)
+class PathTemplate:
+    """A route path with template segments: ``literals`` holds each segment's text, ``None`` where a parameter
+    stands; ``params`` the parameters' positions, names and checks."""
+
+    literals: tuple[str | None, ...]
+    params: tuple[tuple[int, str, Callable[[str], bool]], ...]
+
+    @classmethod
+    def parse(cls, path: str) -> PathTemplate | None:
+        """The template of a configured path, or ``None`` for a fixed path."""
+        if not template_params(path):
+            return None
+        literals: list[str | None] = []
+        params = []
+        for i, seg in enumerate(path.split("/")[1:]):
+            if seg.startswith("{") and seg.endswith("}"):
+                literals.append(None)
+                params.append((i, seg[1:-1], PATH_PARAM_CHECKS[seg[1:-1]]))
+            else:
+                literals.append(seg)
+        return cls(tuple(literals), tuple(params))
+
+    def capture(self, path: str) -> dict[str, str] | None:
+        """``{name: segment}`` when ``path`` (the query aside) is this template with every parameter segment in
+        canonical form (no percent-encoding, case or ``;`` a server would fold) and accepted by its check."""
+        segments = path.split("?", 1)[0].split("/")[1:]
+        if len(segments) != len(self.literals):
+            return None
+        if any(lit is not None and seg != lit for seg, lit in zip(segments, self.literals, strict=True)):
+            return None
+        captured = {}
+        for i, name, check in self.params:
+            seg = segments[i]
+            if path_segments("/" + seg) != (seg,) or not check(seg):
+                return None
+            captured[name] = seg
+        return captured
+
+    def canonical(self) -> tuple[str | None, ...]:
+        """The template in :func:`path_segments` form, ``None`` for each parameter (which any segment fills)."""
+        out: list[str | None] = []
+        for lit in self.literals:
+            out.extend(path_segments("/" + lit) if lit is not None else (None,))
+        return tuple(out)
+
+
+def _fits(pattern: tuple[str | None, ...], segments: tuple[str, ...]) -> bool:
+    """Whether canonical ``segments`` name a template's canonical ``pattern``: equal (the last segment's
+    extension aside), or below it, with any segment where a parameter stands."""
+    if len(segments) < len(pattern):
+        return False
+    head = segments[: len(pattern)]
+    if len(segments) == len(pattern) and pattern[-1] is not None:
+        head, pattern = _stem(head), (*pattern[:-1], pattern[-1].split(".", 1)[0])
+    return all(p is None or p == seg for p, seg in zip(pattern, head, strict=True))
+
+
 class RouteTable:
-    """Exact-path lookup (WeChat callback URLs are fixed strings; query strings are ignored), and the spellings
-    of those paths that a backend framework may route to the same handler (:meth:`impersonated`)."""
+    """Exact-path lookup (WeChat callback URLs are fixed strings; query strings are ignored), then templates,
+    and the spellings of those paths that a backend framework may route to the same handler
+    (:meth:`impersonated`)."""
 
     def __init__(self, routes: list[RouteRuntime]) -> None:
         self.routes = tuple(routes)
         self._by_path: dict[str, RouteRuntime] = {}
         self._by_stem: dict[tuple[str, ...], RouteRuntime] = {}
         self._prefixes: list[tuple[tuple[str, ...], RouteRuntime]] = []
+        self._templates: list[tuple[PathTemplate, tuple[str | None, ...], RouteRuntime]] = []
+        tokens: set[str] = set()
         for r in routes:
+            if r.template is not None:
+                pattern = r.template.canonical()
+                self._templates.append((r.template, pattern, r))
+                # a text naming it holds its last fixed segment
+                tokens.add(_stem(tuple(p for p in pattern if p is not None))[-1])
+                continue
             self._by_path.setdefault(r.config.path, r)
             segments = path_segments(r.config.path)
             self._by_stem.setdefault(_stem(segments), r)
             if segments:
                 self._prefixes.append((segments, r))
-        self._tokens = frozenset(
-            _stem(path_segments(r.config.path))[-1] for r in routes if r.config.path.strip("/")
-        )
+                tokens.add(_stem(segments)[-1])
+        self._tokens = frozenset(tokens)
 
     @classmethod
     def from_config(cls, config: Config) -> RouteTable:
         return cls([build_route(config, r) for r in config.routes])
 
     def match(self, path: str) -> RouteRuntime | None:
-        return self._by_path.get(path.split("?", 1)[0])
+        """The route whose path is exactly ``path``'s (the query aside), else whose template it fills."""
+        route = self._by_path.get(path.split("?", 1)[0])
+        if route is not None or not self._templates:
+            return route
+        for template, _, r in self._templates:
+            if template.capture(path) is not None:
+                return r
+        return None
 
     def impersonated(self, target: str) -> RouteRuntime | None:
         """The route a request target that :meth:`match` did not match could reach at a lenient backend. Such a
@@ -200,5 +292,8 @@ class RouteTable:
             return route
         for prefix, r in self._prefixes:
             if segments[: len(prefix)] == prefix:
+                return r
+        for _, pattern, r in self._templates:
+            if _fits(pattern, segments):
                 return r
         return None

@@ -1,8 +1,9 @@
 """Sender protocols: one pure module per sender, and the factory that builds one for a configured route.
 
 :func:`build_protocol` is the only place that reads key files (Pay v3 platform certificates and public keys);
-the protocol modules themselves never do I/O. A problem is a :class:`~proxy.config.ConfigError` naming the route
-and, for key files, the file.
+the protocol modules themselves never do I/O. An Open Platform route's ``authorizers_file`` is read here too, so a
+reload re-reads it. A problem is a :class:`~proxy.config.ConfigError` naming the route and, for key files, the
+file.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from proxy.config import (
     ConfigError,
     HmacRoute,
     RouteBase,
     Secret,
     StandardWebhooksRoute,
+    WechatMiniProgramRoute,
     WechatMpRoute,
+    WechatOpenPlatformRoute,
     WechatPayV2Route,
     WechatPayV3Route,
     WecomRoute,
@@ -31,19 +36,25 @@ def _rotated(current: Secret | None, previous: Secret | None) -> list[tuple[str,
     return [(key_id, secret.reveal()) for key_id, secret in pairs if secret is not None]
 
 
+def _account(route: WechatMpRoute | WechatMiniProgramRoute) -> dict[str, Any]:
+    """What an Official Account or Mini Program push protocol takes from its route (encryption is required by
+    default once a key is set)."""
+    aes_keys = _rotated(route.encoding_aes_key, route.previous_encoding_aes_key)
+    require = route.require_encryption if route.require_encryption is not None else bool(aes_keys)
+    return {
+        "tokens": _rotated(route.token, route.previous_token),
+        "timestamp_window": route.timestamp_window,
+        "require_encryption": require,
+        "aes_keys": aes_keys,
+        "app_id": route.app_id,
+        "decrypt_for_backend": route.decrypt_for_backend,
+    }
+
+
 def _wechat_mp(route: WechatMpRoute) -> Protocol:
     from proxy.protocols.wechat_mp import WechatMp
 
-    aes_keys = _rotated(route.encoding_aes_key, route.previous_encoding_aes_key)
-    require = route.require_encryption if route.require_encryption is not None else bool(aes_keys)
-    return WechatMp(
-        _rotated(route.token, route.previous_token),
-        timestamp_window=route.timestamp_window,
-        require_encryption=require,
-        aes_keys=aes_keys,
-        app_id=route.app_id,
-        decrypt_for_backend=route.decrypt_for_backend,
-    )
+    return WechatMp(**_account(route))
 
 
 def _wecom(route: WecomRoute) -> Protocol:
@@ -131,6 +142,43 @@ def _standard_webhooks(route: StandardWebhooksRoute) -> Protocol:
     )
 
 
+def _wechat_miniprogram(route: WechatMiniProgramRoute) -> Protocol:
+    from proxy.protocols.wechat_miniprogram import WechatMiniProgram
+
+    return WechatMiniProgram(**_account(route), format=route.format, channels=route.channels)
+
+
+def _authorizers(route: WechatOpenPlatformRoute) -> dict[str, str] | None:
+    """``authorizers``, or the map in ``authorizers_file`` (YAML or JSON; read again on every reload)."""
+    path = route.authorizers_file
+    if path is None:
+        return route.authorizers
+    try:
+        data = yaml.safe_load(_read(route, "authorizers file", path))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"route {route.name}: {path} is neither YAML nor JSON ({e})") from None
+    data = {} if data is None else data  # an empty file: only the 全网发布 test accounts
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(
+            f"route {route.name}: {path} must map each authorizer's appid to its original id (wx…: gh_…)"
+        )
+    return {str(k): v for k, v in data.items()}
+
+
+def _wechat_open_platform(route: WechatOpenPlatformRoute) -> Protocol:
+    from proxy.protocols.wechat_open import WechatOpenPlatform
+
+    return WechatOpenPlatform(
+        route.component_app_id,
+        _rotated(route.token, route.previous_token),
+        _rotated(route.encoding_aes_key, route.previous_encoding_aes_key),
+        kind=route.kind,
+        timestamp_window=route.timestamp_window,
+        decrypt_for_backend=route.decrypt_for_backend,
+        authorizers=_authorizers(route),
+    )
+
+
 _BUILDERS: dict[type[RouteBase], Callable[[Any], Protocol]] = {
     WechatMpRoute: _wechat_mp,
     WecomRoute: _wecom,
@@ -138,6 +186,8 @@ _BUILDERS: dict[type[RouteBase], Callable[[Any], Protocol]] = {
     WechatPayV3Route: _wechat_pay_v3,
     HmacRoute: _hmac,
     StandardWebhooksRoute: _standard_webhooks,
+    WechatMiniProgramRoute: _wechat_miniprogram,
+    WechatOpenPlatformRoute: _wechat_open_platform,
 }
 
 
