@@ -413,6 +413,10 @@ class Metrics:
     def connection_dropped(self, reason: str) -> None:
         self.connections_dropped.labels(reason).inc()
 
+    def requests_in_flight(self) -> int:
+        """Inbound requests being handled now: what a drain waits for."""
+        return int(self.in_flight.collect()[0].samples[0].value)
+
     def loop_lag(self, seconds: float) -> None:
         self.loop_lag_seconds.observe(seconds)
 

@@ -174,6 +174,14 @@ def test_background_tasks_gauge_reads_the_live_count(m: Metrics) -> None:
     assert value(m, "wxgate_background_tasks") == 1
 
 
+def test_requests_in_flight_reads_what_is_exported(m: Metrics) -> None:
+    assert m.requests_in_flight() == 0
+    m.in_flight.inc()
+    m.in_flight.inc()
+    m.in_flight.dec()
+    assert m.requests_in_flight() == 1 == value(m, "wxgate_requests_in_flight")
+
+
 def test_a_route_whose_protocol_changes_on_reload_is_counted_under_the_new_one(m: Metrics) -> None:
     m.init_routes([("mp", "wecom")])
     m.observe(outcome(protocol="wecom", verdict="verified"))
