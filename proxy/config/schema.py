@@ -44,7 +44,7 @@ SECRET_KEYS = frozenset(
     }
 )
 # Keys whose values are file paths: relative paths are read relative to the configuration file.
-PATH_KEYS = frozenset({"platform_certificates", "file", "cert_file", "key_file"})
+PATH_KEYS = frozenset({"platform_certificates", "file", "cert_file", "key_file", "authorizers_file"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -96,6 +96,41 @@ def parse_size(v: object) -> int:
         unit = (m.group(2) or "b").lower()[0]
         return int(m.group(1)) * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
     raise ValueError(f"expected a size such as 64k or 1m, got {v!r}")
+
+
+_TEMPLATE_SEGMENT = re.compile(r"\{([a-z][a-z0-9_]{0,31})\}")
+MAX_PATH_PARAMS = 2
+
+
+def template_params(path: str) -> tuple[str, ...]:
+    """The names a route path's template segments capture (``/open/{appid}/callback`` -> ``("appid",)``).
+
+    ValueError when a brace stands anywhere but around a whole segment (``/x{appid}``), a name repeats, there are
+    more than :data:`MAX_PATH_PARAMS`, or no segment is literal (such a template would claim every path of its
+    length)."""
+    segments = path.split("?", 1)[0].split("/")[1:]
+    names: list[str] = []
+    for seg in segments:
+        if "{" not in seg and "}" not in seg:
+            continue
+        if (m := _TEMPLATE_SEGMENT.fullmatch(seg)) is None:
+            raise ValueError(
+                f"path: {seg!r} is not a template segment; a {{name}} (lowercase) must be a whole segment, "
+                "as in /open/{appid}/callback"
+            )
+        if m.group(1) in names:
+            raise ValueError(f"path: {{{m.group(1)}}} is used twice")
+        names.append(m.group(1))
+    if len(names) > MAX_PATH_PARAMS:
+        raise ValueError(f"path: at most {MAX_PATH_PARAMS} template segments")
+    if names and all(_TEMPLATE_SEGMENT.fullmatch(seg) or not seg for seg in segments):
+        raise ValueError("path: a template needs a fixed segment too (/open/{appid}/callback, not /{appid})")
+    return tuple(names)
+
+
+def path_shape(path: str) -> str:
+    """``path`` with every template segment written ``{}``: two routes of one shape would claim the same paths."""
+    return _TEMPLATE_SEGMENT.sub("{}", path)
 
 
 # The placeholders deploy/kubernetes/secret.yaml ships; a secret still holding one was never filled in.
@@ -233,6 +268,8 @@ def _problem(key: str, value: object, error: ValueError) -> InitErrorDetails:
 
 
 class RouteBase(_Strict):
+    # The template segments (``{appid}``) this protocol's ``path`` may hold; see :func:`template_params`.
+    path_params: ClassVar[frozenset[str]] = frozenset()
     # Whether the sender signs a timestamp, so that nonces are remembered for twice ``timestamp_window`` and a
     # dedup record must live at least that long (WeChat Pay v2 notices carry none).
     signed_timestamp: ClassVar[bool] = True
@@ -240,7 +277,10 @@ class RouteBase(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     """The route's label in metrics, spans and logs: lowercase, unique."""
     path: str = Field(pattern=r"^/\S*$")
-    """The exact callback path set in the sender's console (the query string is not matched)."""
+    """The exact callback path set in the sender's console (the query string is not matched). Only
+    `wechat-open-platform` message routes hold a template segment, `{appid}` where the console URL has `$APPID$`
+    (`/open/{appid}/callback`): it matches one path segment that is an appid.
+    """
     methods: list[Literal["GET", "POST", "PUT", "PATCH", "DELETE"]] | None = None
     """HTTP methods accepted (405 otherwise). Default: GET and POST where the protocol has URL
     verification, else POST.
@@ -279,6 +319,17 @@ class RouteBase(_Strict):
         if v is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
             raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:9000, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _declared_params(self) -> RouteBase:
+        undeclared = [n for n in template_params(self.path) if n not in self.path_params]
+        if undeclared:
+            raise ValueError(
+                f"path: {{{undeclared[0]}}} is a template segment, which protocol "
+                f"{getattr(self, 'protocol', '?')} does not take (only wechat-open-platform message routes "
+                "have one: {appid})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _relay_needs_dedup(self) -> RouteBase:
@@ -340,12 +391,55 @@ class WechatMpRoute(RouteBase):
 
     @model_validator(mode="after")
     def _aes_needs_app_id(self) -> WechatMpRoute:
-        if self.encoding_aes_key is not None and self.app_id is None:
-            raise ValueError(
-                "encoding_aes_key needs app_id (the AppID is checked inside every encrypted message)"
-            )
-        if (self.decrypt_for_backend or self.require_encryption) and self.encoding_aes_key is None:
-            raise ValueError("decrypt_for_backend / require_encryption need encoding_aes_key")
+        _check_account_keys(self)
+        return self
+
+
+def _check_account_keys(route: WechatMpRoute | WechatMiniProgramRoute) -> None:
+    """An account's AES settings hang together: the key needs the AppID it is checked against, and decrypting or
+    requiring encryption needs the key."""
+    if route.encoding_aes_key is not None and route.app_id is None:
+        raise ValueError(
+            "encoding_aes_key needs app_id (the AppID is checked inside every encrypted message)"
+        )
+    if (route.decrypt_for_backend or route.require_encryption) and route.encoding_aes_key is None:
+        raise ValueError("decrypt_for_backend / require_encryption need encoding_aes_key")
+
+
+class WechatMiniProgramRoute(RouteBase):
+    protocol: Literal["wechat-miniprogram"]
+    token: SecretStr
+    """The Token set in the Mini Program console (开发管理 › 消息推送配置), or the Channels shop's."""
+    previous_token: SecretStr | None = None
+    """The previous Token, still accepted while rotating."""
+    app_id: str | None = Field(None, pattern=r"^wx[0-9a-f]{16}$")
+    """The Mini Program's (or the Channels shop's) AppID, checked inside every encrypted message."""
+    encoding_aes_key: SecretStr | None = None
+    """EncodingAESKey (43 characters) for compatible or safe mode; needs `app_id`."""
+    previous_encoding_aes_key: SecretStr | None = None
+    """The previous EncodingAESKey, still accepted while rotating."""
+    format: Literal["json", "xml"] = "json"
+    """数据格式 as chosen in the console: how every body and decrypted message is read (a body in the other
+    format is refused, 400 `format_mismatch`), and the format of encrypted replies.
+    """
+    channels: bool = False
+    """A Channels shop (视频号小店) push URL: safe mode and JSON only, as WeChat allows; needs `encoding_aes_key`
+    and `app_id`, and refuses plaintext pushes.
+    """
+    decrypt_for_backend: bool = False
+    """Forward the decrypted JSON or XML to a plaintext backend and encrypt its passive reply."""
+    require_encryption: bool | None = None
+    """Refuse unencrypted messages (safe mode). Default: true when `encoding_aes_key` is set (always for
+    `channels`).
+    """
+
+    @model_validator(mode="after")
+    def _keys_and_format(self) -> WechatMiniProgramRoute:
+        _check_account_keys(self)
+        if self.channels and self.format != "json":
+            raise ValueError("a Channels shop pushes JSON only (视频号小店 只允许为JSON): set format: json")
+        if self.channels and self.encoding_aes_key is None:
+            raise ValueError("a Channels shop pushes in safe mode only: set encoding_aes_key and app_id")
         return self
 
 
@@ -432,8 +526,62 @@ class StandardWebhooksRoute(RouteBase):
     """The previous secret, still accepted while rotating."""
 
 
+class WechatOpenPlatformRoute(RouteBase):
+    path_params: ClassVar[frozenset[str]] = frozenset({"appid"})
+
+    protocol: Literal["wechat-open-platform"]
+    kind: Literal["authorization", "messages"]
+    """Which of the third-party platform's two URLs this is: `authorization` (授权事件接收URL: tickets and
+    authorization changes, answered exactly `success`) or `messages` (消息与事件接收URL, whose path holds
+    `{appid}` where the console URL has `$APPID$`).
+    """
+    component_app_id: str = Field(pattern=r"^wx[0-9a-f]{16}$")
+    """The third-party platform's AppID, checked inside every message (whichever account it is for)."""
+    token: SecretStr
+    """The platform's 消息校验Token."""
+    previous_token: SecretStr | None = None
+    """The previous Token, still accepted while rotating."""
+    encoding_aes_key: SecretStr
+    """The platform's 消息加解密Key (43 characters); platforms push in safe mode only."""
+    previous_encoding_aes_key: SecretStr | None = None
+    """The previous key, still accepted while rotating."""
+    authorizers: dict[str, str] | None = None
+    """`messages` routes: each authorizer's appid and original id (`wx…: gh_…`). The path's appid is not signed;
+    with this map it must be listed and the message addressed to its original id (else 403), and the backend
+    gets `X-Wxgate-Authorizer-Verified: true`. Without it any appid passes, marked unverified. The 全网发布 test
+    accounts are always accepted.
+    """
+    authorizers_file: Path | None = None
+    """The same map in a YAML or JSON file, re-read on every reload (instead of `authorizers`)."""
+    decrypt_for_backend: bool = False
+    """Forward the decrypted XML to a plaintext backend and encrypt its passive reply."""
+
+    @model_validator(mode="after")
+    def _kind_and_path(self) -> WechatOpenPlatformRoute:
+        templated = "appid" in template_params(self.path)
+        if self.kind == "messages" and not templated:
+            raise ValueError(
+                "path: a messages route's path holds {appid} where the console URL has $APPID$ "
+                "(/open/{appid}/callback)"
+            )
+        if self.kind == "authorization" and templated:
+            raise ValueError("path: the authorization URL has no $APPID$; remove {appid}")
+        if self.authorizers is not None and self.authorizers_file is not None:
+            raise ValueError("give either authorizers or authorizers_file, not both")
+        if self.kind == "authorization" and (self.authorizers, self.authorizers_file) != (None, None):
+            raise ValueError("authorizers bind the {appid} of a messages route; remove them here")
+        return self
+
+
 Route = Annotated[
-    WechatMpRoute | WecomRoute | WechatPayV2Route | WechatPayV3Route | HmacRoute | StandardWebhooksRoute,
+    WechatMpRoute
+    | WecomRoute
+    | WechatPayV2Route
+    | WechatPayV3Route
+    | HmacRoute
+    | StandardWebhooksRoute
+    | WechatMiniProgramRoute
+    | WechatOpenPlatformRoute,
     Field(discriminator="protocol"),
 ]
 
@@ -567,10 +715,10 @@ class Config(_Strict):
                 raise ValueError(
                     f"route name {r.name!r} is used twice; names label metrics and must be unique"
                 )
-            if r.path in seen_paths:
+            if path_shape(r.path) in seen_paths:
                 raise ValueError(f"path {r.path!r} is routed twice; each callback URL belongs to one route")
             seen_names.add(r.name)
-            seen_paths.add(r.path)
+            seen_paths.add(path_shape(r.path))
         return self
 
     @property
