@@ -12,6 +12,7 @@ from mitmproxy import http
 
 from proxy.observability.logs import UserRef, log_outcome
 from proxy.observability.metrics import Metrics, exemplar_of
+from proxy.observability.tracing import hex_ids
 from proxy.pipeline.exchange import answered_status, exchange
 from proxy.reload import Loaded
 
@@ -52,8 +53,4 @@ class MetricsAddon:
         if ex.verified is not None:
             o.user = self.user_ref(ex.verified.message)
         self.metrics.observe(o, exemplar_of(ex.span))
-        trace_id, span_id = ("", "")
-        if ex.span is not None:
-            ctx = ex.span.get_span_context()
-            trace_id, span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
-        log_outcome(o, trace_id, span_id)
+        log_outcome(o, *hex_ids(ex.span))

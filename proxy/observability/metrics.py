@@ -34,6 +34,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import __version__
 from proxy.observability.outcome import DEDUP_RESULTS, POLICIES, UPSTREAM_RESULTS, Outcome
+from proxy.observability.tracing import hex_ids
 from proxy.stores.base import OutboxStats
 from proxy.upstream.client import UpstreamResult
 
@@ -439,10 +440,10 @@ def exemplar_of(span: trace.Span | None) -> dict[str, str] | None:
     """OpenMetrics exemplar labels naming ``span``'s trace (sampled traces only: others cannot be looked up)."""
     if span is None:
         return None
-    ctx = span.get_span_context()
-    if not ctx.trace_flags.sampled:
+    if not span.get_span_context().trace_flags.sampled:
         return None
-    return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+    trace_id, span_id = hex_ids(span)
+    return {"trace_id": trace_id, "span_id": span_id}
 
 
 def _child[M: MetricWrapperBase](bound: dict[str, M], value: str, metric: M, route: str) -> M:

@@ -62,10 +62,19 @@ REQUEST_VALUE_LIMIT = 256
 _TRACEPARENT_MAX = 512
 
 
+def hex_ids(span: Span | None) -> tuple[str, str]:
+    """``(trace_id, span_id)`` of ``span`` as W3C trace context writes them (32 and 16 lowercase hex digits), the
+    form logs, exemplars, the backend's ``traceparent`` and trace backends share; ``("", "")`` for no span."""
+    ctx = span.get_span_context() if span is not None else None
+    if ctx is None or not ctx.is_valid:
+        return "", ""
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+
 def traceparent(span: Span) -> str:
     """The W3C ``traceparent`` naming ``span`` (formatted directly: no carrier dict, no global propagator)."""
-    ctx = span.get_span_context()
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    trace_id, span_id = hex_ids(span)
+    return f"00-{trace_id}-{span_id}-{int(span.get_span_context().trace_flags):02x}"
 
 
 def bounded(value: str) -> str:

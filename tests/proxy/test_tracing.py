@@ -18,7 +18,7 @@ from proxy.observability.otel_env import (
     span_limits_from_env,
 )
 from proxy.observability.outcome import Outcome
-from proxy.observability.tracing import REQUEST_VALUE_LIMIT, Tracing, traceparent
+from proxy.observability.tracing import REQUEST_VALUE_LIMIT, Tracing, hex_ids, traceparent
 from proxy.pipeline.exchange import Exchange
 from proxy.upstream.client import UpstreamResult
 from tests.addons.conftest import mp_flow, routed, table
@@ -407,3 +407,13 @@ async def test_an_outbox_redelivery_is_a_linked_trace_whose_traceparent_reaches_
     sent = up.calls[0][2]
     assert sent["x-wxgate-redelivery"] == "1"
     assert sent["traceparent"] == traceparent(tracing_span(call))
+
+
+def test_ids_are_written_as_w3c_trace_context_writes_them(tracing: Tracing) -> None:
+    span = tracing.start_server("POST", "/wx", {}, "")
+    trace_id, span_id = hex_ids(span)
+    assert traceparent(span).split("-")[:3] == ["00", trace_id, span_id]
+    assert len(trace_id) == 32 and len(span_id) == 16 and (trace_id + span_id).islower()
+    assert int(trace_id, 16) == span.get_span_context().trace_id
+    # no span (tracing off) or an invalid one: empty fields, never a run of zeros in a log line
+    assert hex_ids(None) == hex_ids(trace.INVALID_SPAN) == ("", "")
