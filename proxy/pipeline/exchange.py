@@ -1,6 +1,6 @@
 """Per-request state shared by the addon chain.
 
-Lifetime: the first addon of the chain (:class:`addons.exchange.ExchangeStart`) creates one :class:`Exchange`
+Lifetime: the first addon of the chain (:class:`addons.start.ExchangeStart`) creates one :class:`Exchange`
 per flow in ``requestheaders`` and keeps it in ``flow.metadata["wxgate"]``; every later addon reads it with
 :func:`exchange`; the metrics addon finishes it (``finished``) when the answer has gone out. Its
 :class:`~proxy.observability.outcome.Outcome` is the single source of truth that metrics, spans and the JSON log
@@ -40,7 +40,7 @@ class Exchange:
     verified: Verified | None = None
     reply: Reply | None = None  # plaintext reply chosen by the chain (sealed by envelope on the way out)
     dedup_token: str | None = None
-    dedup_key_raw: str | None = None  # the hashed key as stored
+    dedup_key_raw: str | None = None  # the store key claimed (route:hash), despite its name not the raw key
     outbox_id: str | None = None
     repeat: bool = False  # an exact repeat of a signed request seen before (a retry or a replay)
     query: list[tuple[str, str]] | None = None  # the target's query items, parsed once (request_query)
@@ -104,7 +104,8 @@ def answered_status(flow: http.HTTPFlow) -> int:
 
 
 def ensure_exchange(flow: http.HTTPFlow) -> Exchange:
-    """The flow's exchange, created by whichever addon sees the request first."""
+    """The flow's exchange, created if it has none: by :class:`addons.start.ExchangeStart`, first in the chain,
+    or by :func:`proxy.hooks.fail_closed` when a hook failed before that ran."""
     ex = flow.metadata.get(METADATA_KEY)
     if not isinstance(ex, Exchange):
         ex = flow.metadata[METADATA_KEY] = Exchange()
