@@ -134,7 +134,8 @@ class Supervisor:
             self._close()
         if self.failed:
             return self.failed
-        return 0 if all(rc == 0 for rc in codes) else 1
+        # A worker still starting when SIGTERM came has no handler yet: it ends by the signal, having served nothing.
+        return 0 if all(rc in (0, -signal.SIGTERM) for rc in codes) else 1
 
     async def _prepare_store(self) -> None:
         store = open_store(self.config.store)
