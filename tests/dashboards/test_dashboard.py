@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from proxy.config.schema import ROUTE_TAGS
 from proxy.observability.metrics import Metrics
 from tests.dashboards.queries import (
     RECORDING,
@@ -82,10 +83,25 @@ def test_template_job_and_instance_rules(name: str) -> None:
     assert v["multi"] is True and v["allValue"] == ".+"
 
 
-def test_template_variables_chain_job_then_instance_then_route() -> None:
+def test_template_variables_chain_job_then_instance_then_protocol_then_route() -> None:
     by_name = {v["name"]: v["query"]["query"] for v in variables() if v["type"] == "query"}
+    assert list(by_name) == ["job", "instance", "protocol", "route"]
     assert 'job=~"$job"' in by_name["instance"]
+    assert 'job=~"$job"' in by_name["protocol"] and 'instance=~"$instance"' in by_name["protocol"]
     assert 'job=~"$job"' in by_name["route"] and 'instance=~"$instance"' in by_name["route"]
+    assert 'protocol=~"$protocol"' in by_name["route"]
+
+
+@pytest.mark.parametrize("protocol", sorted(ROUTE_TAGS))
+def test_the_protocol_variable_lists_every_configured_protocol(protocol: str) -> None:
+    """The variable reads its values from a series that exists, at zero, for every configured route: a
+    protocol shows up in the list as soon as a route uses it, before its first request."""
+    (query,) = [v["query"]["query"] for v in variables() if v["name"] == "protocol"]
+    series = re.fullmatch(r"label_values\((\w+)\{.*\},\s*protocol\)", query)
+    assert series is not None, query
+    metrics = Metrics(CollectorRegistry())
+    metrics.init_routes([("r", protocol)])
+    assert metrics.registry.get_sample_value(series.group(1), {"route": "r", "protocol": protocol}) == 0.0
 
 
 def test_panel_datasource_rule() -> None:
