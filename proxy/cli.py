@@ -82,11 +82,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     # Build what `run` builds (route table with every key, TLS context, tracer provider, store) but open nothing.
-    _, provider, _ = prepare(config, os.environ)
+    loaded, provider, _ = prepare(config, os.environ)
     if provider is not None:
         provider.shutdown()
+    shown = redacted(config)
+    # what each route runs with, its protocol's defaults included
+    shown["routes"] = [
+        r.effective(s) for r, s in zip(loaded.table.routes, shown.get("routes", []), strict=True)
+    ]
     print(f"{args.config}: ok ({len(config.routes)} routes)")
-    print(yaml.safe_dump(redacted(config), sort_keys=False, allow_unicode=True), end="")
+    print(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True), end="")
     return 0
 
 

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from proxy.config import Config, RouteBase, template_params
@@ -45,6 +46,16 @@ class RouteRuntime:
     def path_params(self, path: str) -> dict[str, str]:
         """What this route's template captures from ``path`` (empty for a fixed path)."""
         return (self.template.capture(path) or {}) if self.template is not None else {}
+
+    def effective(self, shown: dict[str, Any]) -> dict[str, Any]:
+        """``shown`` (this route's configuration as ``wxgate check`` prints it) with the keys its configuration
+        left unset filled in with the values the route runs with (the protocol's defaults)."""
+        return {
+            **shown,
+            "methods": sorted(self.methods),
+            "on_backend_failure": self.policy,
+            "dedup": {**shown.get("dedup", {}), "ttl": self.dedup_ttl},
+        }
 
 
 def effective_policy(route: RouteBase, protocol: type[Protocol] | Protocol) -> Policy:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy.config import ROUTE_TAGS, Config, parse_config
 from proxy.config.schema import Policy
@@ -69,3 +71,21 @@ def test_the_default_dedup_ttl_outlasts_a_long_timestamp_window(tmp_path: Path) 
     # nonces are remembered for twice the window; a dedup record must live at least as long
     assert runtime(tmp_path, "wechat-mp", timestamp_window="15m").dedup_ttl == 1800.0
     assert runtime(tmp_path, "wechat-pay-v3", timestamp_window="15m").dedup_ttl == 25 * H
+
+
+def test_check_prints_what_each_route_runs_with(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli import cmd_check
+
+    mp = {"name": "mp", "path": "/mp", "protocol": "wechat-mp", "token": "${WXGATE_TEST_TOKEN:-a-real-token}"}
+    pay = {**routes(tmp_path)["wechat-pay-v3"], "name": "pay", "path": "/pay", "protocol": "wechat-pay-v3"}
+    pay["apiv3_key"] = "${WXGATE_TEST_KEY:-" + "k" * 32 + "}"
+    (tmp_path / "proxy.yaml").write_text(
+        yaml.safe_dump({"store": f"sqlite:///{tmp_path}/s.db", "routes": [mp, {**pay, "methods": ["PUT"]}]})
+    )
+    assert cmd_check(argparse.Namespace(config=str(tmp_path / "proxy.yaml"))) == 0
+    shown = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])["routes"]
+    assert [(r["methods"], r["on_backend_failure"], r["dedup"]["ttl"]) for r in shown] == [
+        (["GET", "POST"], "ack", 600.0),
+        (["PUT"], "fail", 25 * H),
+    ]
+    assert shown[0]["token"] == "***"
