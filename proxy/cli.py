@@ -30,7 +30,7 @@ from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, redacted
 from proxy.observability import logs
 from proxy.stores import StoreUnavailable
-from proxy.tools import outbox_cli
+from proxy.tools import lookup, outbox_cli
 
 
 class CannotListen(Exception):
@@ -147,6 +147,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return asyncio.run(outbox_cli.run(_load(args.config), args))
 
 
+def cmd_lookup(args: argparse.Namespace) -> int:
+    return asyncio.run(lookup.run(_load(args.config), args))
+
+
 def cmd_demo_backend(args: argparse.Namespace) -> int:
     from proxy.tools import demo_backend
 
@@ -158,6 +162,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "send": cmd_send,
     "outbox": cmd_outbox,
+    "lookup": cmd_lookup,
     "demo-backend": cmd_demo_backend,
 }
 PASSES_ON = {"demo-backend"}  # subcommands that parse their own arguments
@@ -218,6 +223,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("demo-backend", help="run the demo legacy backend (see --help)", add_help=False)
     outbox_cli.add_parser(sub, parents=config)
+    lookup.add_parser(sub, parents=config)
     return p
 
 

@@ -139,6 +139,9 @@ class Protocol(abc.ABC):
     """The route's ``protocol`` value in configuration, and its label in metrics, spans and logs."""
     default_methods: ClassVar[tuple[str, ...]] = ("POST",)
     """HTTP methods a route accepts when its ``methods`` is unset (GET too where the sender verifies the URL)."""
+    lookup_fields: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    """Groups of message fields an operator may know a notification by (``wxgate lookup``): a first claim
+    files the record under each group the message carries (:func:`~proxy.protocols.idempotency.lookup_aliases`)."""
     content_types: ClassVar[frozenset[str] | None] = None
     """Content types a POST may carry (``""``: none given); any other is refused before parsing (415). ``None``:
     any, for senders whose signature covers the raw body whatever it is."""

@@ -13,6 +13,11 @@ protocol kept them in :attr:`Verified.authenticated`, else over a canonical seri
 (repeated XML elements keep their first occurrence, JSON arrays are skipped). :func:`fields_key` is the route's
 ``dedup.fields``: every listed field must be present and non-empty, and the values are JSON-encoded with their
 names, so ``a|b`` + ``c`` and ``a`` + ``b|c`` stay apart.
+
+Keys are hashed with the route name before they reach the store. A key cannot be rebuilt from what an
+operator has (an ``out_trade_no`` when the key holds the ``transaction_id`` and a ``trade_state``; a digest), so a
+first claim also files the record under :func:`lookup_aliases`, which ``wxgate lookup`` rebuilds with
+:func:`lookup_alias` from the ids it is given.
 """
 
 from __future__ import annotations
@@ -35,6 +40,20 @@ def digest(message: Mapping[str, str], authenticated: bytes = b"", exclude: Coll
 def digest_key(verified: Verified) -> str:
     """``digest|<sha256>`` of the verified message (see :func:`digest`)."""
     return "digest|" + digest(verified.message, verified.authenticated)
+
+
+def lookup_alias(pairs: Sequence[tuple[str, str]]) -> str:
+    """The raw lookup alias of field values (names and values JSON-encoded, like :func:`fields_key`)."""
+    return "lookup|" + json.dumps([list(p) for p in pairs], separators=(",", ":"))
+
+
+def lookup_aliases(message: Mapping[str, str], lookup_fields: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """The raw aliases of a message: one per group of ``lookup_fields`` whose every field it carries."""
+    return tuple(
+        lookup_alias([(f, message[f]) for f in group])
+        for group in lookup_fields
+        if all(message.get(f) for f in group)
+    )
 
 
 def fields_key(message: Mapping[str, str], fields: Sequence[str]) -> str | None:

@@ -158,6 +158,7 @@ class WechatMp(Protocol):
 
     name = "wechat-mp"
     default_methods = ("GET", "POST")  # GET is URL verification
+    lookup_fields = (("MsgId",), ("MsgID",), ("FromUserName", "CreateTime"))
     content_types = XML_CONTENT_TYPES
     last_attempt = 4  # the first delivery and "重试三次"
 

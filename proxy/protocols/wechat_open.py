@@ -115,6 +115,7 @@ class WechatOpenPlatform(Protocol):
     """One of a third-party platform's two push URLs (``kind``)."""
 
     name = "wechat-open-platform"
+    lookup_fields = (("MsgId",), ("FromUserName", "CreateTime"))
     methods: ClassVar[tuple[str, ...]] = ("GET", "POST")
     content_types: ClassVar[frozenset[str]] = frozenset({"", "text/xml", "application/xml", "text/plain"})
     default_dedup_ttl: ClassVar[float] = 600.0  # MP's: retries end within ~20 s; tickets come every 10 min

@@ -194,6 +194,7 @@ class WechatPayV2(Protocol):
     """One APIv2 ``notify_url`` (payment and refund notices of one merchant)."""
 
     name = "wechat-pay-v2"
+    lookup_fields = (("transaction_id",), ("out_trade_no",), ("refund_id",), ("out_refund_no",))
     content_types = XML_CONTENT_TYPES
     default_dedup_ttl = 25 * 3600.0  # WeChat Pay retries a notice for about 24 h
     default_policy = "fail"  # WeChat Pay retries on its own schedule; nobody waits on the answer

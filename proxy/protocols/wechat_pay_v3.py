@@ -155,6 +155,7 @@ class WechatPayV3(Protocol):
     """One APIv3 ``notify_url`` of one merchant."""
 
     name = "wechat-pay-v3"
+    lookup_fields = WechatPayV2.lookup_fields
     # console refunds send v2 XML notices to v3 URLs (PROTOCOLS §3.6)
     content_types = JSON_CONTENT_TYPES | XML_CONTENT_TYPES
     default_dedup_ttl = 25 * 3600.0  # WeChat Pay retries a notice for about 24 h

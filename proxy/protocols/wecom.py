@@ -50,6 +50,7 @@ class Wecom(Protocol):
     """One WeCom callback URL (an app, a third-party suite, or a smart robot)."""
 
     name = "wecom"
+    lookup_fields = (("MsgId",), ("msgid",), ("FromUserName", "CreateTime"))
     default_methods = ("GET", "POST")  # GET is URL verification
     content_types = XML_CONTENT_TYPES | JSON_CONTENT_TYPES  # smart robots post JSON {"encrypt": ...}
     last_attempt = 4  # the first delivery and "重试三次"
