@@ -177,6 +177,20 @@ def test_unmatched_requests_and_unknown_methods_keep_low_cardinality_names(
     assert second.attributes is not None and second.attributes["http.request.method"] == "_OTHER"
 
 
+def test_an_authorizers_appid_is_a_span_attribute_under_the_template_route(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    path = "/open/wxba5fad812f8e6fb9/callback"
+    span = tracing.start_server("POST", path + "?openid=o1", {}, "203.0.113.7")
+    o = Outcome(route="open", protocol="wechat-open-platform", method="POST", verdict="verified")
+    o.tenant, o.tenant_verified = "wxba5fad812f8e6fb9", "false"
+    tracing.finish_server(span, o, "/open/{appid}/callback", 200)
+    s = only(spans, SpanKind.SERVER)
+    attrs = dict(s.attributes or {})
+    assert s.name == "POST /open/{appid}/callback" and attrs["http.route"] == "/open/{appid}/callback"
+    assert attrs["wxgate.tenant"] == "wxba5fad812f8e6fb9" and attrs["wxgate.tenant.verified"] is False
+
+
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
