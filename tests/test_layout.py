@@ -23,6 +23,7 @@ import ast
 import functools
 import importlib
 import itertools
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -280,6 +281,20 @@ def test_each_sub_package_states_its_public_surface(name: str) -> None:
     modules = {m.stem for m in (ROOT / "proxy" / name).glob("*.py") if not m.name.startswith("_")}
     if set(public) <= modules:  # a package whose surface is its modules lists every one of them
         assert sorted(public) == sorted(modules), f"proxy/{name}/__init__.py: __all__ misses modules"
+
+
+DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
+
+
+def test_the_docs_name_only_files_that_exist() -> None:
+    """A module moved or renamed leaves no stale path in README.md or docs/."""
+    stale = [
+        f"{doc}: {path}"
+        for doc in DOCS
+        for path in re.findall(r"(?<![\w/.])((?:proxy|addons)/[\w/]*\w\.py)\b", (ROOT / doc).read_text())
+        if not (ROOT / path).is_file()
+    ]
+    assert not stale, "paths that no longer exist:\n" + "\n".join(stale)
 
 
 # -- the checker, on made-up trees ---------------------------------------------------------------------------
