@@ -32,6 +32,10 @@ ROUTE: dict[str, Any] = {
 }
 
 
+def authorizers_file(tmp: Path) -> Path:
+    return tmp / "authorizers.yaml"
+
+
 @pytest.fixture(scope="module")
 def canned() -> Iterator[CannedBackend]:
     with CannedBackend() as b:
@@ -51,7 +55,15 @@ def sidecar(tmp_module: Path, canned: CannedBackend) -> Iterator[Sidecar]:
             "authorizers": {APPID: GH, OTHER: OTHER_GH},
             "decrypt_for_backend": True,
         },
+        {
+            **ROUTE,
+            "name": "filed",
+            "path": "/filed/{appid}/callback",
+            "kind": "messages",
+            "authorizers_file": str(authorizers_file(tmp_module)),
+        },
     ]
+    authorizers_file(tmp_module).write_text(f"{APPID}: {GH}\n")
     s = Sidecar(tmp_module, {"upstream": canned.url, "routes": routes}, env={"TOKEN": TOKEN, "KEY": KEY})
     s.start()
     yield s
@@ -194,3 +206,18 @@ def test_the_tenant_is_in_the_log_line_and_never_a_metric_label(
     assert any(line.get("tenant") == OTHER and line.get("tenant_verified") == "true" for line in lines)
     metrics = http("GET", sidecar.admin_url + "/metrics")[1].decode()
     assert "wechat-open-platform" in metrics and OTHER not in metrics and APPID not in metrics
+
+
+def test_the_authorizers_file_is_read_again_on_reload(
+    tmp_module: Path, sidecar: Sidecar, backend: CannedBackend
+) -> None:
+    assert send(sidecar, message("/filed/$APPID$/callback", APPID, GH))[0] == 200
+    authorizers_file(tmp_module).write_text(f'{{"{OTHER}": "{OTHER_GH}"}}')  # JSON is YAML too
+    try:
+        sidecar.reload()
+        assert send(sidecar, message("/filed/$APPID$/callback", APPID, GH))[0] == 403  # no longer listed
+        assert send(sidecar, message("/filed/$APPID$/callback", OTHER, OTHER_GH))[0] == 200
+        assert [r.headers["x-wxgate-authorizer-appid"] for r in backend.received] == [APPID, OTHER]
+    finally:
+        authorizers_file(tmp_module).write_text(f"{APPID}: {GH}\n")
+        sidecar.reload()
