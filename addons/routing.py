@@ -1,6 +1,8 @@
 """Routing: match the request path to a configured route; unmatched paths pass through or are denied.
 
-A route matches its ``path`` exactly. A path that is not exactly a route's but names it in another spelling
+A route matches its ``path`` exactly, or fills its template (``/open/{appid}/callback``: a canonical segment the
+parameter's check accepts; the protocol reads the value from ``Inbound.path_params``). A path that is not exactly
+a route's but names it in another spelling
 (:meth:`~proxy.pipeline.routes.RouteTable.impersonated`: case, percent-encoding, dot segments, repeated or trailing
 slashes, ``;`` parameters, a suffix, a script's path info) is refused with 400 ``noncanonical_path``: never
 passed through unverified to a backend that may route it to the protected handler.
