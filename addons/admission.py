@@ -99,8 +99,9 @@ class Admission:
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > cfg.max_body:
             return reject(flow, ex, "body_too_large", 413)
+        ex.client = client_ip(peer, forwarded_for, self.trusted)
         if cfg.allow_cidrs is not None:
-            ip = _ip(client_ip(peer, forwarded_for, self.trusted))
+            ip = _ip(ex.client)
             if ip is None or not any(ip in net for net in cfg.allow_cidrs):
                 return reject(flow, ex, "source_not_allowed", 403)
         return None

@@ -6,7 +6,9 @@ answer to the sender is decided by ``deadline`` and ``on_backend_failure``:
 - the backend answered in time: a 2xx is normalized to the protocol's contract; a failure follows the policy;
 - the deadline passed: ``ack`` answers success (after the settlement made the notification durable), ``fail``
   passes the failure on, ``relay`` lets the sender retry except on its last expected attempt. The backend call
-  goes on in the background and settles when it ends.
+  goes on in the background and settles when it ends;
+- the backend's ``backend_concurrency`` is reached: the call waits for a slot while the deadline allows, else
+  the request spills (the policy answers without calling the backend; :mod:`proxy.pipeline.backpressure`).
 
 Unmatched (passthrough) flows are left to mitmproxy.
 """
@@ -21,7 +23,8 @@ from typing import Any
 from mitmproxy import http
 
 from proxy.observability.tracing import Tracing
-from proxy.pipeline.backend_leg import answer, early_reply, is_failure
+from proxy.pipeline.backend_leg import NOT_SENT, answer, early_reply, is_failure, spill
+from proxy.pipeline.backpressure import ANSWER_BUDGET, BackendLimits
 from proxy.pipeline.exchange import Authenticated, exchange, request_query
 from proxy.pipeline.forwarding import backend_request
 from proxy.pipeline.policy import time_left
@@ -42,12 +45,14 @@ class Forward:
         tasks: BackgroundTasks,
         observe: Callable[[str, UpstreamResult], None] | None = None,
         tracing: Tracing | None = None,
+        limits: BackendLimits | None = None,
     ) -> None:
         self.client = client
         self.settlement = settlement
         self.tasks = tasks
         self.observe = observe
         self.tracing = tracing
+        self.limits = limits
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -69,17 +74,18 @@ class Forward:
         return None
 
     async def _forward(self, flow: http.HTTPFlow, ex: Authenticated) -> None:
-        route, cfg = ex.route, ex.route.config
-        # The CLIENT span starts first: backend_request() sends its traceparent (ex.traceparent) to the backend.
-        client_span = None
-        if self.tracing:
-            client_span = self.tracing.backend_call(ex.span, flow.request.method, cfg.path, route.upstream)
-            ex.traceparent = client_span.traceparent
-        url, headers, body = backend_request(ex, request_query(flow, ex))
-        send = self.client.send(flow.request.method, url, headers, body, cfg.backend_timeout)
-        call = self.tasks.spawn(
-            client_span.wrap(send) if client_span else send, name=f"upstream {route.name}"
-        )
+        route = ex.route
+        limit = self.limits.for_route(route) if self.limits is not None else None
+        if limit is not None and not await limit.acquire(route.name, time_left(ex) - ANSWER_BUDGET):
+            return respond(flow, ex, await self._spill(ex))
+        try:
+            call = self._call(flow, ex)
+        except BaseException:
+            if limit is not None:
+                limit.release()
+            raise
+        if limit is not None:  # the slot is the backend's until the call ends, even after the sender's answer
+            call.add_done_callback(lambda _: limit.release())
         try:
             result = await asyncio.wait_for(asyncio.shield(call), max(time_left(ex), 0.0))
         except TimeoutError:
@@ -90,6 +96,30 @@ class Forward:
             return respond(flow, ex, reply)
         respond(flow, ex, await self._settle(ex, result))
         return None
+
+    def _call(self, flow: http.HTTPFlow, ex: Authenticated) -> asyncio.Task[UpstreamResult]:
+        """Start the backend call as a background task (it may outlive the sender's answer)."""
+        route, cfg = ex.route, ex.route.config
+        # The CLIENT span starts first: backend_request() sends its traceparent (ex.traceparent) to the backend.
+        client_span = None
+        if self.tracing:
+            client_span = self.tracing.backend_call(ex.span, flow.request.method, cfg.path, route.upstream)
+            ex.traceparent = client_span.traceparent
+        url, headers, body = backend_request(ex, request_query(flow, ex))
+        send = self.client.send(flow.request.method, url, headers, body, cfg.backend_timeout)
+        return self.tasks.spawn(
+            client_span.wrap(send) if client_span else send, name=f"upstream {route.name}"
+        )
+
+    async def _spill(self, ex: Authenticated) -> Reply:
+        """No slot of the backend's limit came free in time: the route's policy answers without the backend."""
+        assert self.limits is not None
+        self.limits.counters.spilled(ex.route.name)
+        reply = await spill(ex, self.settlement)
+        await self._settle_within_deadline(
+            ex, self.settlement.failed(ex, NOT_SENT, reply.kind == "ack", False)
+        )
+        return reply
 
     def _record(self, ex: Authenticated, result: UpstreamResult) -> None:
         ex.outcome.upstream = result.kind

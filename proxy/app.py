@@ -31,12 +31,14 @@ from addons.dedup import Dedup
 from addons.envelope import Envelope
 from addons.forward import Forward
 from addons.metrics import MetricsAddon
+from addons.rejection_budget import RejectionBudget, ledger_for
 from addons.routing import Routing
 from addons.start import ExchangeStart
 from addons.tls import TlsTermination
 from addons.tracing import TracingAddon
 from addons.verify import Verify
 from proxy.config import Config
+from proxy.cpus import resolve_workers
 from proxy.headlimit import bound_request_heads
 from proxy.hooks import embedded_master
 from proxy.observability.admin import AdminServer
@@ -45,6 +47,7 @@ from proxy.observability.logs import UserRef
 from proxy.observability.metrics import Metrics
 from proxy.observability.probes import Probes
 from proxy.observability.tracing import Tracing
+from proxy.pipeline.backpressure import BackendLimits, BackpressureCounters
 from proxy.pipeline.exchange import METADATA_KEY
 from proxy.pipeline.outbox import OutboxCounters, OutboxWorker, StoreSettlement
 from proxy.pipeline.routes import RouteTable
@@ -73,16 +76,26 @@ class Runtime:
     tracer_provider: TracerProvider | None = None  # None: tracing off, and no span is ever made
     tracing: Tracing | None = None
     tls: ServerCertificate | None = None  # the listener's certificate, None for plain HTTP
+    workers: int = 1  # processes sharing the backends' backend_concurrency (each holds its share)
     settlement: Settlement = field(init=False)
+    limits: BackendLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.settlement = StoreSettlement(self.store)
+        m = self.metrics
+        counters = BackpressureCounters(m.backpressure_waiting, m.backpressure_spill, m.backpressure_drain)
+        self.limits = BackendLimits(counters, self.workers)
+        self.limits.use(self.config, self.table)
 
 
 def build_runtime(
-    config: Config, registry: CollectorRegistry | None = None, environ: Mapping[str, str] | None = None
+    config: Config,
+    registry: CollectorRegistry | None = None,
+    environ: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> Runtime:
-    """``environ`` holds the ``OTEL_*`` variables (default: the process environment)."""
+    """``environ`` holds the ``OTEL_*`` variables (default: the process environment); ``workers``: how many
+    processes serve this configuration (``backend_concurrency`` is shared among them)."""
     disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
@@ -101,6 +114,7 @@ def build_runtime(
         tracer_provider=provider,
         tracing=tracing,
         tls=loaded.tls,
+        workers=workers,
     )
     metrics.track_background_tasks(lambda: len(rt.tasks))
     metrics.tls_certificate(rt.tls.not_after if rt.tls else None)
@@ -112,15 +126,25 @@ def build_chain(rt: Runtime) -> list[Any]:
     metrics_addon = MetricsAddon(rt.metrics, UserRef.from_config(rt.config.log_hash_key))
     # Tracing off: no tracing addon at all, so none of its hooks runs.
     tracing = [TracingAddon(rt.tracing)] if rt.tracing is not None else []
+    budget = RejectionBudget(ledger_for(rt.config))
+    rt.metrics.track_blocked_sources(budget.blocked_sources)
     return [
         *tracing,
         metrics_addon,
         Routing(rt.table, rt.config.unmatched),
         Admission(rt.config.trusted_proxies),
+        budget,
         Verify(rt.store.remember),
         Envelope(),
         Dedup(rt.store, rt.settlement),
-        Forward(rt.client, rt.settlement, rt.tasks, observe=rt.metrics.observe_upstream, tracing=rt.tracing),
+        Forward(
+            rt.client,
+            rt.settlement,
+            rt.tasks,
+            observe=rt.metrics.observe_upstream,
+            tracing=rt.tracing,
+            limits=rt.limits,
+        ),
     ]
 
 
@@ -273,6 +297,7 @@ class Sidecar:
         """Swap a reloaded configuration in; synchronous, so no request sees half of it."""
         cfg = loaded.config
         self.rt.config, self.rt.table, self.rt.tls = cfg, loaded.table, loaded.tls
+        self.rt.limits.use(cfg, loaded.table)
         self.rt.metrics.init_routes((r.name, r.protocol_name) for r in loaded.table.routes)
         self.rt.metrics.tls_certificate(loaded.tls.not_after if loaded.tls else None)
         # As mitmproxy's ``configure`` event: every part that holds reloadable state takes the new one itself.
@@ -310,7 +335,12 @@ class Sidecar:
         if self.role is None or self.role.runs_outbox:
             counters = OutboxCounters(self.rt.metrics.outbox_redelivery, self.rt.metrics.outbox_dead_letter)
             worker = self.outbox_worker = OutboxWorker(
-                self.rt.store, self.rt.table, self.rt.client, counters, tracing=self.rt.tracing
+                self.rt.store,
+                self.rt.table,
+                self.rt.client,
+                counters,
+                tracing=self.rt.tracing,
+                limits=self.rt.limits,
             )
             self._worker = loop.create_task(worker.run(), name="outbox worker")
         self._probes = loop.create_task(Probes(self.rt.metrics, self.rt.store).run(), name="probes")
@@ -340,4 +370,5 @@ class Sidecar:
 
 async def serve(config: Config, config_path: Path | None = None, role: WorkerRole | None = None) -> int:
     """Run the sidecar; with ``config_path``, SIGHUP reloads that file; ``role``: as one of ``workers: N``."""
-    return await Sidecar(build_runtime(config), config_path, role=role).run()
+    workers = resolve_workers(config.workers) if role is not None else 1
+    return await Sidecar(build_runtime(config, workers=workers), config_path, role=role).run()

@@ -143,6 +143,7 @@ def undocumented() -> list[str]:
     models: list[type[BaseModel]] = [
         schema.Config,
         schema.ListenerTls,
+        schema.RejectionBudgetConfig,
         schema.RouteBase,
         schema.DedupConfig,
         schema.OutboxConfig,
@@ -168,6 +169,13 @@ def render() -> str:
         "handshake; open connections keep theirs). See [deployment](deployment.md#tls).",
         "",
         *rows(schema.ListenerTls),
+        "",
+        "## `rejection_budget`",
+        "",
+        "Sources that keep failing verification are answered 429 without verification work (live on reload; a",
+        "reload unblocks every source). See [operations](operations.md#rejection-budget).",
+        "",
+        *rows(schema.RejectionBudgetConfig),
         "",
     ]
     protocols = ", ".join(f"`{protocol_tag(r)}`" for r in ROUTE_TYPES)

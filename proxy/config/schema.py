@@ -204,6 +204,19 @@ class DedupConfig(_Strict):
     """
 
 
+class RejectionBudgetConfig(_Strict):
+    failures: int = Field(20, ge=1, le=1_000_000)
+    """Verification failures a source may have within `per` before it is blocked."""
+    per: Duration = Field(60.0, gt=0)
+    """The window the failures are counted in (it starts at a source's first failure)."""
+    block: Duration = Field(300.0, gt=0)
+    """How long a blocked source is answered 429 without any verification work."""
+    sources: int = Field(10000, ge=1, le=10_000_000)
+    """Sources remembered (least recently seen forgotten first), for failing and for passing sources each:
+    bounds the memory an attacker with many addresses can take.
+    """
+
+
 class OutboxConfig(_Strict):
     max_attempts: int | None = Field(None, ge=1)
     """Redeliveries of an acknowledged notification before it becomes a dead letter. Default: no limit but
@@ -312,6 +325,13 @@ class RouteBase(_Strict):
     """Deduplication of sender retries."""
     outbox: OutboxConfig = OutboxConfig()
     """Redelivery of acknowledged notifications the backend has not taken yet."""
+    backend_concurrency: int | None = Field(None, ge=1, le=100000)
+    """At most this many calls in flight to this route's backend (sender requests and outbox redeliveries
+    together). A request over it waits while its deadline leaves time to answer, then follows
+    `on_backend_failure` (`ack`: kept in the outbox, which drains at the backend's pace). Routes with the same
+    backend URL share one limit, the smallest they set. Default: the top-level `backend_concurrency` for a route
+    without an `upstream` of its own, else no limit.
+    """
 
     @field_validator("upstream")
     @classmethod
@@ -630,6 +650,16 @@ class Config(_Strict):
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     """CIDRs of proxies in front of wxgate whose `X-Forwarded-For` is believed (for `allow_cidrs`) and appended
     to; from any other peer it is replaced by the peer's address, and `Forwarded`/`X-Real-IP` are dropped."""
+    backend_concurrency: int | None = Field(None, ge=1, le=100000)
+    """At most this many calls in flight to `upstream`, for every route without an `upstream` of its own (a
+    route's `backend_concurrency` sets its own); see the route key. With `workers: N` each worker holds
+    1/N of it (at least 1). Default: no limit.
+    """
+    rejection_budget: RejectionBudgetConfig | None = None
+    """Answer a source (client address, `trusted_proxies`-aware; an IPv6 /64) that keeps failing verification
+    with 429 and no verification work, e.g. `{failures: 20, per: 60s, block: 300s}`. A source that has passed
+    verification is never blocked, and a reload unblocks every source. Counted per worker. Default: off.
+    """
     upstream_connect_timeout: Duration = 1.0
     """How long connecting to the backend may take."""
     upstream_pool_size: int = Field(100, ge=1, le=10000)

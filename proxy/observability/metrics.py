@@ -9,7 +9,9 @@ request (sampled traces only; ``/metrics`` serves OpenMetrics to scrapers that a
 Other components report through the methods below rather than touching metric objects, so this module stays
 the one place a series is declared: :meth:`Metrics.observe` (the outcome record), :meth:`observe_upstream`,
 :meth:`store_call` (``proxy.observability.instrumented_store``), :meth:`outbox_redelivery` / :meth:`outbox_dead_letter`
-(the outbox worker's counters), :meth:`outbox_stats` / :meth:`loop_lag` (``proxy.observability.probes``).
+(the outbox worker's counters), :meth:`outbox_stats` / :meth:`loop_lag` (``proxy.observability.probes``),
+:meth:`backpressure_waiting` / :meth:`backpressure_spill` / :meth:`backpressure_drain` (``backend_concurrency``),
+:meth:`track_blocked_sources` (``rejection_budget``).
 """
 
 from __future__ import annotations
@@ -254,6 +256,30 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.backpressure_queued = Gauge(
+            "wxgate_backpressure_queued",
+            "Backend calls waiting for a slot of their backend's backend_concurrency (requests and redeliveries)",
+            ["route"],
+            registry=r,
+        )
+        self.backpressure_spilled = Counter(
+            "wxgate_backpressure_spilled",
+            "Requests answered without the backend because its backend_concurrency stayed full (on_backend_failure "
+            "answered: ack after the outbox took them, relay/fail asking the sender to retry)",
+            ["route"],
+            registry=r,
+        )
+        self.backpressure_drained = Counter(
+            "wxgate_backpressure_drained",
+            "Outbox items delivered to a backend under its backend_concurrency",
+            ["route"],
+            registry=r,
+        )
+        self.rejection_budget_blocked = Gauge(
+            "wxgate_rejection_budget_blocked_sources",
+            "Sources answered 429 without verification for failing it too often (rejection_budget)",
+            registry=r,
+        )
 
     def _state(self, r: CollectorRegistry) -> None:
         self.outbox_depth = Gauge("wxgate_outbox_depth", "Outbox items waiting for redelivery", registry=r)
@@ -343,6 +369,8 @@ class Metrics:
         for res in REDELIVERY_RESULTS:
             self.outbox_redeliveries.labels(route, res)
         self.outbox_dead_lettered.labels(route)
+        for metric in (self.backpressure_queued, self.backpressure_spilled, self.backpressure_drained):
+            metric.labels(route)
         return s
 
     # -- the hot path: one call per request, one per backend call ---------------------------------------------
@@ -402,6 +430,18 @@ class Metrics:
 
     def outbox_dead_letter(self, route: str) -> None:
         self.outbox_dead_lettered.labels(route).inc()
+
+    def backpressure_waiting(self, route: str, delta: int) -> None:
+        self.backpressure_queued.labels(route).inc(delta)
+
+    def backpressure_spill(self, route: str) -> None:
+        self.backpressure_spilled.labels(route).inc()
+
+    def backpressure_drain(self, route: str) -> None:
+        self.backpressure_drained.labels(route).inc()
+
+    def track_blocked_sources(self, count: Callable[[], int]) -> None:
+        self.rejection_budget_blocked.set_function(lambda: float(count()))
 
     def outbox_stats(self, stats: OutboxStats | None) -> None:
         """The store's outbox gauges; ``None`` when the store could not be read (the gauges keep their value)."""

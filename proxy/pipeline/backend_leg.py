@@ -10,7 +10,9 @@ answer) all decide through these functions:
 - :func:`early_reply` — the answer when the backend is late or failed: the protocol's success only where the
   route's policy acknowledges (:func:`~proxy.pipeline.policy.acknowledges`) *and* the settlement made the
   notification durable first; otherwise the answer that makes the sender retry, so nothing is lost;
-- :func:`store_down` — the route's ``dedup.store_down`` policy when the store is down or too slow.
+- :func:`store_down` — the route's ``dedup.store_down`` policy when the store is down or too slow;
+- :func:`spill` — the backend's ``backend_concurrency`` is reached and the request's wait is over: answered as
+  for a failed backend, without calling it (:mod:`proxy.pipeline.backpressure`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ async def early_reply(ex: Authenticated, settlement: Settlement, in_flight: bool
         ex.outcome.outbox = "failed"
         return route.protocol.backend_failure_reply(ex.verified)
     return route.protocol.success_reply(ex.verified)
+
+
+# What a spilled request's settlement is told the backend did: nothing (it was never called).
+NOT_SENT = UpstreamResult("refused", error="not sent: backend_concurrency reached")
+
+
+async def spill(ex: Authenticated, settlement: Settlement) -> Reply:
+    """The answer for a request that got no slot of its backend's limit in time (reason ``backend_busy``): the
+    route's policy, as for a backend that failed (:func:`early_reply`); the caller then settles it as failed
+    with :data:`NOT_SENT`, which releases its dedup claim for the outbox (``ack``) or the sender's retry."""
+    ex.outcome.reason = "backend_busy"
+    return await early_reply(ex, settlement, in_flight=False)
 
 
 def store_down(ex: Routed, err: StoreUnavailable) -> Reply | None:

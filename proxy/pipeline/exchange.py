@@ -46,6 +46,7 @@ class Exchange:
     query: list[tuple[str, str]] | None = None  # the target's query items, parsed once (request_query)
     replay: Replay | None = None  # the replay-cache check verify left to the dedup claim (one store call)
     traceparent: str | None = None
+    client: str = ""  # the caller's address (trusted_proxies-aware), set by admission on routed requests
     span: Any = None
     counted: bool = False  # counted in the in-flight gauge (by the metrics addon)
     finished: bool = False

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from proxy.config import OutboxConfig
 from proxy.observability.tracing import Tracing
 from proxy.pipeline.backend_leg import answer, is_failure
+from proxy.pipeline.backpressure import REDELIVERY_WAIT, BackendLimits
 from proxy.pipeline.exchange import Authenticated
 from proxy.pipeline.forwarding import backend_request
 from proxy.pipeline.policy import claim_lease, dedup_ttl
@@ -263,8 +264,10 @@ class OutboxWorker:
         lease: float = 60.0,
         tracing: Tracing | None = None,
         hand_back: float = HAND_BACK,
+        limits: BackendLimits | None = None,
     ) -> None:
         self.store, self.client = store, client
+        self.limits = limits
         self.tracing = tracing
         self.counters = counters or OutboxCounters()
         self.clock, self.interval, self.batch, self.lease = clock, interval, batch, lease
@@ -342,10 +345,27 @@ class OutboxWorker:
             return outcome
 
     async def redeliver(self, item: OutboxItem) -> str:
-        """Try one item; returns what happened (delivered, duplicate, busy, retry, dead, handed_back)."""
+        """Try one item; returns what happened (delivered, duplicate, busy, retry, dead, handed_back).
+
+        On a route with ``backend_concurrency``, the redelivery first takes a slot of its backend's limit (the
+        one live requests take); without one in :data:`REDELIVERY_WAIT` the item is deferred untried."""
         route = self._by_name.get(item.route)
         if route is None:
             return await self._not_ours(item)
+        if self.limits is None or (limit := self.limits.for_route(route)) is None:
+            return await self._redeliver(route, item)
+        if not await limit.acquire(route.name, REDELIVERY_WAIT):
+            await self.store.outbox_defer(item.id, self.clock(), "backend_concurrency reached")
+            return "busy"
+        try:
+            outcome = await self._redeliver(route, item)
+        finally:
+            limit.release()
+        if outcome == "delivered":
+            self.limits.counters.drained(route.name)
+        return outcome
+
+    async def _redeliver(self, route: RouteRuntime, item: OutboxItem) -> str:
         try:
             delivery = Delivery.decode(item.payload)
         except (ValueError, KeyError):
