@@ -26,9 +26,10 @@ run: $(STAMP)
 check: $(STAMP)
 	$(BIN)/wxgate -c proxy.yaml check
 
-## docs: regenerate docs/configuration.md from the schema (tests/test_docs.py fails when it is stale)
+## docs: regenerate docs/configuration.md and docs/proxy.schema.json from the schema (tests fail when they are stale)
 docs: $(STAMP)
 	$(BIN)/python -m proxy.config.reference > docs/configuration.md
+	$(BIN)/wxgate check --schema > docs/proxy.schema.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -222,7 +222,6 @@ class WechatMiniProgram(WechatMp):
     checks are :class:`WechatMp`'s; this class reads the configured format and adds the events' contracts."""
 
     name = "wechat-miniprogram"
-    lookup_fields = (("MsgId",), ("FromUserName", "CreateTime"))
     content_types = XML_CONTENT_TYPES | JSON_CONTENT_TYPES  # the format comes from configuration
     # default_methods (GET is URL verification) and last_attempt ("总共重试三次", S-mini-recv copies; UNVERIFIED
     # as current) are the Official Account's; xpay_* events carry their own TTL (Verified.dedup_ttl).
