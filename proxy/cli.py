@@ -9,7 +9,8 @@ What a user can meet, printed on stderr without a traceback (:data:`ERRORS`), an
 * ``StoreUnavailable``  1  ``wxgate: cannot open the store: …`` and what to check (run, outbox)
 * ``CannotListen``      1  ``wxgate: cannot listen: …``: the admin port is taken or not ours to bind (run; the
                            listener's own failure is reported by mitmproxy)
-* ``UnusableOptions``   2  ``wxgate send: …``: no request can be built from these options (e.g. no --signing-key)
+* ``UnusableOptions``   2  ``wxgate send: …`` (the command's name): options that cannot work together or with the
+                           route (e.g. send without --signing-key for Pay v3)
 * a usage error         2  argparse's usage line and what it did not understand
 """
 
@@ -38,15 +39,15 @@ class CannotListen(Exception):
 
 
 class UnusableOptions(Exception):
-    """``wxgate send``: the options and the route cannot make a request."""
+    """The command's options cannot work, together or with the configured route."""
 
 
 ERRORS: dict[type[Exception], tuple[int, str]] = {
-    # exception: (exit status, what stderr says before the exception's own message)
+    # exception: (exit status, what stderr says before the exception's own message; {command}: the subcommand)
     ConfigError: (2, "wxgate: configuration error:\n"),
     StoreUnavailable: (1, "wxgate: cannot open the store: "),
     CannotListen: (1, "wxgate: cannot listen: "),
-    UnusableOptions: (2, "wxgate send: "),
+    UnusableOptions: (2, "wxgate {command}: "),
 }
 
 
@@ -80,11 +81,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from proxy.reload import prepare
 
-    if args.schema:  # the editor schema (docs/proxy.schema.json): no configuration needed
-        from proxy.config.json_schema import render
-
-        sys.stdout.write(render())
-        return 0
     config = _load(args.config)
     # Build what `run` builds (route table with every key, TLS context, tracer provider, store) but open nothing.
     loaded, provider, _ = prepare(config, os.environ)
@@ -194,13 +190,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     config = [config_option()]
     sub.add_parser("run", help="run the sidecar", parents=config)
-    c = sub.add_parser(
+    sub.add_parser(
         "check",
         help="validate the configuration and print the effective routes (secrets redacted)",
         parents=config,
-    )
-    c.add_argument(
-        "--schema", action="store_true", help="print proxy.yaml's JSON Schema (for editors) instead"
     )
     s = sub.add_parser(
         "send",
@@ -245,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except tuple(ERRORS) as e:
         status, prefix = next(v for kind, v in ERRORS.items() if isinstance(e, kind))
-        print(f"{prefix}{e}", file=sys.stderr)
+        print(prefix.format(command=args.command) + str(e), file=sys.stderr)
         return status
 
 

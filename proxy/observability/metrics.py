@@ -456,7 +456,8 @@ class Metrics:
 
     def requests_in_flight(self) -> int:
         """Inbound requests being handled now: what a drain waits for."""
-        return int(self.in_flight.collect()[0].samples[0].value)
+        (gauge,) = self.in_flight.collect()
+        return int(gauge.samples[0].value)
 
     def loop_lag(self, seconds: float) -> None:
         self.loop_lag_seconds.observe(seconds)
