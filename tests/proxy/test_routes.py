@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ def test_the_default_dedup_ttl_outlasts_a_long_timestamp_window(tmp_path: Path) 
 
 
 def test_check_prints_what_each_route_runs_with(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from proxy.cli import cmd_check
+    from proxy.cli import main
 
     mp = {"name": "mp", "path": "/mp", "protocol": "wechat-mp", "token": "${WXGATE_TEST_TOKEN:-a-real-token}"}
     pay = {**routes(tmp_path)["wechat-pay-v3"], "name": "pay", "path": "/pay", "protocol": "wechat-pay-v3"}
@@ -82,7 +81,7 @@ def test_check_prints_what_each_route_runs_with(tmp_path: Path, capsys: pytest.C
     (tmp_path / "proxy.yaml").write_text(
         yaml.safe_dump({"store": f"sqlite:///{tmp_path}/s.db", "routes": [mp, {**pay, "methods": ["PUT"]}]})
     )
-    assert cmd_check(argparse.Namespace(config=str(tmp_path / "proxy.yaml"))) == 0
+    assert main(["-c", str(tmp_path / "proxy.yaml"), "check"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])["routes"]
     assert [(r["methods"], r["on_backend_failure"], r["dedup"]["ttl"]) for r in shown] == [
         (["GET", "POST"], "ack", 600.0),
