@@ -81,6 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from proxy.reload import prepare
 
+    if args.schema:  # the editor schema (docs/proxy.schema.json): no configuration needed
+        from proxy.config.json_schema import render
+
+        sys.stdout.write(render())
+        return 0
     config = _load(args.config)
     # Build what `run` builds (route table with every key, TLS context, tracer provider, store) but open nothing.
     loaded, provider, _ = prepare(config, os.environ)
@@ -190,10 +195,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     config = [config_option()]
     sub.add_parser("run", help="run the sidecar", parents=config)
-    sub.add_parser(
+    c = sub.add_parser(
         "check",
         help="validate the configuration and print the effective routes (secrets redacted)",
         parents=config,
+    )
+    c.add_argument(
+        "--schema", action="store_true", help="print proxy.yaml's JSON Schema (for editors) instead"
     )
     s = sub.add_parser(
         "send",
