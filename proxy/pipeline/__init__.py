@@ -8,6 +8,7 @@
 - :mod:`.policy`       deadline policies: when wxgate acknowledges on the backend's behalf;
 - :mod:`.backend_leg`  the decisions about the backend call: early reply, store down, failure, durable-then-ack;
 - :mod:`.backpressure` at most ``backend_concurrency`` calls in flight to a backend;
+- :mod:`.rejection_budget` sources that failed verification too often to be worth verifying for a while;
 - :mod:`.forwarding`   the request to the backend and the classification of its answer;
 - :mod:`.replies`      answering a flow in the protocol's form; :mod:`.settlement` the outcome of a claim;
 - :mod:`.outbox`       redelivering what was acknowledged but not yet delivered.
@@ -26,6 +27,7 @@ __all__ = [
     "lookup_note",
     "outbox",
     "policy",
+    "rejection_budget",
     "replies",
     "routes",
     "settlement",
