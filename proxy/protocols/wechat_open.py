@@ -116,7 +116,7 @@ class WechatOpenPlatform(Protocol):
 
     name = "wechat-open-platform"
     lookup_fields = (("MsgId",), ("FromUserName", "CreateTime"))
-    methods: ClassVar[tuple[str, ...]] = ("GET", "POST")
+    default_methods: ClassVar[tuple[str, ...]] = ("GET", "POST")  # GET: echostr, as an Official Account's
     content_types: ClassVar[frozenset[str]] = frozenset({"", "text/xml", "application/xml", "text/plain"})
     default_dedup_ttl: ClassVar[float] = 600.0  # MP's: retries end within ~20 s; tickets come every 10 min
     last_attempt: ClassVar[int] = 4  # MP's "总共重试三次"; UNVERIFIED for either platform URL (§A2.2, §A2.3)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from proxy.protocols import wxcrypt, xmlmsg
-from proxy.tools import traffic_open
+from proxy.tools import traffic, traffic_open
 from proxy.tools.sender import Request
 from proxy.tools.traffic import Outbound
 from tests.support.canned_backend import CannedBackend
@@ -106,6 +106,21 @@ def test_a_ticket_push_is_answered_exactly_success_and_forwarded_once(
     (got,) = backend.received
     assert got.path == "/open/auth" and got.headers["x-wxgate-protocol"] == "wechat-open-platform"
     assert "x-wxgate-authorizer-appid" not in got.headers
+
+
+@pytest.mark.parametrize("path", ["/open/auth", f"/open/{APPID}/callback", f"/bound/{APPID}/callback"])
+def test_url_verification_is_answered_on_both_urls_and_unsigned_refused(
+    sidecar: Sidecar, backend: CannedBackend, path: str
+) -> None:
+    now = str(int(time.time()))
+    signed = traffic.mp_url_check(path, TOKEN, "8165483926513712", now, nonce())
+    assert send(sidecar, signed) == (200, b"8165483926513712")
+    forged = traffic.mp_url_check(path, "not-the-token", "8165483926513712", now, nonce())
+    unsigned = signed._replace(target=path + "?echostr=8165483926513712&timestamp=" + now)
+    for refused in (forged, unsigned):
+        status, body = send(sidecar, refused)
+        assert status == 403 and b"8165483926513712" not in body
+    assert backend.received == []  # the proxy answers URL verification by itself
 
 
 def test_an_appid_path_reaches_the_backend_marked_unverified_without_authorizers(

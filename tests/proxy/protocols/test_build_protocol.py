@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 
 from proxy.config import ConfigError, RouteBase, parse_config
 from proxy.protocols import build_protocol
+from proxy.protocols.base import Protocol
 from proxy.protocols.hmac_sig import HmacSignature
 from proxy.protocols.standard_webhooks import StandardWebhooks
 from proxy.protocols.wechat_mp import WechatMp
@@ -159,3 +162,31 @@ def test_bad_secrets_are_config_errors_without_the_secret(tmp_path: Path) -> Non
                 public_keys=[{"id": "PUB_KEY_ID_1", "file": str(pub)}],
             )
         )
+
+
+def _protocol_classes() -> list[type[Protocol]]:
+    import proxy.protocols as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    found: list[type[Protocol]] = []
+    pending = list(Protocol.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def test_protocols_set_only_the_route_facts_protocol_declares() -> None:
+    # A fact under another name (``methods`` for ``default_methods``) is silently ignored by the routes, which
+    # read Protocol's names: an Open Platform route once refused URL verification with 405 that way.
+    declared = set(vars(Protocol)) | set(Protocol.__annotations__)
+    own_facts = {"xpay_retry_schedule"}  # documented, read by the Mini Program's tests and docs only
+    for cls in _protocol_classes():
+        facts = {
+            name
+            for name, value in vars(cls).items()
+            if not name.startswith("_") and not callable(value) and not isinstance(value, property)
+        }
+        assert facts - declared - own_facts == set(), cls.__name__
