@@ -84,6 +84,21 @@ def rule_queries() -> list[Query]:
     return out
 
 
+# An offset modifier: "the same hour a day/week ago" has no data in a Prometheus that started minutes ago.
+_OFFSET = re.compile(r"\s+offset\s+-?(?:[0-9]+(?:ms|[smhdwy]))+\b")
+
+
+def live(expr: str) -> str:
+    """``expr`` as a Prometheus with minutes of history can answer it: offsets dropped, and every recorded series
+    whose rule reads history (a baseline) replaced by its rule's expression, offsets dropped too. What is left
+    still names every series, label and join of the original."""
+    for r in rules(RECORDING):
+        if _OFFSET.search(r["expr"]):
+            name, body = re.escape(r["record"]), "(" + r["expr"].replace("\\", "\\\\") + ")"
+            expr = re.sub(rf"(?<![\w:]){name}(?![\w:])", body, expr)
+    return _OFFSET.sub("", expr)
+
+
 def substitute(expr: str, job: str = ".+", instance: str = ".+", route: str = ".+", rate: str = "5m") -> str:
     """What Grafana sends with every variable at "All" (allValue ``.+``) or the values given."""
     for name, value in (

@@ -58,6 +58,7 @@ def test_fixed_uid_title_and_rows() -> None:
     rows = [p["title"] for p in panels() if p["type"] == "row"]
     assert rows == [
         "Overview",
+        "Anomaly signals",
         "Inbound requests (RED)",
         "Backend calls (RED)",
         "Verification",

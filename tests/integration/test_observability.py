@@ -26,6 +26,7 @@ from proxy.tools import sender, traffic
 from tests.dashboards.queries import (
     ALERTS,
     RECORDING,
+    live,
     panel_queries,
     rule_queries,
     substitute,
@@ -232,13 +233,13 @@ def failures(prom: Prometheus, exprs: list[tuple[str, str]]) -> list[str]:
 
 def test_every_dashboard_and_rule_expression_returns_data(run: Run) -> None:
     queries = panel_queries() + rule_queries() + variable_selectors()
-    exprs = [(q.where, substitute(q.expr, job=JOB, rate="30s")) for q in queries]
+    exprs = [(q.where, substitute(live(q.expr), job=JOB, rate="30s")) for q in queries]
     assert failures(run.prometheus, exprs) == []
 
 
 def test_panels_return_data_for_one_selected_route_and_instance(run: Run) -> None:
     instance = f"127.0.0.1:{run.sidecar.admin_port}"
-    exprs = [(q.where, substitute(q.expr, JOB, instance, "mp", "30s")) for q in panel_queries()]
+    exprs = [(q.where, substitute(live(q.expr), JOB, instance, "mp", "30s")) for q in panel_queries()]
     assert failures(run.prometheus, exprs) == []
 
 
