@@ -175,14 +175,15 @@ def test_a_killed_worker_is_restarted(sup: Sidecar, fresh_backend: Backend) -> N
 def test_sigterm_drains_every_worker_then_the_supervisor_exits_0(
     sup: Sidecar, fresh_backend: Backend
 ) -> None:
-    fresh_backend.set_mode("slow:1.5")
+    fresh_backend.set_mode("slow:2")
     workers = workers_of(sup)
 
     async def in_flight_then_term() -> list[tuple[int, bytes]]:
         calls = asyncio.create_task(
             each_on_its_own_connection(sup.url, [text(i, content=f"m{i}") for i in range(5000, 5010)])
         )
-        await asyncio.sleep(0.7)
+        # SIGTERM once all ten are at the backend: in flight in the workers, not waiting to be accepted.
+        await asyncio.to_thread(wait_until, lambda: len(fresh_backend.requests()) == 10, 10, "all in flight")
         sup.signal(signal.SIGTERM)
         return await calls
 
