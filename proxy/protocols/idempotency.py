@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 
 from proxy.protocols.base import Verified
 
@@ -43,8 +44,10 @@ def digest_key(verified: Verified) -> str:
 
 
 def lookup_alias(pairs: Sequence[tuple[str, str]]) -> str:
-    """The raw lookup alias of field values (names and values JSON-encoded, like :func:`fields_key`)."""
-    return "lookup|" + json.dumps([list(p) for p in pairs], separators=(",", ":"))
+    """The raw lookup alias of field values: ``lookup|name="value"|…``, each value a JSON string, so no value can
+    run into the next (the names are the protocol's own). Written on every first claim: the string encoder alone
+    costs a tenth of ``json.dumps`` of a list."""
+    return "lookup|" + "|".join(f"{name}={encode_basestring_ascii(value)}" for name, value in pairs)
 
 
 def lookup_aliases(message: Mapping[str, str], lookup_fields: Sequence[Sequence[str]]) -> tuple[str, ...]:

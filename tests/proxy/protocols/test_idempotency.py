@@ -346,3 +346,32 @@ def test_digest_prefers_the_authenticated_bytes_and_is_canonical_otherwise() -> 
     assert idempotency.digest({"a": "\ud800"}) != idempotency.digest(
         {"a": ""}
     )  # lone surrogates do not raise
+
+
+# -- lookup aliases (wxgate lookup) ----------------------------------------------------------------------------
+PAY_FIELDS = WechatPayV2.lookup_fields
+
+
+def test_a_message_is_filed_under_each_id_group_it_carries() -> None:
+    msg = {"FromUserName": "oUser", "CreateTime": "1700000000", "MsgId": "123"}
+    assert idempotency.lookup_aliases(msg, WechatMp.lookup_fields) == (
+        idempotency.lookup_alias([("MsgId", "123")]),
+        idempotency.lookup_alias([("FromUserName", "oUser"), ("CreateTime", "1700000000")]),
+    )
+    notice = {"transaction_id": "4200", "out_trade_no": "T1", "result_code": "SUCCESS"}
+    assert len(idempotency.lookup_aliases(notice, PAY_FIELDS)) == 2  # no refund ids: no refund aliases
+    assert idempotency.lookup_aliases({"CreateTime": "1700000000"}, WechatMp.lookup_fields) == ()
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (
+            [("FromUserName", 'a"|CreateTime="1'), ("CreateTime", "2")],
+            [("FromUserName", "a"), ("CreateTime", '1"|2')],
+        ),
+        ([("transaction_id", "1")], [("out_trade_no", "1")]),
+    ],
+)
+def test_aliases_of_different_ids_differ(one: list[tuple[str, str]], other: list[tuple[str, str]]) -> None:
+    assert idempotency.lookup_alias(one) != idempotency.lookup_alias(other)
