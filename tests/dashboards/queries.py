@@ -99,11 +99,19 @@ def live(expr: str) -> str:
     return _OFFSET.sub("", expr)
 
 
-def substitute(expr: str, job: str = ".+", instance: str = ".+", route: str = ".+", rate: str = "5m") -> str:
+def substitute(
+    expr: str,
+    job: str = ".+",
+    instance: str = ".+",
+    route: str = ".+",
+    rate: str = "5m",
+    protocol: str = ".+",
+) -> str:
     """What Grafana sends with every variable at "All" (allValue ``.+``) or the values given."""
     for name, value in (
         ("$__rate_interval", rate),
         ("$instance", instance),
+        ("$protocol", protocol),
         ("$route", route),
         ("$job", job),
     ):
