@@ -10,8 +10,9 @@ Each worker serves its own admin app on a Unix socket (:meth:`AdminServer.start_
   ``rate()`` treats as the counter reset it is. ``process_*`` and ``python_gc_*`` stay per worker, as they
   should. A worker that does not answer is left out of that scrape (its series go stale) rather than failing it.
 - ``/readyz``: 200 when every worker is running and ready; else 503 naming each worker that is not.
-- ``/healthz``: 200 while the supervisor runs (it restarts workers itself; a liveness probe must not kill the pod
-  for one worker's restart).
+- ``/healthz``: 200 when every running worker answers its own ``/healthz`` (a worker whose event loop is stuck
+  does not, and a liveness probe then restarts the container, as it would a single process); a worker that is
+  restarting does not count: the supervisor restarts it itself, and the pod need not go for that.
 """
 
 from __future__ import annotations
@@ -87,7 +88,16 @@ class WorkerAdmin:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        running = [(i, path) for i, path in enumerate(self.sockets()) if path is not None]
+        answers = await asyncio.gather(*(self.get(path, "/healthz") for _, path in running))
+        problems = [
+            f"worker {i}: {body}"
+            for (i, _), (status, body) in zip(running, answers, strict=True)
+            if status != 200
+        ]
+        if not problems:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="unhealthy: " + "; ".join(problems) + "\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
         if self.draining():

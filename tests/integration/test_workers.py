@@ -161,6 +161,23 @@ def test_outbox_is_drained_once_by_one_worker(
         late.stop()
 
 
+def test_a_stuck_worker_fails_healthz(sup: Sidecar) -> None:
+    stuck = workers_of(sup)[1]
+    answers: list[tuple[int, bytes, dict[str, str]]] = []
+
+    def healthz(status: int) -> bool:
+        answers.append(http("GET", sup.admin_url + "/healthz", timeout=5))
+        return answers[-1][0] == status
+
+    os.kill(stuck, signal.SIGSTOP)  # its event loop stops as a blocking hook would stop it
+    try:
+        wait_until(lambda: healthz(503), 15, "healthz failing")
+        assert answers[-1][1].startswith(b"unhealthy: worker 1: not answering")
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    wait_until(lambda: healthz(200), 15, "healthz again")
+
+
 def test_a_killed_worker_is_restarted(sup: Sidecar, fresh_backend: Backend) -> None:
     first = workers_of(sup)
     os.kill(first[1], signal.SIGKILL)
