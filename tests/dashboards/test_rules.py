@@ -16,7 +16,7 @@ import yaml
 
 from tests.dashboards.queries import ALERT_FORM, ALERTS, RECORDING, ROOT, RULES_DIR, rules
 
-RULE_TESTS = ("alerts_test.yaml", "anomaly_test.yaml")
+RULE_TESTS = ("alerts_test.yaml", "anomaly_test.yaml", "budget_test.yaml")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

@@ -140,21 +140,25 @@ def test_an_mp_message_is_found_by_msg_id_and_by_sender_and_time(sidecar: Sideca
     assert CONTENT not in text.stdout
 
 
-def test_a_pay_notice_is_found_by_transaction_id_and_out_trade_no(sidecar: Sidecar) -> None:
+def test_a_pay_notice_is_found_by_transaction_id_and_out_trade_no_and_an_unknown_id_is_not(
+    sidecar: Sidecar,
+) -> None:
     serial = str(int(time.time() * 1000))
     send_pay(sidecar, serial)
-    by_transaction, by_order = map(
-        found,
-        lookups(
-            sidecar,
-            ["--json", "--transaction-id", f"4200{serial}"],
-            ["--json", "--out-trade-no", f"T{serial}"],
-        ),
+    transaction_out, order_out, unknown, bad = lookups(
+        sidecar,
+        ["--json", "--transaction-id", f"4200{serial}"],
+        ["--json", "--out-trade-no", f"T{serial}"],
+        ["--out-trade-no", f"T{serial}0"],
+        ["--from", "oUser"],
     )
+    by_transaction, by_order = found(transaction_out), found(order_out)
     assert by_transaction["dedup_key"] == by_order["dedup_key"]
     assert (by_order["route"], by_order["found_by"]) == ("pay2", f"out_trade_no=T{serial}")
     assert (by_order["record"]["state"], by_order["record"]["attempts"]) == ("done", 1)
     assert by_order["record"]["reply"]["kind"] == "ack" and "body" not in by_order["record"]["reply"]
+    assert unknown.returncode == 1 and "not found" in unknown.stdout
+    assert bad.returncode == 2 and "--create-time" in bad.stderr
 
 
 def test_a_dead_letter_is_shown_with_its_last_error(sidecar: Sidecar) -> None:
@@ -178,12 +182,6 @@ def test_a_dead_letter_is_shown_with_its_last_error(sidecar: Sidecar) -> None:
         and dead["last_error"] in as_text.stdout
     )
     assert CONTENT in as_text.stdout  # --show-content: the message body
-
-
-def test_an_unknown_id_is_not_found(sidecar: Sidecar) -> None:
-    unknown, bad = lookups(sidecar, ["--msg-id", "1"], ["--from", "oUser"])
-    assert unknown.returncode == 1 and "not found" in unknown.stdout
-    assert bad.returncode == 2 and "--create-time" in bad.stderr
 
 
 def test_lookup_reads_a_redis_store(tmp_path: Path, backend: Backend) -> None:
