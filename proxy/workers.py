@@ -8,7 +8,8 @@ One process serves one core (mitmproxy and the addon chain run on one event loop
   so connections arriving while a worker restarts wait in that socket's backlog instead of being refused;
 - restarts a worker that exits, after 0.5 s doubling to 10 s while it keeps failing (back to 0.5 s once it has
   run 30 s); a worker that fails before all have started once means the configuration or the host is wrong: the
-  supervisor stops the others and exits 1 (the worker's log says why) instead of crash-looping;
+  supervisor stops the others and exits with its status (2 for a configuration error; the worker's log says why)
+  instead of crash-looping;
 - passes SIGHUP on to every worker (each reloads the file itself; one still starting gets it once it is up);
 - on SIGTERM or SIGINT, closes its listening copies and passes SIGTERM on: each worker drains as a single
   process does, and the supervisor exits 0 once all have (workers still running ``drain_timeout`` + 15 s later
@@ -159,7 +160,7 @@ class Supervisor:
                 logger.error(
                     "worker %d exited with %s while starting; stopping (see its log above)", slot.index, rc
                 )
-                self.failed = 1
+                self.failed = rc if rc > 0 else 1  # 2: its configuration error, as a single process exits
                 self.drain()
                 return rc
             if time.monotonic() - started > STABLE_AFTER:

@@ -19,8 +19,8 @@ import yaml
 
 from proxy.protocols import xmlmsg
 from proxy.tools import sender
-from tests.integration.conftest import ENV, TOKEN, mp_route
-from tests.support.procs import ROOT, WXGATE, Backend, Sidecar, http, wait_until
+from tests.integration.conftest import ENV, TOKEN, mp_route, pay_v3_route
+from tests.support.procs import ROOT, WXGATE, Backend, Process, Sidecar, http, wait_until
 from tests.support.redis_servers import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -249,3 +249,17 @@ def test_check_refuses_workers_with_a_memory_store(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "workers: 2 with store sqlite://:memory:" in out.stderr and "redis://" in out.stderr
+
+
+def test_a_worker_failing_at_start_stops_the_sidecar_with_its_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "platform.pem"
+    garbage.write_text("not a certificate")
+    route = pay_v3_route(garbage, "1900000001")
+    s = Sidecar(tmp_path, {"workers": 2, "routes": [route]}, env={"V3": "k" * 32}, name="failing")
+    Process.start(s)  # not Sidecar.start: it would wait for a readiness that never comes
+    try:
+        assert s.wait(30) == 2  # the configuration error's status, once: no crash loop
+        assert "is not a WeChat Pay platform certificate" in s.logs()
+        assert "exited with 2 while starting; stopping" in s.logs()
+    finally:
+        s.stop()
