@@ -33,15 +33,18 @@ def resolve_workers(value: int | str) -> int:
 
 
 def cgroup_quota(root: Path, proc_cgroup: str) -> float | None:
-    """CPUs the cgroup quota allows (``None``: no quota), from ``/proc/self/cgroup``'s text."""
+    """CPUs the cgroup quota allows (``None``: no quota), from ``/proc/self/cgroup``'s text.
+
+    A v1 ``cpu`` controller wins over the v2 line: on a hybrid host (both listed) the v1 one holds the quota."""
+    unified: str | None = None
     for line in proc_cgroup.splitlines():
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and controllers == "":
-            return _v2_quota(root, path)
-        if "cpu" in controllers.split(","):
+            unified = path
+        elif "cpu" in controllers.split(","):
             return _v1_quota(root, controllers, path)
-    return None
+    return None if unified is None else _v2_quota(root, unified)
 
 
 def _v2_quota(root: Path, path: str) -> float | None:

@@ -44,6 +44,12 @@ def test_v1_cfs_quota(tmp_path: Path) -> None:
     assert cgroup_quota(tmp_path, proc) == 3.0
 
 
+def test_hybrid_host_reads_the_v1_cpu_controller(tmp_path: Path) -> None:
+    write(tmp_path, "cpu/cpu.cfs_quota_us", "200000\n")
+    write(tmp_path, "cpu/cpu.cfs_period_us", "100000\n")
+    assert cgroup_quota(tmp_path, "0::/\n4:memory:/x\n1:cpu:/\n") == 2.0
+
+
 def test_v1_unlimited(tmp_path: Path) -> None:
     write(tmp_path, "cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
     write(tmp_path, "cpu,cpuacct/cpu.cfs_period_us", "100000\n")
