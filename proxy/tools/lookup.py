@@ -192,7 +192,7 @@ def as_dict(f: Found, show: bool) -> dict[str, Any]:
 def render(d: dict[str, Any], now: float) -> str:
     lines = [
         f"route {d['route']} ({d['protocol']}), found by {d['found_by']}",
-        f"  dedup key    {d['dedup_key']}",
+        f"  dedup key    {d['dedup_key']} (the backend's X-Wxgate-Dedup-Key, the log line's dedup_key)",
     ]
     r = d["record"]
     if r is None:
