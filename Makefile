@@ -42,8 +42,10 @@ typecheck: $(STAMP)
 test: $(STAMP) deps lint typecheck
 	$(BIN)/pytest -q
 
+## bench: the benchmark, ~10 minutes; the tables go to stdout, the charts to docs/ (docs/benchmarks.md)
 bench: $(STAMP) deps
-	$(BIN)/python bench/run.py
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python bench/run.py --charts docs
 
 ## soak: the reliability suite, then chaos, fuzzing and rejections for SOAK_SECONDS (default 300); writes docs/reliability.md
 soak: $(STAMP) deps

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.corpus import read
 
 MAX_CONNECTIONS = 1024
+CURVE = (0, 10, 25, 50, 75, 90, 95, 98, 99, 99.5, 99.8, 99.9, 99.95, 99.98, 99.99)
 
 
 class Conn(asyncio.Protocol):
@@ -180,6 +181,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "p99_ms": round(percentile(lat, 99) * ms, 3),
         "p999_ms": round(percentile(lat, 99.9) * ms, 3),
         "max_ms": round(max(lat) * ms, 3) if lat else 0.0,
+        # the distribution, for the chart: [percentile, ms]
+        "curve": [[q, round(percentile(lat, q) * ms, 3)] for q in CURVE] if lat else [],
     }
 
 

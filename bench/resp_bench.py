@@ -31,8 +31,8 @@ from redis.asyncio import Redis  # noqa: E402
 
 from proxy.stores.redis_scripts import REMEMBER  # noqa: E402
 from proxy.stores.redis_target import RedisConnector  # noqa: E402
-from proxy.stores.url import parse_redis_url  # noqa: E402
 from proxy.stores.resp import RespClient  # noqa: E402
+from proxy.stores.url import parse_redis_url  # noqa: E402
 from tests.support.redis_servers import RedisServer  # noqa: E402
 
 Call = Callable[[str], Awaitable[Any]]

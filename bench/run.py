@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -46,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from bench import corpus  # noqa: E402
+from bench import charts, corpus  # noqa: E402
 from tests.support.redis_servers import RedisServer, free_port  # noqa: E402
 
 PY = sys.executable
@@ -68,6 +69,9 @@ class Scenario:
     verified: bool = True  # requests must be fresh (a reused one is a replay or a duplicate)
     soak: bool = False  # run to --soak requests for the last RSS (else --soak-short)
     default: bool = True  # part of a plain `make bench`; the others only with --only
+    # `workers: N`: N processes under the supervisor, on every CPU (1: alone on the last CPU)
+    workers: int = 1
+    launcher: tuple[str, ...] = ()  # more options for bench/sidecar.py (--uvloop, --gc-threshold)
 
 
 SCENARIOS = (
@@ -84,6 +88,7 @@ SCENARIOS = (
     Scenario("mp-sqlite", "wxgate MP plaintext full chain, sqlite", "wxgate", "mp", soak=True),
     Scenario("mp-redis", "wxgate MP plaintext full chain, Redis", "wxgate", "mp", "redis", soak=True),
     Scenario("mp-redis-10pct", "wxgate MP full chain, Redis, 10% of traces", "wxgate", "mp", "redis", 0.1),
+    Scenario("mp-redis-w2", "wxgate MP full chain, Redis, `workers: 2`", "wxgate", "mp", "redis", workers=2),
     Scenario("mp-safe", "wxgate MP safe mode, decrypt for backend", "wxgate", "mp_safe"),
     Scenario("pay-v3", "wxgate Pay v3 (RSA verify + GCM decrypt)", "wxgate", "pay_v3"),
     Scenario("dup-mix", "wxgate duplicate-heavy mix (every message 4x)", "wxgate", "dup"),
@@ -104,6 +109,35 @@ SCENARIOS = (
         "redis",
         0.0,
         default=False,
+    ),
+    # For trying the event loop and the collector's thresholds (paired against mp-redis).
+    Scenario(
+        "mp-redis-uvloop",
+        "wxgate MP full chain, Redis, on uvloop",
+        "wxgate",
+        "mp",
+        "redis",
+        default=False,
+        launcher=("--uvloop",),
+    ),
+    Scenario(
+        "mp-redis-gc700",
+        "wxgate MP full chain, Redis, Python's default GC thresholds",
+        "wxgate",
+        "mp",
+        "redis",
+        default=False,
+        launcher=("--gc-threshold", "700,10,10"),
+    ),
+    Scenario(
+        "passthrough-w2",
+        "wxgate, unmatched path, `workers: 2`",
+        "wxgate",
+        "passthrough",
+        trace=0.0,
+        verified=False,
+        default=False,
+        workers=2,
     ),
 )
 
@@ -155,16 +189,35 @@ def stop_all() -> None:
             p.stop(5)
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a `workers: N` supervisor and its workers)."""
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in task.read_text().split():
+                out += tree(int(child))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, every thread
+    """utime + stime of ``pid`` and its descendants, every thread (a finished child's time is not counted)."""
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """RSS of ``pid`` and its descendants."""
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
 
 
 def busy_jiffies() -> int:
@@ -277,6 +330,13 @@ class Env:
     backend_port: int = 0
     wxgate_env: dict[str, str] = field(default_factory=dict)
     cert: Path | None = None
+    helper_pids: set[int] = field(default_factory=set)  # the backend and redis-server: load-side CPU
+
+    def load_cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of (the load tools this script waited for: wrk, the open-loop tool; the backend and
+        redis-server)."""
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime, sum(cpu_seconds(p) for p in self.helper_pids)
 
     def corpus_file(self, sc: Scenario, phase: str, count: int) -> tuple[Path, list[bytes]]:
         reqs = corpus.build(sc.traffic, count, self.seq, self.pay_key)
@@ -291,7 +351,8 @@ class Env:
 
 def wxgate_config(env: Env, sc: Scenario, port: int, admin: int, redis_url: str | None) -> Path:
     store = redis_url if sc.store == "redis" else f"sqlite:///{env.tmp}/{sc.id}-state.db"
-    cfg = {
+    cfg: dict[str, Any] = {
+        "workers": sc.workers,
         "listen": f"127.0.0.1:{port}",
         "admin": f"127.0.0.1:{admin}",
         "upstream": f"http://127.0.0.1:{env.backend_port}",
@@ -329,8 +390,10 @@ def wxgate_config(env: Env, sc: Scenario, port: int, admin: int, redis_url: str 
 def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path | None]]:
     port = free_port()
     redis: RedisServer | None = None
+    redis_pid = 0
     stats: Path | None = None
     log = env.tmp / f"{sc.id}.log"
+    cpus = env.sut_cpus if sc.workers == 1 else None  # N workers: every CPU, shared with the load tools
     if sc.kind == "direct":
         proc = Proc([PY, "bench/backend.py", "--port", str(port)], log, env.sut_cpus)
         wait_until(lambda: tcp_open(port), 15, "direct backend")
@@ -352,6 +415,9 @@ def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path 
         if sc.store == "redis":
             redis = RedisServer(data_dir=env.tmp / f"redis-{sc.id}").start()
             redis_url = redis.url
+            assert redis.proc is not None
+            redis_pid = redis.proc.pid
+            env.helper_pids.add(redis_pid)
         admin = free_port()
         cfg = wxgate_config(env, sc, port, admin, redis_url)
         stats = env.tmp / f"{sc.id}-stats.json"
@@ -360,7 +426,8 @@ def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path 
         )
         if env.args.profile:
             args += ["--profile", str(OUT / f"{sc.id}.prof")]
-        proc = Proc(args, log, env.sut_cpus, env.wxgate_env)
+        args += sc.launcher
+        proc = Proc(args, log, cpus, env.wxgate_env)
         wait_until(
             lambda: (proc.check(), http_get(f"http://127.0.0.1:{admin}/readyz") == 200)[1], 30, "wxgate"
         )
@@ -369,18 +436,44 @@ def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path 
     finally:
         proc.stop()
         if redis is not None:
+            env.helper_pids.discard(redis_pid)
             redis.stop()
 
 
-def sut_stats(proc: Proc, stats: Path | None) -> dict[str, Any]:
+def sut_stats(proc: Proc, stats: Path | None, workers: int = 1) -> dict[str, Any]:
+    """The launcher's figures (``bench/sidecar.py``); with N workers, each one's, added up (GC: the longest
+    pause of any)."""
     if stats is None:
         return {}
-    with contextlib.suppress(FileNotFoundError):
-        stats.unlink()
+    files = [stats] if workers == 1 else [stats.with_name(f"{stats.name}.{i}") for i in range(workers)]
+    for f in files:
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
     os.kill(proc.pid, signal.SIGUSR1)
-    wait_until(stats.exists, 30, "stats file")
-    data: dict[str, Any] = json.loads(stats.read_text())
-    return data
+    wait_until(lambda: all(f.exists() for f in files), 30, "stats file")
+    parts = [json.loads(f.read_text()) for f in files]
+    if workers == 1:
+        return dict(parts[0])
+    return merge_stats(parts)
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"workers": parts}
+    for key in ("flows", "exchanges", "tasks", "rss_kib", "spans_exported", "gc_frozen"):
+        out[key] = sum(p[key] for p in parts)
+    threads: dict[str, float] = {}
+    for p in parts:
+        for name, secs in p["threads"].items():
+            threads[name] = threads.get(name, 0.0) + secs
+    out["threads"] = threads
+    out["gc"] = {
+        "seconds": [sum(p["gc"]["seconds"][g] for p in parts) for g in range(3)],
+        "count": [sum(p["gc"]["count"][g] for p in parts) for g in range(3)],
+        "longest": max(p["gc"]["longest"] for p in parts),
+        "pauses": {k: sum(p["gc"]["pauses"][k] for p in parts) for k in parts[0]["gc"]["pauses"]},
+    }
+    out["gc_threshold"] = parts[0].get("gc_threshold")
+    return out
 
 
 def measure(env: Env, sc: Scenario) -> dict[str, Any]:
@@ -400,14 +493,15 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
         rate_guess = max(200.0, warm["requests"] / max(time.monotonic() - t0 - 0.1, 0.1))
         time.sleep(0.5)
         res["rss_start_mib"] = rss_mib(proc.pid)
-        res["stats_start"] = sut_stats(proc, stats)
+        res["stats_start"] = sut_stats(proc, stats, sc.workers)
         # 2. closed loop
         closed_file = phase_corpus("closed", int(rate_guess * a.closed * 1.8) + 2000)
-        cpu0, busy0, w0 = cpu_seconds(proc.pid), busy_jiffies(), time.monotonic()
+        cpu0, busy0, w0, load0 = cpu_seconds(proc.pid), busy_jiffies(), time.monotonic(), env.load_cpu()
         closed = wrk(port, closed_file, a.closed)
-        cpu1, busy1, w1 = cpu_seconds(proc.pid), busy_jiffies(), time.monotonic()
+        cpu1, busy1, w1, load1 = cpu_seconds(proc.pid), busy_jiffies(), time.monotonic(), env.load_cpu()
+        res["load_cores"] = [(b - a) / (w1 - w0) for a, b in zip(load0, load1, strict=True)]
         res["closed"] = closed
-        res["stats_closed"] = sut_stats(proc, stats)
+        res["stats_closed"] = sut_stats(proc, stats, sc.workers)
         res["rps"] = closed["requests"] / (closed["duration_us"] / 1e6)
         res["cpu_per_1k"] = (cpu1 - cpu0) / max(closed["requests"], 1) * 1000
         res["sut_cpu_util"] = (cpu1 - cpu0) / (w1 - w0)
@@ -450,12 +544,12 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
         time.sleep(1.0)
         res["served_after_warmup"] = served
         res["rss_end_mib"] = rss_mib(proc.pid)
-        res["stats_end"] = sut_stats(proc, stats)
+        res["stats_end"] = sut_stats(proc, stats, sc.workers)
         # 5. open loop
         open_file = phase_corpus("open", int(a.rate * a.open) + 500)
         res["open"] = open_loop(port, open_file, a.rate, a.open)
         res["rss_after_open_mib"] = rss_mib(proc.pid)
-        res["stats_open"] = sut_stats(proc, stats)
+        res["stats_open"] = sut_stats(proc, stats, sc.workers)
     return res
 
 
@@ -481,16 +575,31 @@ def paired(env: Env, chosen: list[Scenario], rounds: int, seconds: float) -> dic
                     if sc.verified
                     else env.fixed_corpus(sc, "paired", count)
                 )
-                cpu0 = cpu_seconds(proc.pid)
+                cpu0, load0, w0 = cpu_seconds(proc.pid), env.load_cpu(), time.monotonic()
                 run = wrk(port, file, seconds)
-                cpu1 = cpu_seconds(proc.pid)
+                cpu1, load1, w1 = cpu_seconds(proc.pid), env.load_cpu(), time.monotonic()
                 out["runs"][sc.id].append(
                     {
                         "rps": run["requests"] / (run["duration_us"] / 1e6),
                         "cpu_per_1k": (cpu1 - cpu0) / max(run["requests"], 1) * 1000,
+                        "sut_cores": (cpu1 - cpu0) / (w1 - w0),
+                        "load_cores": [(b - a) / (w1 - w0) for a, b in zip(load0, load1, strict=True)],
                         "status_errors": run["status_errors"],
                     }
                 )
+    # N workers against the same configuration with one, round by round.
+    out["vs_one_worker"] = {}
+    for sc in chosen:
+        one = next((o for o in chosen if o.workers == 1 and sc.id == f"{o.id}-w{sc.workers}"), None)
+        if sc.workers > 1 and one is not None:
+            ratios = [
+                r["rps"] / b["rps"] for r, b in zip(out["runs"][sc.id], out["runs"][one.id], strict=True)
+            ]
+            out["vs_one_worker"][sc.id] = {
+                "of": one.id,
+                "rps": ratios,
+                "rps_median": statistics.median(ratios),
+            }
     base = out["runs"].get("mitmdump")
     out["ratios"] = {}
     if base:
@@ -511,16 +620,30 @@ def paired_table(p: dict[str, Any], labels: dict[str, str]) -> str:
         f"Paired rounds ({p['rounds']} × {p['seconds']:.0f} s each, every configuration running, loaded in turn):",
         "",
         "| configuration | req/s, round by round | × mitmdump, round by round | × mitmdump (median) "
-        "| CPU ms / req (median) | × mitmdump by CPU (median) |",
-        "|---|---|---|---:|---:|---:|",
+        "| CPU ms / req (median) | × mitmdump by CPU (median) | cores: SUT / wrk / backend + Redis (median) |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     for sc_id, runs in p["runs"].items():
         r = p["ratios"].get(sc_id, {})
         flag = " ⚠ non-2xx" if any(x["status_errors"] for x in runs) else ""
+        cores = " / ".join(
+            f"{statistics.median(v):.2f}"
+            for v in (
+                [x["sut_cores"] for x in runs],
+                [x["load_cores"][0] for x in runs],
+                [x["load_cores"][1] for x in runs],
+            )
+        )
         rows.append(
             f"| {labels.get(sc_id, sc_id)}{flag} | {' '.join(f'{x["rps"]:,.0f}' for x in runs)} | "
             f"{' '.join(f'{x:.2f}' for x in r.get('rps', []))} | {r.get('rps_median', 0):.2f} | "
-            f"{statistics.median(x['cpu_per_1k'] for x in runs):.3f} | {r.get('cpu_median', 0):.2f} |"
+            f"{statistics.median(x['cpu_per_1k'] for x in runs):.3f} | {r.get('cpu_median', 0):.2f} | {cores} |"
+        )
+    for sc_id, v in p.get("vs_one_worker", {}).items():
+        rows.append("")
+        rows.append(
+            f"{labels.get(sc_id, sc_id)} against {labels.get(v['of'], v['of'])}, round by round: "
+            f"{' '.join(f'{x:.2f}' for x in v['rps'])}; median **{v['rps_median']:.2f}×**"
         )
     return "\n".join(rows)
 
@@ -613,7 +736,14 @@ def gc_summary(g0: dict[str, Any], g1: dict[str, Any]) -> str:
     secs = [b - a for a, b in zip(g0["seconds"], g1["seconds"], strict=True)]
     counts = [b - a for a, b in zip(g0["count"], g1["count"], strict=True)]
     per_gen = ", ".join(f"gen{i} {n}× {t:.2f} s" for i, (n, t) in enumerate(zip(counts, secs, strict=True)))
-    return f"{sum(secs):.2f} s ({per_gen}), longest pause {g1['longest'] * 1000:.1f} ms"
+    pauses = ", ".join(
+        f"≥ {k} ms: {g1['pauses'][k] - g0['pauses'].get(k, 0)}"
+        for k in g1.get("pauses", {})
+        if k in ("1", "5", "10")
+    )
+    return f"{sum(secs):.2f} s of CPU ({per_gen}), longest pause {g1['longest'] * 1000:.1f} ms" + (
+        f"; pauses {pauses}" if pauses else ""
+    )
 
 
 def machine() -> dict[str, str]:
@@ -664,7 +794,7 @@ def main() -> int:
     p.add_argument("--dup-rounds", type=int, default=4, help="rounds of firsts-only then duplicates-only")
     p.add_argument(
         "--paired",
-        default="mitmdump,mp-redis,mp-redis-10pct",
+        default="mitmdump,mp-redis,mp-redis-w2,mp-redis-10pct",
         help="configurations also measured in alternating rounds (ratios robust to a noisy host; '' for none)",
     )
     p.add_argument("--rounds", type=int, default=7, help="paired rounds (default 7)")
@@ -674,6 +804,9 @@ def main() -> int:
         "--soak-short", type=int, default=0, help="the same for the other configurations (default 0)"
     )
     p.add_argument("--json", type=Path, default=OUT / "results.json")
+    p.add_argument(
+        "--charts", type=Path, help="directory for the PNG charts (default: beside --json; needs matplotlib)"
+    )
     p.add_argument(
         "--profile", action="store_true", help="cProfile each wxgate into bench/out/<id>.prof (slower)"
     )
@@ -714,7 +847,10 @@ def main() -> int:
         }
         env.backend_port = free_port()
         try:
-            Proc([PY, "bench/backend.py", "--port", str(env.backend_port)], tmp / "backend.log", None)
+            backend = Proc(
+                [PY, "bench/backend.py", "--port", str(env.backend_port)], tmp / "backend.log", None
+            )
+            env.helper_pids.add(backend.pid)
             wait_until(lambda: tcp_open(env.backend_port), 15, "backend")
             for sc in chosen:
                 t = time.monotonic()
@@ -756,6 +892,12 @@ def main() -> int:
     if paired_result is not None:
         print()
         print(paired_table(paired_result, {sc.id: sc.label for sc in SCENARIOS}))
+    if charts.available():
+        data = json.loads(args.json.read_text())
+        for path in charts.draw(data, args.charts or args.json.parent):
+            print(f"chart: {path}", file=sys.stderr)
+    else:
+        print("matplotlib is not installed: no charts (pip install -e '.[bench]')", file=sys.stderr)
     return 0
 
 

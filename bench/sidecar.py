@@ -10,6 +10,10 @@
   flows").
 
 - ``--profile FILE``: cProfile over the whole run, written at exit (for finding hot spots, not for timing).
+- ``--uvloop``: the event loop is uvloop's; ``--gc-threshold T0,T1,T2``: the collector's thresholds, set once
+  serving (over what the sidecar sets); for trying both against the default in paired rounds.
+- ``workers: N`` in the file (N > 1): this launcher is the supervisor of :mod:`proxy.workers`, each worker is
+  this launcher again (same options), ``SIGUSR1`` is passed on and worker ``i`` writes ``--stats`` + ``.i``.
 
     python bench/sidecar.py -c wxgate.yaml --stats stats.json [--trace 1.0] [--profile out.prof]
 """
@@ -35,8 +39,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from proxy import app
-from proxy.config import load_config
+from proxy.config import Config, load_config
+from proxy.cpus import resolve_workers
 from proxy.observability import logs, otel_env
+from proxy.worker_role import WorkerRole
+from proxy.workers import Supervisor
 
 
 class CountingExporter(SpanExporter):
@@ -67,29 +74,42 @@ def in_process_provider(exporter: CountingExporter, ratio: float = 1.0) -> Trace
 
 
 class GcClock:
-    """Time spent in each generation's collections (``gc.callbacks``): pauses every flow in flight."""
+    """Time spent in each generation's collections (``gc.callbacks``): pauses every flow in flight.
+
+    ``seconds`` is the loop thread's CPU time in collections (what they cost, whatever else the host runs);
+    ``longest`` and ``pauses`` are wall-clock time (what a request in flight waits: on a busy host that
+    includes being descheduled mid-collection)."""
+
+    PAUSE_MS = (1, 2, 5, 10, 20, 50)  # "pauses": collections at least this long (wall clock), per bound
 
     def __init__(self) -> None:
         self.seconds = [0.0, 0.0, 0.0]
         self.count = [0, 0, 0]
         self.longest = 0.0
+        self.pauses = [0] * len(self.PAUSE_MS)
         self._started = 0.0
+        self._cpu = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
+            self._cpu = time.thread_time()
             return
         took = time.perf_counter() - self._started
         gen = info["generation"]
-        self.seconds[gen] += took
+        self.seconds[gen] += time.thread_time() - self._cpu
         self.count[gen] += 1
         self.longest = max(self.longest, took)
+        for i, bound in enumerate(self.PAUSE_MS):
+            if took * 1000 >= bound:
+                self.pauses[i] += 1
 
     def snapshot(self) -> dict[str, object]:
         return {
             "seconds": [round(s, 4) for s in self.seconds],
             "count": self.count[:],
             "longest": self.longest,
+            "pauses": dict(zip((str(b) for b in self.PAUSE_MS), self.pauses, strict=True)),
         }
 
 
@@ -141,6 +161,7 @@ def write_stats(path: Path, exporter: CountingExporter | None) -> None:
         "rss_kib": rss_kib(),
         "spans_exported": exporter.spans if exporter else 0,
         "gc": collections,
+        "gc_threshold": gc.get_threshold(),
         "gc_objects": [len(gc.get_objects(g)) for g in range(3)],  # tracked, per generation, not frozen
         "gc_frozen": gc.get_freeze_count(),
         "threads": thread_cpu(),
@@ -150,9 +171,33 @@ def write_stats(path: Path, exporter: CountingExporter | None) -> None:
     os.replace(tmp, path)
 
 
+class BenchSupervisor(Supervisor):
+    """``workers: N``: the workers are this launcher; ``SIGUSR1`` reaches each of them."""
+
+    def __init__(self, config: Config, config_path: Path, count: int, argv: list[str]) -> None:
+        super().__init__(config, config_path, count)
+        self.argv = argv
+
+    def worker_command(self) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), *self.argv]
+
+    async def run(self) -> int:
+        def stats() -> None:
+            for pid in self.pids():
+                os.kill(pid, signal.SIGUSR1)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stats)
+        return await super().run()
+
+
 async def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, os.environ)
     logs.setup(config.log_level)
+    role = WorkerRole.from_environ(os.environ)
+    if role is None and (count := resolve_workers(config.workers)) > 1:
+        return await BenchSupervisor(config, Path(args.config), count, sys.argv[1:]).run()
+    if role is not None and args.stats:
+        args.stats = f"{args.stats}.{role.index}"
     exporter: CountingExporter | None = None
     if args.trace:  # None or 0: off
         exporter = CountingExporter()
@@ -162,12 +207,15 @@ async def main(args: argparse.Namespace) -> int:
         otel_env.provider_from_env = lambda environ: provider  # type: ignore[assignment]
     gc.callbacks.append(GC_CLOCK)
     loop = asyncio.get_running_loop()
+    if args.gc_threshold:
+        thresholds = [int(x) for x in args.gc_threshold.split(",")]
+        loop.call_later(2.0, lambda: gc.set_threshold(*thresholds))
     if args.stats:
         loop.add_signal_handler(signal.SIGUSR1, write_stats, Path(args.stats), exporter)
     logging.getLogger("wxgate").info(
         "benchmark launcher: tracing %s", f"{args.trace:.0%}" if args.trace else "off"
     )
-    return await app.serve(config)
+    return await app.serve(config, None, role)
 
 
 def run() -> int:
@@ -181,14 +229,26 @@ def run() -> int:
         help="tracing on, in-process exporter; share of traces sampled",
     )
     p.add_argument("--profile", help="write cProfile stats here at exit")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    p.add_argument("--gc-threshold", metavar="T0,T1,T2", help="the collector's thresholds once serving")
     args = p.parse_args()
+    loop_factory = None
+    if args.uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+
+    def run_main() -> int:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main(args))
+
     if not args.profile:
-        return asyncio.run(main(args))
+        return run_main()
     import cProfile
 
     profiler = cProfile.Profile()
     try:
-        return profiler.runcall(asyncio.run, main(args))
+        return profiler.runcall(run_main)
     finally:
         profiler.dump_stats(args.profile)
 

@@ -179,18 +179,17 @@ class Supervisor:
             backoff = min(backoff * 2, BACKOFF_MAX)
             slot.restarts += 1
 
+    def worker_command(self) -> list[str]:
+        """How a worker is started (``wxgate run`` on the same file; the benchmark starts its own launcher)."""
+        return [sys.executable, "-m", "proxy.cli", "-c", str(self.config_path), "run"]
+
     async def _spawn(self, slot: Slot) -> asyncio.subprocess.Process:
         fds = tuple(s.fileno() for s in slot.sockets)
         role = WorkerRole(slot.index, fds, slot.admin_socket, self._pipe_r)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(slot.admin_socket)
         return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "-c",
-            str(self.config_path),
-            "run",
+            *self.worker_command(),
             env={**os.environ, **role.environ()},
             pass_fds=(*fds, self._pipe_r),
             start_new_session=True,

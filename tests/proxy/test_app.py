@@ -31,6 +31,24 @@ def test_an_answered_flow_lets_go_of_its_exchange() -> None:
     )  # whoever still holds it (a late backend call) keeps a whole record
 
 
+def test_once_serving_the_startup_heap_is_frozen_and_young_collections_are_rarer() -> None:
+    """A young collection every 700 allocations promotes the cycles of requests still in flight into the old
+    generation, whose full collections are the longest pauses under load (docs/benchmarks.md)."""
+    import gc
+
+    from proxy.app import GC_YOUNG_THRESHOLD
+
+    before = gc.get_threshold()
+    try:
+        Lifecycle().running()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert before[0] < GC_YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 def test_a_failed_flow_lets_go_of_its_exchange() -> None:
     f = tflow.tflow()
     ensure_exchange(f)
