@@ -261,7 +261,7 @@ class Sidecar:
         return None
 
     def in_flight(self) -> int:
-        return int(self.rt.metrics.in_flight._value.get())
+        return self.rt.metrics.requests_in_flight()
 
     async def drain(self) -> None:
         if self.draining or self.master is None:

@@ -257,20 +257,9 @@ def test_the_tree_has_no_import_cycle() -> None:
 
 
 SUB_PACKAGES = sorted(init.parent.name for init in (ROOT / "proxy").glob("*/__init__.py"))
-NO_ALL_YET = {
-    "protocols"
-}  # build_protocol and the protocol modules: its __all__ comes with the protocol classes
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="no __all__ yet"))
-        if n in NO_ALL_YET
-        else n
-        for n in SUB_PACKAGES
-    ],
-)
+@pytest.mark.parametrize("name", SUB_PACKAGES)
 def test_each_sub_package_states_its_public_surface(name: str) -> None:
     package = importlib.import_module(f"proxy.{name}")
     public = getattr(package, "__all__", None)

@@ -27,7 +27,7 @@ from proxy.config import (
     WechatPayV3Route,
     WecomRoute,
 )
-from proxy.protocols.base import Protocol
+from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified
 
 
 def _rotated(current: Secret | None, previous: Secret | None) -> list[tuple[str, str]]:
@@ -200,3 +200,6 @@ def build_protocol(route: RouteBase) -> Protocol:
         return builder(route)
     except ValueError as e:
         raise ConfigError(f"route {route.name}: {e}") from None
+
+
+__all__ = ["Inbound", "Protocol", "Rejected", "Reply", "Verified", "build_protocol"]
