@@ -127,6 +127,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         probe=args.probe,
         signing_key=args.signing_key,
         serial=args.serial,
+        mode=args.mode,
+        appid=args.appid or sender.RELEASE_TEST_APPID,
     )
     try:
         sender.build(route, opts)
@@ -136,6 +138,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     def show(a: sender.Attempt) -> None:
         body = a.body.decode("utf-8", "replace")
         print(f"attempt {a.number}: status {a.status or '-'} in {a.seconds * 1000:.1f} ms: {body or a.error}")
+        opened = sender.open_reply(route, opts, a.body)
+        if opened is not None:
+            print(f"  {opened}")
 
     attempts = asyncio.run(
         sender.deliver(
@@ -143,10 +148,11 @@ def cmd_send(args: argparse.Namespace) -> int:
             lambda: sender.build(route, opts),
             retries=args.retries,
             timeout=args.timeout,
+            is_accepted=sender.accepts(route, opts),
             on_attempt=show,
         )
     )
-    return 0 if attempts and sender.accepted(attempts[-1].status, attempts[-1].body) else 1
+    return 0 if attempts and sender.accepts(route, opts)(attempts[-1].status, attempts[-1].body) else 1
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -212,8 +218,10 @@ def parser() -> argparse.ArgumentParser:
         "kind",
         nargs="?",
         default="message",
-        choices=("message", "text", "event", "verify", "refund"),
-        help="message/text (default), event, verify (URL verification GET), refund (Pay v2)",
+        choices=("message", "text", "event", "verify", "refund", "ticket"),
+        help="message/text (default; a Channels shop: a paid order), event (--event), verify (URL verification "
+        "GET), refund (Pay v2), ticket (Open Platform authorization route: component_verify_ticket, also its "
+        "default; event there: an authorized notice for --appid)",
     )
     s.add_argument("--route", help="route name (default: the first route)")
     s.add_argument("--url", help="base URL of the sidecar (default: from listen)")
@@ -229,6 +237,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--signing-key", type=Path, help="Pay v3: PEM private key matching a key the route trusts")
     s.add_argument(
         "--serial", help="Pay v3: the Wechatpay-Serial to send (default: the route's first key id)"
+    )
+    s.add_argument(
+        "--mode",
+        choices=("plaintext", "compatible", "safe"),
+        help="Official Account / Mini Program: how to push (default: safe when the route has encoding_aes_key, "
+        "else plaintext); the format (json/xml) is the route's",
+    )
+    s.add_argument(
+        "--appid",
+        help="Open Platform: the authorizer whose appid fills the path's {appid} ($APPID$) (default: "
+        "wx570bc396a51b8ff8, the 全网发布 test official account every messages route accepts)",
     )
     sub.add_parser("demo-backend", help="run the demo legacy backend (see --help)", add_help=False)
     outbox_cli.add_parser(sub, parents=config)

@@ -1,4 +1,5 @@
-"""What users run beside the proxy: the sender simulator (:mod:`.sender`, ``wxgate send``), the demo backend
+"""What users run beside the proxy: the sender simulator (:mod:`.sender`, ``wxgate send``; :mod:`.sender_replies`
+reads what the newer senders get back), the demo backend
 (:mod:`.demo_backend`), the outbox and lookup tools (:mod:`.outbox_cli`, :mod:`.lookup`), and the wire builders
 they and the tests share (:mod:`.traffic`, :mod:`.traffic_miniprogram`, :mod:`.traffic_open`).
 
@@ -9,6 +10,7 @@ __all__ = [
     "lookup",
     "outbox_cli",
     "sender",
+    "sender_replies",
     "traffic",
     "traffic_miniprogram",
     "traffic_open",

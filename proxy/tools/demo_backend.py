@@ -1,12 +1,20 @@
 """A plaintext-only legacy backend for demos and tests, which misbehaves on demand and counts what it got.
 
 Modes (``--mode`` or ``POST /_demo/mode`` with the mode as body):
-``passive`` (default: a text passive reply echoing the message), ``success``, ``empty``, ``json``, ``html500``,
+``passive`` (default: a text passive reply echoing the message; see below for Mini Programs and the Open Platform),
+``success``, ``empty``, ``json``, ``html500``,
 ``status201``, ``ok`` (the bare word), ``slow:N`` (sleep N seconds, then passive; ``slow:N:MODE`` then answer as MODE), ``down`` (drop the connection),
 ``fail`` (500 plain), ``payfail`` (Pay v2 FAIL XML), ``paysuccess`` (Pay v2 SUCCESS XML), ``v3fail`` (FAIL JSON),
 ``html200`` (an HTML error page with status 200), ``v3error200`` (``{"code":"ERROR"}`` JSON with status 200).
 ``GET /_demo/stats`` returns ``{"count": N, "requests": [...]}`` (each with the ``mode`` that answered it);
 ``POST /_demo/reset`` clears them.
+
+In ``passive`` mode the sender (wxgate's ``X-Wxgate-Protocol`` header) decides the answer, always in plaintext
+(wxgate seals it): a Mini Program or Channels shop user message gets the documented passive reply,
+``transfer_customer_service``, in the body's format (JSON or XML), and its events ``success``; an Open Platform
+authorization event (ticket, authorized, …) gets ``success``, and the platform's message URL gets the 全网发布
+release-test answers: text ``TESTCOMPONENT_MSG_TYPE_TEXT`` a passive text ``TESTCOMPONENT_MSG_TYPE_TEXT_callback``,
+``QUERY_AUTH_CODE:…`` an empty body, an event a passive text ``<Event>from_callback``.
 """
 
 from __future__ import annotations
@@ -57,15 +65,57 @@ FIXED: dict[str, tuple[int, str, bytes]] = {  # mode: (status, content type, bod
 
 
 def _passive(request: web.Request, body: bytes) -> web.Response:
-    """A text passive reply echoing the message (``success`` when the body is no WeChat XML)."""
+    """A text passive reply echoing the message (``success`` when the body is no WeChat XML); Mini Program and
+    Open Platform pushes as the module docstring says."""
+    protocol = request.headers.get("x-wxgate-protocol", "")
+    if protocol == "wechat-miniprogram":
+        return _mini_program(body)
     try:
         msg = xmlmsg.parse(body)
     except Rejected:
         return web.Response(text="success")
-    return web.Response(
-        body=passive_text(msg, f"echo: {msg.get('Content', msg.get('Event', ''))}"),
-        content_type="application/xml",
-    )
+    if protocol == "wechat-open-platform":
+        return _open_platform(msg)
+    return _text(msg, f"echo: {msg.get('Content', msg.get('Event', ''))}")
+
+
+def _text(msg: dict[str, str], content: str) -> web.Response:
+    return web.Response(body=passive_text(msg, content), content_type="application/xml")
+
+
+def _mini_program(body: bytes) -> web.Response:
+    """A user message is handed to customer service (the one passive reply documented for it), in its format."""
+    try:
+        msg = json.loads(body) if body.lstrip()[:1] == b"{" else xmlmsg.parse(body)
+    except (ValueError, Rejected):
+        return web.Response(text="success")
+    if not isinstance(msg, dict) or msg.get("MsgType", "event") == "event":
+        return web.Response(text="success")  # events, and a sealed push this plaintext backend cannot read
+    reply: dict[str, str | int] = {
+        "ToUserName": str(msg.get("FromUserName", "")),
+        "FromUserName": str(msg.get("ToUserName", "")),
+        "CreateTime": int(time.time()),
+        "MsgType": "transfer_customer_service",
+    }
+    if body.lstrip()[:1] == b"{":
+        return web.json_response(reply)
+    return web.Response(body=xmlmsg.build(reply), content_type="application/xml")
+
+
+def _open_platform(msg: dict[str, str]) -> web.Response:
+    """A third-party platform's URLs: authorization events ``success``, messages the 全网发布 release test."""
+    if "InfoType" in msg or "AppId" in msg:  # the authorization URL (sealed or not)
+        return web.Response(text="success")
+    content = msg.get("Content", "")
+    if msg.get("MsgType") == "event":
+        return _text(msg, f"{msg.get('Event', '')}from_callback")
+    if content == "TESTCOMPONENT_MSG_TYPE_TEXT":
+        return _text(msg, "TESTCOMPONENT_MSG_TYPE_TEXT_callback")
+    if content.startswith("QUERY_AUTH_CODE:"):
+        return web.Response(
+            text=""
+        )  # "5秒内返回空串"; the code goes to api_query_auth, the answer to the API
+    return _text(msg, f"echo: {content}")
 
 
 def _down(request: web.Request, body: bytes) -> web.Response:

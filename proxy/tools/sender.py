@@ -25,14 +25,21 @@ from proxy.config import (
     HmacRoute,
     RouteBase,
     StandardWebhooksRoute,
+    WechatMiniProgramRoute,
     WechatMpRoute,
+    WechatOpenPlatformRoute,
     WechatPayV2Route,
     WechatPayV3Route,
     WecomRoute,
 )
-from proxy.protocols import xmlmsg
+from proxy.protocols import build_protocol, xmlmsg
+from proxy.protocols.wechat_open import RELEASE_TEST_ACCOUNTS, WechatOpenPlatform, is_appid
 from proxy.protocols.wechat_pay_v2 import return_code
-from proxy.tools import traffic
+from proxy.tools import sender_replies, traffic, traffic_miniprogram, traffic_open
+
+# An Open Platform delivery's authorizer unless --appid says otherwise: a 全网发布 test account (group 1), which
+# every messages route accepts.
+RELEASE_TEST_APPID = next(iter(RELEASE_TEST_ACCOUNTS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +65,7 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class SendOptions:
-    kind: str = "message"  # message | event | verify | refund
+    kind: str = "message"  # message | event | verify | refund | ticket
     content: str = "hello from wxgate send"
     user: str = "oDemoUser"
     event: str = "subscribe"
@@ -70,6 +77,10 @@ class SendOptions:
         None  # Pay v3: the PEM private key whose certificate/public key the route trusts
     )
     serial: str | None = None  # Pay v3: Wechatpay-Serial to send (default: the route's first key)
+    mode: traffic_miniprogram.Mode | None = None  # MP / Mini Program: default safe with a key, else plaintext
+    appid: str = RELEASE_TEST_APPID  # Open Platform messages: the authorizer in the path ($APPID$)
+    # CreateTime of the message: fixed per send, so every retry carries the same message, as WeChat's do
+    created: int = field(default_factory=lambda: int(time.time()))
 
 
 def _nonce() -> str:
@@ -139,39 +150,125 @@ def build(route: RouteBase, opts: SendOptions) -> Request:
     out = _build(route, opts)
     if not opts.tamper:
         return Request.of(out)
-    # An Official Account's plaintext-mode signature covers token, timestamp and nonce, not the body.
-    plaintext_mp = isinstance(route, WechatMpRoute) and route.encoding_aes_key is None
-    return Request.of(traffic.tamper(out, body_signed=not plaintext_mp))
+    # An Official Account's (or Mini Program's) plaintext-mode signature covers token, timestamp and nonce, not
+    # the body; its safe and compatible modes add msg_signature, which does.
+    plaintext = (
+        isinstance(route, WechatMpRoute | WechatMiniProgramRoute) and "msg_signature=" not in out.target
+    )
+    return Request.of(traffic.tamper(out, body_signed=not plaintext))
 
 
 def _wechat_xml(opts: SendOptions, to: str) -> bytes:
     if opts.kind == "event":
-        return xmlmsg.build(mp_event(to, opts.user, opts.event, opts.event_key))
-    return xmlmsg.build(mp_text(to, opts.user, opts.content, int(opts.message_id)))
+        return xmlmsg.build(mp_event(to, opts.user, opts.event, opts.event_key, opts.created))
+    return xmlmsg.build(mp_text(to, opts.user, opts.content, int(opts.message_id), opts.created))
 
 
 def _build(route: RouteBase, opts: SendOptions) -> traffic.Outbound:
     builder = _SENDERS.get(type(route))
     if builder is None:
         raise ValueError(f"no sender for route {route.name!r}")
+    if opts.kind == "ticket" and not (
+        isinstance(route, WechatOpenPlatformRoute) and route.kind == "authorization"
+    ):
+        raise ValueError("ticket: only an Open Platform authorization route receives component_verify_ticket")
+    if opts.kind == "verify" and isinstance(route, WechatMpRoute | WechatMiniProgramRoute):
+        # the Official Account's URL verification, a Mini Program's too (§A1.2)
+        return traffic.mp_url_check(route.path, route.token.reveal(), _echostr(), _now(), _nonce())
     return builder(route, opts)
 
 
+def _echostr() -> str:
+    return str(secrets.randbelow(10**19))
+
+
+def _mode(route: WechatMpRoute | WechatMiniProgramRoute, opts: SendOptions) -> traffic_miniprogram.Mode:
+    """The encryption mode to push in: ``--mode``, else safe when the route has a key, else plaintext."""
+    mode = opts.mode or ("safe" if route.encoding_aes_key else "plaintext")
+    if mode != "plaintext" and route.encoding_aes_key is None:
+        raise ValueError(f"--mode {mode} encrypts: the route needs encoding_aes_key and app_id")
+    return mode
+
+
 def _wechat_mp(route: WechatMpRoute, opts: SendOptions) -> traffic.Outbound:
-    token = route.token.reveal()
-    if opts.kind == "verify":
-        return traffic.mp_url_check(route.path, token, str(secrets.randbelow(10**19)), _now(), _nonce())
-    aes = route.encoding_aes_key.reveal() if route.encoding_aes_key else None
+    mode = _mode(route, opts)
+    aes = route.encoding_aes_key.reveal() if route.encoding_aes_key and mode != "plaintext" else None
     return traffic.mp_message(
         route.path,
-        token,
+        route.token.reveal(),
         _wechat_xml(opts, "gh_demo"),
         _now(),
         _nonce(),
         openid=opts.user,
         encoding_aes_key=aes,
         app_id=route.app_id or "",
+        compatible=mode == "compatible",
     )
+
+
+def _mini_program_message(opts: SendOptions, channels: bool) -> dict[str, Any]:
+    """A customer-service text message (``MsgId`` a 64-bit number), an ``--event``, or a shop's order event."""
+    doc: dict[str, Any] = {"ToUserName": "gh_demo", "FromUserName": opts.user, "CreateTime": opts.created}
+    if opts.kind == "event":
+        doc.update(MsgType="event", Event=opts.event)
+    elif channels:  # a shop receives events only: a paid order
+        order = {"order_id": int(opts.message_id), "pay_time": opts.created}
+        doc.update(MsgType="event", Event="channels_ec_order_pay", order_info=order)
+    else:
+        doc.update(MsgType="text", Content=opts.content, MsgId=int(opts.message_id))
+    return doc
+
+
+def _wechat_miniprogram(route: WechatMiniProgramRoute, opts: SendOptions) -> traffic.Outbound:
+    mode = _mode(route, opts)
+    doc = _mini_program_message(opts, route.channels)
+    if route.format == "json":
+        message = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    else:
+        message = xmlmsg.build(doc)
+    return traffic_miniprogram.push(
+        route.path,
+        route.token.reveal(),
+        message,
+        _now(),
+        _nonce(),
+        fmt=route.format,
+        mode=mode,
+        encoding_aes_key=route.encoding_aes_key.reveal() if route.encoding_aes_key else None,
+        app_id=route.app_id or "",
+        openid=None if mode == "plaintext" else opts.user,  # the doc's plaintext push has none
+    )
+
+
+def _original_id(route: WechatOpenPlatformRoute, appid: str) -> str:
+    """The authorizer's original id (``ToUserName``) as the route binds it (``authorizers``, its file, the 全网发布
+    test accounts), else one made up from the appid (a route without ``authorizers`` takes any)."""
+    protocol = build_protocol(route)
+    bound = protocol.authorizers if isinstance(protocol, WechatOpenPlatform) else {}
+    return bound.get(appid, "gh_" + appid[2:14])
+
+
+def _wechat_open_platform(route: WechatOpenPlatformRoute, opts: SendOptions) -> traffic.Outbound:
+    """Authorization URL: a ticket push (``event``: an ``authorized`` notice for ``--appid``). Message URL: a
+    message or event for ``--appid`` at the path with its ``{appid}`` filled in."""
+    token, key, component = route.token.reveal(), route.encoding_aes_key.reveal(), route.component_app_id
+    if not is_appid(opts.appid):
+        raise ValueError(f"--appid {opts.appid!r} is not an appid (wx and 16 lower-case hex digits)")
+    path = route.path if route.kind == "authorization" else traffic_open.fill_appid(route.path, opts.appid)
+    if opts.kind == "verify":
+        return traffic.mp_url_check(path, token, _echostr(), _now(), _nonce())
+    common = (token, key, component)
+    if route.kind == "authorization" and opts.kind == "event":
+        info_type = opts.event if opts.event in ("updateauthorized", "unauthorized") else "authorized"
+        code = f"queryauthcode@@@{opts.message_id}"
+        return traffic_open.authorized_event(
+            path, *common, opts.appid, code, opts.created, _now(), _nonce(), info_type=info_type
+        )
+    if route.kind == "authorization":
+        ticket = f"ticket@@@{opts.message_id}"
+        return traffic_open.ticket_push(path, *common, ticket, opts.created, _now(), _nonce())
+    message = _wechat_xml(opts, _original_id(route, opts.appid))
+    return traffic_open.message_delivery(route.path, opts.appid, *common, message, _now(), _nonce())
 
 
 def _wecom(route: WecomRoute, opts: SendOptions) -> traffic.Outbound:
@@ -287,6 +384,8 @@ _SENDERS: dict[type[RouteBase], Callable[[Any, SendOptions], traffic.Outbound]] 
     WechatPayV3Route: _pay_v3,
     HmacRoute: _hmac,
     StandardWebhooksRoute: _standard_webhooks,
+    WechatMiniProgramRoute: _wechat_miniprogram,
+    WechatOpenPlatformRoute: _wechat_open_platform,
 }
 
 
@@ -296,6 +395,17 @@ def accepted(status: int, body: bytes) -> bool:
         return False
     code = return_code(body)
     return code is None or code == "SUCCESS"
+
+
+def accepts(route: RouteBase, opts: SendOptions) -> Callable[[int, bytes], bool]:
+    """What ends the retries of ``route``'s sender: its own rule (:mod:`.sender_replies`), else :func:`accepted`
+    (always for URL verification, answered with the echo)."""
+
+    def check(status: int, body: bytes) -> bool:
+        verdict = None if opts.kind == "verify" else sender_replies.accepted(route, status, body)
+        return accepted(status, body) if verdict is None else verdict
+
+    return check
 
 
 async def deliver(
@@ -335,3 +445,17 @@ async def deliver(
                 break
             await asyncio.sleep(gap)
     return attempts
+
+
+def open_reply(route: RouteBase, opts: SendOptions, body: bytes) -> str | None:
+    """What an encrypted reply says, for the attempt's line (``None`` when the reply was not encrypted, the route
+    has no reader or the request was URL verification); a reply that does not open says why."""
+    if opts.kind == "verify":
+        return None
+    try:
+        plain = sender_replies.read(route, body)
+    except ValueError as e:
+        return f"reply does not open: {e}"
+    if plain is None or plain == body:
+        return None
+    return "decrypted: " + plain.decode("utf-8", "replace")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +13,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from proxy.config import RouteBase, parse_config
 from proxy.protocols import wxcrypt, xmlmsg
-from proxy.tools import traffic
+from proxy.tools import sender, sender_replies, traffic
 from proxy.tools.sender import Request, mp_text
 from tests.integration.conftest import pay_v3_route
-from tests.support.procs import Backend, Sidecar, http
+from tests.support.procs import ROOT, WXGATE, Backend, Sidecar, http
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +39,14 @@ ENV = {
     "V3": V3_KEY,
     "HM": HMAC_SECRET,
     "WH": WH_SECRET,
+}
+MINI = {"protocol": "wechat-miniprogram", "token": "${TOKEN}", "app_id": APP_ID, "encoding_aes_key": "${AES}"}
+COMPONENT = "wx134c8103faa5a59e"
+OPEN = {
+    "protocol": "wechat-open-platform",
+    "component_app_id": COMPONENT,
+    "token": "${TOKEN}",
+    "encoding_aes_key": "${AES}",
 }
 SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 SERIAL = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
@@ -100,6 +111,15 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
         pay_v3_route(cert, MCH, api_key="${PAY}"),
         {"name": "hooks", "path": "/hooks/hmac", "protocol": "hmac", "secret": "${HM}"},
         {"name": "stdhooks", "path": "/hooks/std", "protocol": "standard-webhooks", "secret": "${WH}"},
+        {**MINI, "name": "mini", "path": "/mini", "decrypt_for_backend": True},
+        {**OPEN, "name": "open-auth", "path": "/open/auth", "kind": "authorization"},
+        {
+            **OPEN,
+            "name": "open-msgs",
+            "path": "/open/{appid}/callback",
+            "kind": "messages",
+            "decrypt_for_backend": True,
+        },
     ]
     s = Sidecar(tmp_module, {"upstream": backend.url, "routes": routes}, env=ENV, name="protocols")
     s.start()
@@ -326,3 +346,75 @@ def test_generic_hmac_and_standard_webhooks(sidecar: Sidecar, fresh_backend: Bac
     assert send(sidecar, hook)[0] == 200
     assert send(sidecar, traffic.tamper(hook))[0] == 401
     assert fresh_backend.stats()["count"] == 2
+
+
+# -- wxgate send and the demo backend: Mini Program, Open Platform ----------------------------------------------------
+
+
+def wxgate_send(s: Sidecar, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [*WXGATE, "-c", str(s.config_path), "send", "--retries", "0", *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=30, env={**os.environ, **ENV}, cwd=ROOT
+    )
+
+
+def send_as_wxgate_send(s: Sidecar, name: str, options: sender.SendOptions) -> tuple[RouteBase, int, bytes]:
+    """One attempt of ``wxgate send --route name`` made in this process; the reply must be one send accepts."""
+    (route,) = [r for r in parse_config(s.config, ENV).routes if r.name == name]
+    r = sender.build(route, options)
+    status, body, _ = http(r.method, s.url + r.path_query, r.body, r.headers)
+    assert sender.accepts(route, options)(status, body), (status, body)
+    return route, status, body
+
+
+def test_wxgate_send_pushes_a_safe_mode_json_mini_program_message(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    out = wxgate_send(sidecar, "--route", "mini", "--msg-id", "9007199254740993", "--content", "在吗")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("attempt 1: status 200") and '"Encrypt":"' in out.stdout
+    # the demo hands the user to customer service; wxgate sealed that for the mini program, send opened it
+    assert '"MsgType": "transfer_customer_service"' in out.stdout.split("decrypted: ", 1)[1]
+    got = only_request(fresh_backend)
+    assert got["headers"]["x-wxgate-protocol"] == "wechat-miniprogram"
+    assert '"MsgId":9007199254740993' in got["body"] and "在吗" in got["body"]  # plaintext JSON, id exact
+
+
+def test_wxgate_send_delivers_to_appid_and_the_demo_answers_the_release_test(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    out = wxgate_send(sidecar, "--route", "open-msgs", "--content", "TESTCOMPONENT_MSG_TYPE_TEXT")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (
+        "<Content><![CDATA[TESTCOMPONENT_MSG_TYPE_TEXT_callback]]></Content>"
+        in out.stdout.split("decrypted: ")[1]
+    )
+    got = only_request(fresh_backend)
+    assert got["path"] == "/open/wx570bc396a51b8ff8/callback"  # the default: a 全网发布 test account
+    assert got["headers"]["x-wxgate-authorizer-appid"] == "wx570bc396a51b8ff8"
+
+
+@pytest.mark.parametrize(
+    ("opts", "answer"),
+    [
+        ({"kind": "event", "event": "LOCATION"}, b"LOCATIONfrom_callback"),
+        ({"content": "QUERY_AUTH_CODE:queryauthcode@@@x"}, b""),
+    ],
+)
+def test_the_demo_answers_the_other_release_test_steps(
+    sidecar: Sidecar, fresh_backend: Backend, opts: dict[str, Any], answer: bytes
+) -> None:
+    route, status, body = send_as_wxgate_send(sidecar, "open-msgs", sender.SendOptions(**opts))
+    assert status == 200
+    plain = sender_replies.read(route, body) or b""
+    assert (xmlmsg.parse(plain)["Content"].encode() if plain else plain) == answer
+
+
+def test_a_ticket_push_from_send_is_answered_success(sidecar: Sidecar, fresh_backend: Backend) -> None:
+    _, status, body = send_as_wxgate_send(
+        sidecar, "open-auth", sender.SendOptions(kind="ticket", message_id="7")
+    )
+    assert (status, body) == (200, b"success")
+    assert (
+        "<ComponentVerifyTicket>" not in only_request(fresh_backend)["body"]
+    )  # forwarded sealed (as configured)
