@@ -9,6 +9,7 @@ webhooks carry JSON. ``NaN``/``Infinity`` are refused. With ``numbers_as_text`` 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,8 +43,8 @@ def parse_object(
     keep the first, and what is signed or checked must be what the backend reads (``{"amount":"1","amount":
     "88800"}`` verified as 88800 and reached a first-wins backend as 1). ``max_number_len`` refuses a number
     written with more characters (a 100,000-digit "id" kept as text would reach keys and logs; as an int it
-    costs quadratic time), ``max_depth`` objects and arrays nested deeper than that (arrays included, which
-    :func:`flatten` skips)."""
+    costs quadratic time) and one a double cannot hold (``1e999``, infinity to most parsers), ``max_depth``
+    objects and arrays nested deeper than that (arrays included, which :func:`flatten` skips)."""
     if not body.strip():
         raise Rejected("empty_body", 400)
     number: Any = str if numbers_as_text else None
@@ -70,9 +71,12 @@ def _bounded_number(limit: int, as_text: bool) -> Any:
     def number(text: str) -> Any:
         if len(text) > limit:
             raise ValueError("number too long")
-        if as_text:
-            return text
-        return float(text) if any(c in text for c in ".eE") else int(text)
+        if not any(c in text for c in ".eE"):
+            return text if as_text else int(text)
+        value = float(text)
+        if not math.isfinite(value):  # 1e999999: short, yet infinity to a backend's parser
+            raise ValueError("number out of range")
+        return text if as_text else value
 
     return number
 

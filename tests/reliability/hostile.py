@@ -3,7 +3,9 @@
 Every case is something an attacker can send to a public callback URL: XML attacks (XXE, billion laughs,
 quadratic blowup, deep nesting, huge attributes), broken encodings (invalid UTF-8, truncated base64, wrong
 padding), oversized heads and bodies, HTTP framing conflicts (duplicate Content-Length, CL+TE), obsolete line
-folds, spoofed ``X-Wxgate-*`` headers (in several spellings at once) and other spellings of a route's path. Where a case needs to get past the signature to reach a parser, it
+folds, spoofed ``X-Wxgate-*`` headers (in several spellings at once), other spellings of a route's path, and hostile
+JSON on a Mini Program's routes (:data:`MINI_ROUTES`: duplicate keys, deep nesting, numbers no parser holds,
+invalid UTF-8, non-objects, a body of the other format). Where a case needs to get past the signature to reach a parser, it
 is signed correctly (a captured Official Account signature does not cover the body; an attacker who knows a
 key is out of scope, but the parsers must hold anyway). Each case says which answers are acceptable:
 ``expect`` is a set of statuses (``FAIL_XML`` for WeChat Pay v2, whose documented refusal is 200 + FAIL XML).
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy.protocols import wechat_pay_v2, wxcrypt, xmlmsg
-from proxy.tools import traffic
+from proxy.tools import traffic, traffic_miniprogram
 from tests.reliability.fleet import AES, APP_ID, MCH, PAY_KEY, ROUTES, TOKEN, Catalog
 from tests.support.hostile_xml import (
     EXTERNAL_DTD,
@@ -43,6 +45,29 @@ DEEP = b"<xml>" + b"<a>" * 20_000 + b"x" + b"</a>" * 20_000 + b"</xml>"
 HUGE_ATTRIBUTE = b'<xml><ToUserName a="' + b"A" * 200_000 + b'">gh</ToUserName></xml>'
 BAD_UTF8 = b"<xml><ToUserName>\xff\xfe\xc3\x28</ToUserName><MsgId>1</MsgId></xml>"
 DEEP_JSON = b'{"encrypt":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+# A Mini Program's push URLs (JSON and XML), beside the fleet's routes; plaintext mode is allowed, so a hostile
+# body reaches the JSON parser past a signature that does not cover it.
+MINI_ROUTES: list[dict[str, object]] = [
+    {
+        "name": f"mini-{fmt}",
+        "path": f"/mini/{fmt}",
+        "protocol": "wechat-miniprogram",
+        "format": fmt,
+        "token": "${TOKEN}",
+        "app_id": APP_ID,
+        "encoding_aes_key": "${AES}",
+        "require_encryption": False,
+        "decrypt_for_backend": True,
+    }
+    for fmt in ("json", "xml")
+]
+MINI_TEXT = b'{"ToUserName":"gh_test","FromUserName":"oUser","CreateTime":1714112445,"MsgType":"text",'
+MINI_XML = b"<xml><ToUserName>gh_test</ToUserName><MsgType>text</MsgType><MsgId>1</MsgId></xml>"
+
+
+def mini_text(rest: bytes) -> bytes:
+    """A Mini Program customer-service text message in JSON, ending in ``rest`` (its last members)."""
+    return MINI_TEXT + rest + b"}"
 
 
 @dataclass(frozen=True)
@@ -165,6 +190,30 @@ class Corpus:
             "POST", f"{ROUTES['mp-safe']['path']}?{urlencode(query)}", [("Content-Type", "text/xml")], body
         )
 
+    def mini(
+        self, message: bytes, mode: traffic_miniprogram.Mode = "plaintext", route: str = "json"
+    ) -> bytes:
+        """A Mini Program push of ``message`` to the ``route`` format's URL, signed (and sealed) in ``mode``."""
+        fmt: traffic_miniprogram.Format = "xml" if route == "xml" else "json"
+        out = traffic_miniprogram.push(
+            f"/mini/{fmt}",
+            TOKEN,
+            message,
+            _now(),
+            _nonce(),
+            fmt=fmt,
+            mode=mode,
+            encoding_aes_key=AES,
+            app_id=APP_ID,
+        )
+        return head(out.method, out.target, list(out.headers), out.body)
+
+    def mini_outer(self, body: bytes) -> bytes:
+        """Safe mode on the JSON URL with a hostile envelope (parsed before msg_signature can be checked)."""
+        wire = self.mini(mini_text(b'"Content":"x","MsgId":1'), mode="safe")
+        target = wire.split(b" ", 2)[1].decode()
+        return head("POST", target, [("Content-Type", "application/json")], body)
+
     def bad_padding(self) -> str:
         """A well-formed ciphertext whose plaintext ends in an invalid PKCS#7 pad."""
         plain = os.urandom(16) + (3).to_bytes(4, "big") + b"abc" + APP_ID.encode()
@@ -202,7 +251,7 @@ class Corpus:
         target = valid.path_query
         xml = [("Content-Type", "text/xml")]
         bad4 = frozenset({400})
-        c: list[tuple[str, str, bytes, set[int]]] = [
+        c: list[tuple[str, str, bytes, set[int] | frozenset[int]]] = [
             # HTTP framing: mitmproxy's own parser answers
             (
                 "duplicate Content-Length",
@@ -353,6 +402,94 @@ class Corpus:
                     "POST", pay2, xml, _appended(_refund(_req_info()), b"<out_trade_no>FORGED</out_trade_no>")
                 ),
                 {FAIL_XML},
+            ),
+            # JSON on a Mini Program's URLs, plaintext (past a signature that does not cover it) and sealed
+            (
+                "Mini Program: MsgId given twice",
+                "repeated",
+                self.mini(mini_text(b'"MsgId":1,"MsgId":2')),
+                bad4,
+            ),
+            (
+                "Mini Program: MsgId given twice inside the ciphertext",
+                "repeated",
+                self.mini(mini_text(b'"MsgId":1,"MsgId":2'), mode="safe"),
+                bad4,
+            ),
+            (
+                "Mini Program: JSON nested 50,000 deep",
+                "json",
+                self.mini(mini_text(b'"List":' + b"[" * 50_000 + b"]" * 50_000)),
+                bad4,
+            ),
+            (
+                "Mini Program: objects nested 9 deep inside the ciphertext",
+                "json",
+                self.mini(mini_text(b'"List":' + b'{"a":' * 8 + b"1" + b"}" * 8), mode="safe"),
+                bad4,
+            ),
+            (
+                "Mini Program: safe-mode envelope nested 50,000 deep",
+                "json",
+                self.mini_outer(
+                    b'{"ToUserName":"gh_test","Encrypt":"x","a":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+                ),
+                bad4,
+            ),
+            ("Mini Program: MsgId 1e999999", "json", self.mini(mini_text(b'"MsgId":1e999999')), bad4),
+            (
+                "Mini Program: MsgId 1e999999 inside the ciphertext",
+                "json",
+                self.mini(mini_text(b'"MsgId":1e999999'), mode="safe"),
+                bad4,
+            ),
+            (
+                "Mini Program: 100,000-digit MsgId",
+                "json",
+                self.mini(mini_text(b'"MsgId":' + b"7" * 100_000)),
+                bad4,
+            ),
+            (
+                "Mini Program: NaN CreateTime",
+                "json",
+                self.mini(mini_text(b'"MsgId":1,"CreateTime":NaN')),
+                bad4,
+            ),
+            (
+                "Mini Program: invalid UTF-8 in JSON",
+                "encoding",
+                self.mini(mini_text(b'"Content":"\xff\xfe\xc3\x28","MsgId":1')),
+                bad4,
+            ),
+            (
+                "Mini Program: invalid UTF-8 inside the ciphertext",
+                "encoding",
+                self.mini(
+                    mini_text(b'"Content":"\xff\xfe","MsgId":1'),
+                    mode="safe",
+                ),
+                bad4,
+            ),
+            ("Mini Program: a JSON array", "json", self.mini(b"[" + mini_text(b'"MsgId":1') + b"]"), bad4),
+            ("Mini Program: JSON null", "json", self.mini(b"null"), bad4),
+            (
+                "Mini Program: a JSON string inside the ciphertext",
+                "json",
+                self.mini(b'"gh_test"', mode="safe"),
+                bad4,
+            ),
+            (
+                "Mini Program: a JSON body on the XML route",
+                "json",
+                self.mini(mini_text(b'"MsgId":1'), route="xml"),
+                bad4,
+            ),
+            ("Mini Program: an XML body on the JSON route", "xml", self.mini(MINI_XML), bad4),
+            (
+                "Mini Program: a JSON message sealed for the XML route",
+                "json",
+                self.mini(mini_text(b'"MsgId":1'), mode="safe", route="xml"),
+                bad4,
             ),
             # envelopes
             ("truncated base64 Encrypt", "envelope", self.safe_encrypt(_ciphertext(self)[:-7]), {403}),

@@ -13,7 +13,7 @@ from proxy.tools.sender import Request
 from tests.reliability.conftest import Figures
 from tests.reliability.figures import Row
 from tests.reliability.fleet import ENV, Catalog, Timing
-from tests.reliability.hostile import Answer, Corpus, families, head, send
+from tests.reliability.hostile import MINI_ROUTES, Answer, Corpus, families, head, mini_text, send
 from tests.support.procs import Backend, Sidecar
 
 pytestmark = pytest.mark.integration
@@ -25,9 +25,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sidecar, 
     catalog = Catalog(tmp, Timing())
     backend = Backend(tmp)
     backend.start()
-    sidecar = Sidecar(
-        tmp, {"upstream": backend.url, "routes": catalog.routes_config}, env=ENV, name="hostile"
-    )
+    routes = [*catalog.routes_config, *MINI_ROUTES]
+    sidecar = Sidecar(tmp, {"upstream": backend.url, "routes": routes}, env=ENV, name="hostile")
     sidecar.start()
     yield sidecar, backend, catalog
     sidecar.stop()
@@ -67,6 +66,10 @@ def test_every_hostile_request_is_refused_and_nothing_reaches_the_backend(
     req = catalog.request("mp", 2)
     ok = asyncio.run(send(sidecar.port, _wire(req)))
     assert ok.status == 200 and backend.stats()["count"] == 1
+    mini = Corpus(catalog).mini(
+        mini_text(b'"Content":"hi","MsgId":3'), mode="safe"
+    )  # the Mini Program URL too
+    assert asyncio.run(send(sidecar.port, mini)).status == 200 and backend.stats()["count"] == 2
     layers = {row["layer"] for row in table}
     assert layers == {"mitmproxy", "wxgate"}
     figures.add(

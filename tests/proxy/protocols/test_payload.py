@@ -23,6 +23,16 @@ def test_parse_object() -> None:
         assert e.value.reason == reason
 
 
+@pytest.mark.parametrize("as_text", [True, False])
+def test_bounded_numbers_refuse_what_a_double_cannot_hold(as_text: bool) -> None:
+    fine = parse_object(b'{"a": 1e308, "b": 18446744073709551615}', as_text, max_number_len=40)
+    assert fine == ({"a": "1e308", "b": "18446744073709551615"} if as_text else {"a": 1e308, "b": 2**64 - 1})
+    for bad in (b'{"a": 1e999999}', b'{"a": -1E309}', b'{"a": 1' + b"0" * 40 + b"}"):
+        with pytest.raises(Rejected) as e:
+            parse_object(bad, as_text, max_number_len=40)
+        assert e.value.reason == "malformed_json"
+
+
 def test_flatten() -> None:
     doc = {"a": {"b": 1, "c": {"d": True}}, "e": None, "f": [1, 2], "g": "x", "h": 2.5}
     assert flatten(doc) == {"a.b": "1", "a.c.d": "true", "e": "null", "g": "x", "h": "2.5"}
