@@ -57,11 +57,11 @@ def _load(path: str) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    logs.setup(config.log_level)
     from proxy.cpus import resolve_workers
     from proxy.worker_role import WorkerRole
 
     role = WorkerRole.from_environ(os.environ)  # set when a `workers: N` supervisor started this process
+    logs.setup(config.log_level, None if role is None else {"worker": role.index})
     workers = resolve_workers(config.workers)
     # An embedded store that cannot open raises StoreUnavailable (a shared one is waited for).
     try:

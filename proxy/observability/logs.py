@@ -27,12 +27,18 @@ USER_FIELDS = ("FromUserName", "openid", "payer.openid")
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, static: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.static = dict(static or {})  # on every line: a worker's index under `workers: N`
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        if self.static:
+            line.update(self.static)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(fields)
@@ -43,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
-def setup(level: str = "info") -> None:
+def setup(level: str = "info", static: Mapping[str, Any] | None = None) -> None:
     # What the formatter never prints, logging need not collect for every record (the logging HOWTO's
     # "Optimization" list): the caller's file and line walk the stack, the rest read thread/process state.
     logging._srcfile = None
@@ -52,7 +58,7 @@ def setup(level: str = "info") -> None:
     logging.logMultiprocessing = False
     logging.logAsyncioTasks = False  # type: ignore[attr-defined]  # Python 3.12; typeshed lags
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(static))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -111,6 +111,8 @@ def test_connections_spread_over_both_workers(sup: Sidecar, fresh_backend: Backe
     served = per_worker(sup, "wxgate_requests_total", route="mp", code="200")
     assert sum(served.values()) == 40
     assert set(served) == {"0", "1"} and min(served.values()) > 0, served
+    access = [line for line in sup.log_lines() if line["logger"] == "wxgate.access"]
+    assert len(access) == 40 and {line["worker"] for line in access} == {0, 1}
 
 
 def test_one_notification_sent_concurrently_reaches_the_backend_once(
