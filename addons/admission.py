@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from mitmproxy import http
 
-from proxy.pipeline.exchange import exchange, request_query
+from proxy.pipeline.exchange import exchange, param_name, request_query
 from proxy.pipeline.replies import reject
 from proxy.reload import Loaded
 
@@ -143,9 +143,10 @@ class Admission:
             return
         if len(flow.request.raw_content or b"") > ex.route.config.max_body:
             return reject(flow, ex, "body_too_large", 413)
-        names = [k for k, _ in request_query(flow, ex)]
+        names = [param_name(k) for k, _ in request_query(flow, ex)]
         if len(names) != len(set(names)):
-            # Verification reads the first value; a backend reading the last could be fed an unsigned one.
+            # Verification reads the first value; a backend reading the last could be fed an unsigned one. Names
+            # compared as lenient backends read them (``openid`` and ``%20openid`` are one name to PHP).
             return reject(flow, ex, "duplicate_param", 400)
         if flow.request.headers.get("content-encoding", "identity").strip().lower() != "identity":
             # Signatures cover the bytes WeChat sent; it never compresses callbacks.

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from mitmproxy import http
 
 from proxy.pipeline.backend_leg import store_down
-from proxy.pipeline.exchange import Replay, Routed, exchange, request_query
+from proxy.pipeline.exchange import Replay, Routed, exchange, param_name, request_query
 from proxy.pipeline.exchange import query_items as parse_query
 from proxy.pipeline.policy import before_deadline
 from proxy.pipeline.replies import reject, respond
@@ -52,6 +52,13 @@ def inbound_of(
     return Inbound(request.method, path.split("?", 1)[0], query, headers, body, path_params or {})
 
 
+def respelled(query: list[tuple[str, str]], read: frozenset[str]) -> bool:
+    """Whether a query parameter the protocol reads (``openid``) is spelled so that only a lenient backend reads
+    it as that (``%20openid``, ``OPENID``: :func:`~proxy.pipeline.exchange.param_name`): the protocol would not
+    see the value the backend takes."""
+    return any(k not in read and param_name(k) in read for k, _ in query)
+
+
 class Verify:
     def __init__(self, remember: Remember, clock: Callable[[], float] = time.time) -> None:
         self.remember = remember
@@ -73,7 +80,10 @@ class Verify:
     async def _verify(self, flow: http.HTTPFlow, ex: Routed) -> None:
         route = ex.route
         path_params = route.path_params(flow.request.path)
-        ex.inbound = inbound_of(flow.request, request_query(flow, ex), path_params)
+        query = request_query(flow, ex)
+        if respelled(query, route.protocol.query_params):
+            return reject(flow, ex, "noncanonical_param", 400)
+        ex.inbound = inbound_of(flow.request, query, path_params)
         try:
             verified = route.protocol.verify(ex.inbound, self.clock())
         except Rejected as r:

@@ -121,6 +121,15 @@ def query_items(path: str) -> list[tuple[str, str]]:
     return parse_qsl(query, keep_blank_values=True, errors="surrogateescape") if query else []
 
 
+def param_name(name: str) -> str:
+    """The name a lenient backend files a query parameter under: PHP drops leading blanks, ends a name at a NUL
+    or at ``[`` (array syntax) and reads `` `` and ``.`` as ``_``; ASP.NET compares names case-insensitively. Two
+    parameters of one name here are one parameter to some backend (the last value wins in PHP), and a
+    parameter wxgate checks (``openid``) must be read under every spelling a backend reads it by."""
+    name = name.lstrip(" ").split("\0", 1)[0].split("[", 1)[0]
+    return name.replace(" ", "_").replace(".", "_").casefold()
+
+
 def request_query(flow: http.HTTPFlow, ex: Exchange) -> list[tuple[str, str]]:
     """:func:`query_items` of the flow's target, parsed once per request (admission, verify and forward read it)."""
     if ex.query is None:

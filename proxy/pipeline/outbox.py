@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,23 +93,32 @@ class Delivery:
 
     def verified(self) -> Verified:
         """The verification context the reply is normalized with, as it was when the request was verified
-        (a Pay v2 notice at a v3 route is answered in v2 XML, an encrypted MP/WeCom request as encrypted)."""
+        (a Pay v2 notice at a v3 route is answered in v2 XML, an encrypted MP/WeCom request as encrypted, a Mini
+        Program ``xpay_*`` event with ``{"ErrCode":0,…}``: the message fields its protocol's ``reply_fields``
+        name)."""
         c = self.context or {}
+        message = {str(k): str(v) for k, v in (c.get("m") or {}).items()}
         if c.get("t") == "v2":
-            return Verified(seal_context=V2Notice())
+            return Verified(message=message, seal_context=V2Notice())
         if c.get("t") == "wx":
             fields = {f.name: c[f.name] for f in dataclasses.fields(ReplyContext) if f.name in c}
-            return Verified(seal_context=ReplyContext(**fields))
-        return Verified()
+            return Verified(message=message, seal_context=ReplyContext(**fields))
+        return Verified(message=message)
 
 
-def reply_context(seal_context: object | None) -> dict[str, Any] | None:
-    """What of a request's ``seal_context`` its redelivery needs to normalize the reply the same way."""
+def reply_context(
+    seal_context: object | None, message: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """What of a request's ``seal_context`` and message fields (``message``: those its protocol's ``reply_fields``
+    name) its redelivery needs to normalize the reply the same way."""
+    context: dict[str, Any] | None = None
     if isinstance(seal_context, V2Notice):
-        return {"t": "v2"}
-    if isinstance(seal_context, ReplyContext):
-        return {"t": "wx", **dataclasses.asdict(seal_context)}
-    return None
+        context = {"t": "v2"}
+    elif isinstance(seal_context, ReplyContext):
+        context = {"t": "wx", **dataclasses.asdict(seal_context)}
+    if message:
+        context = {**(context or {}), "m": dict(message)}
+    return context
 
 
 def backoff(
@@ -167,7 +176,9 @@ class StoreSettlement(Settlement):
 
     async def _enqueue(self, ex: Authenticated, head_start: float) -> str:
         url, headers, body = backend_request(ex, list(ex.inbound.query.items()))
-        context = reply_context(ex.verified.seal_context)
+        message = ex.verified.message
+        kept = {f: message[f] for f in ex.route.protocol.reply_fields if f in message}
+        context = reply_context(ex.verified.seal_context, kept)
         cfg, now = ex.route.config.outbox, self.clock()
         delivery = Delivery(
             ex.inbound.method,

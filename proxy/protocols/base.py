@@ -153,6 +153,13 @@ class Protocol(abc.ABC):
     last_attempt: ClassVar[int] = 1
     """The sender's last expected delivery of one message (the ``relay`` policy acknowledges on it); 1 when its
     retries are not counted, so every attempt is treated as the last."""
+    query_params: ClassVar[frozenset[str]] = frozenset()
+    """Query parameters the protocol reads: the verify addon refuses another spelling of one that a lenient
+    backend would read as it (``%20openid`` to PHP, ``OPENID`` to ASP.NET), since verification would not see it."""
+    reply_fields: ClassVar[tuple[str, ...]] = ()
+    """Message fields :meth:`normalize` reads (a Mini Program ``xpay_*`` event is answered in its own form): an
+    outbox item keeps them, so a redelivery's answer is normalized, and cached for the sender's retries, as the
+    first delivery's would have been."""
 
     def __init__(self, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.random_bytes = random_bytes

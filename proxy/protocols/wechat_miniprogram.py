@@ -226,6 +226,7 @@ class WechatMiniProgram(WechatMp):
     # default_methods (GET is URL verification) and last_attempt ("总共重试三次", S-mini-recv copies; UNVERIFIED
     # as current) are the Official Account's; xpay_* events carry their own TTL (Verified.dedup_ttl).
     xpay_retry_schedule: ClassVar[tuple[float, ...]] = XPAY_RETRY_SCHEDULE
+    reply_fields = ("Event",)  # normalize answers xpay_* events in their own form
 
     def __init__(
         self,

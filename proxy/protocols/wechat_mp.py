@@ -39,6 +39,7 @@ PASSIVE_FIELDS = ("ToUserName", "FromUserName", "CreateTime", "MsgType")
 ENVELOPE_FIELDS = ("Encrypt", "MsgSignature", "TimeStamp", "Nonce")
 SUBSCRIBE_SENT_MSG_ID = "SubscribeMsgSentEvent.List.MsgID"
 ENCRYPTED_QUERY = ("encrypt_type", "msg_signature")
+QUERY_PARAMS = frozenset({"signature", "timestamp", "nonce", "openid", "echostr", *ENCRYPTED_QUERY})
 
 
 def signature(token: str, timestamp: str, nonce: str, *extra: str) -> str:
@@ -159,6 +160,7 @@ class WechatMp(Protocol):
     name = "wechat-mp"
     default_methods = ("GET", "POST")  # GET is URL verification
     lookup_fields = (("MsgId",), ("MsgID",), ("FromUserName", "CreateTime"))
+    query_params = QUERY_PARAMS
     content_types = XML_CONTENT_TYPES
     last_attempt = 4  # the first delivery and "重试三次"
 
@@ -193,7 +195,7 @@ class WechatMp(Protocol):
         if req.method != "POST":
             raise Rejected("method_not_allowed", 405)
         key_id, ts, nonce = check_query(self.tokens, req, now, self.window)
-        replay_key = f"mp:{ts}:{nonce}:{req.query['signature'].lower()}"
+        replay_key = f"mp:{ts}:{nonce}:{wxcrypt.signature_text(req.query['signature'])}"
         encrypt_type = req.query.get("encrypt_type", "raw")
         if encrypt_type == "aes":
             verified = self._verify_encrypted(req, key_id, replay_key)
@@ -224,9 +226,11 @@ class WechatMp(Protocol):
         """What the backend receives instead of the body as sent (``None``: the body as sent)."""
         if self.decrypt_for_backend:
             return plain
-        if set(outer) - {"ToUserName", "Encrypt"}:
-            # Compatible mode: the plaintext fields beside <Encrypt> are unauthenticated. The backend gets the
-            # authenticated ones instead, with <Encrypt> kept for a backend that decrypts by itself.
+        if set(outer) - {"ToUserName", "Encrypt"} or outer.get("ToUserName") != message.get("ToUserName"):
+            # Compatible mode, or an envelope edited in transit: the fields beside <Encrypt> are unauthenticated
+            # (msg_signature covers Encrypt alone), and a backend serving several accounts picks the account by
+            # ToUserName. The backend gets the authenticated fields instead, with <Encrypt> kept for a backend
+            # that decrypts by itself.
             return with_encrypt(plain, encrypted)
         return None
 

@@ -41,6 +41,7 @@ from proxy.protocols import idempotency, wxcrypt, xmlmsg
 from proxy.protocols.base import Inbound, Protocol, Rejected, Reply, Verified, check_timestamp
 from proxy.protocols.wechat_mp import (
     ENCRYPTED_QUERY,
+    QUERY_PARAMS,
     SUCCESS,
     check_openid,
     classify_reply,
@@ -116,6 +117,7 @@ class WechatOpenPlatform(Protocol):
 
     name = "wechat-open-platform"
     lookup_fields = (("MsgId",), ("FromUserName", "CreateTime"))
+    query_params = QUERY_PARAMS
     default_methods: ClassVar[tuple[str, ...]] = ("GET", "POST")  # GET: echostr, as an Official Account's
     content_types: ClassVar[frozenset[str]] = frozenset({"", "text/xml", "application/xml", "text/plain"})
     default_dedup_ttl: ClassVar[float] = 600.0  # MP's: retries end within ~20 s; tickets come every 10 min
@@ -222,7 +224,7 @@ class WechatOpenPlatform(Protocol):
             backend_body = _authenticated_outer(outer, "ToUserName", message.get("ToUserName"), encrypted)
         return Verified(
             message=message,
-            replay_key=f"open:{ts}:{nonce}:{q['msg_signature'].strip().lower()}",
+            replay_key=f"open:{ts}:{nonce}:{wxcrypt.signature_text(q['msg_signature'])}",
             replay_ttl=2 * self.window,
             key_id=combined_key_id(signature_id, token_id, opened.key_id),
             backend_body=backend_body,

@@ -52,6 +52,7 @@ class Wecom(Protocol):
     name = "wecom"
     lookup_fields = (("MsgId",), ("msgid",), ("FromUserName", "CreateTime"))
     default_methods = ("GET", "POST")  # GET is URL verification
+    query_params = frozenset({"msg_signature", "timestamp", "nonce", "echostr"})
     content_types = XML_CONTENT_TYPES | JSON_CONTENT_TYPES  # smart robots post JSON {"encrypt": ...}
     last_attempt = 4  # the first delivery and "重试三次"
 
@@ -126,7 +127,7 @@ class Wecom(Protocol):
         )
         return Verified(
             message=message,
-            replay_key=f"wecom:{ts}:{nonce}:{req.query['msg_signature'].lower()}",
+            replay_key=f"wecom:{ts}:{nonce}:{wxcrypt.signature_text(req.query['msg_signature'])}",
             replay_ttl=2 * self.window,
             key_id=combined_key_id(token_id, opened.key_id),
             backend_body=backend_body,

@@ -81,9 +81,16 @@ def sha1_signature(*parts: str) -> str:
     return hashlib.sha1(joined).hexdigest()  # noqa: S324 - the protocol's algorithm
 
 
+def signature_text(given: str) -> str:
+    """A sent signature as it is compared: blanks around it dropped, hex in lower case. Replay keys are built from
+    this form too, or each spelling of one captured request (``sig%20``, ``sig%09``, ``SIG``) would be new to the
+    replay cache while verifying alike."""
+    return given.strip().lower()
+
+
 def match_token(tokens: Sequence[tuple[str, str]], given: str, parts: Sequence[str], reason: str) -> str:
     """The id of the token whose ``sha1_signature(token, *parts)`` equals ``given``; else raise ``reason``."""
-    given = given.strip().lower()
+    given = signature_text(given)
     if not _HEX40.match(given):
         raise Rejected(reason, 403)
     matched = ""

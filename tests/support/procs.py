@@ -49,6 +49,15 @@ def http(
         return e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}
 
 
+def send_outbound(url: str, out: Any) -> tuple[int, bytes]:
+    """Send a built request (:class:`proxy.tools.traffic.Outbound`) to ``url`` (a sidecar's); status and body."""
+    from proxy.tools.sender import Request
+
+    r = Request.of(out)
+    status, body, _ = http(r.method, url + r.path_query, r.body, r.headers)
+    return status, body
+
+
 def wait_until(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
