@@ -44,6 +44,7 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
         },
         {**MP, "name": "mp-safe", "path": "/mp/safe", "app_id": APPID, "encoding_aes_key": "${KEY}"},
         {**MP, "name": "mp-nodedup", "path": "/mp/nodedup", "dedup": {"enabled": False}},
+        {**MP, "name": "mp-plain", "path": "/mp/plain"},
     ]
     s = Sidecar(tmp_module, {"upstream": backend.url, "routes": routes}, env={"TOKEN": TOKEN, "KEY": KEY})
     s.start()
@@ -158,6 +159,23 @@ def test_a_replay_with_the_signature_respelled_is_refused(
     path, _, query = out.target.partition("?")
     respelled = query.replace("&timestamp=", f"{spelling}&timestamp=", 1)
     assert send(sidecar, out._replace(target=f"{path}?{respelled}"))[0] == 403
+    assert len(fresh_backend.requests()) == 1
+
+
+def test_a_captured_signature_respelled_does_not_carry_a_forged_plaintext_body(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    """In plaintext mode ``signature`` covers no body: a captured request's signed values with another body are
+    refused as a forgery. Re-spelling the signature (``%20``) must not make them new to the replay cache."""
+    xml = xmlmsg.build(
+        {"ToUserName": GH, "FromUserName": OPENID, "CreateTime": 1, "MsgType": "text", "MsgId": 1}
+    )
+    out = mp_message("/mp/plain", TOKEN, xml, str(int(time.time())), nonce())
+    assert send(sidecar, out)[0] == 200
+    path, _, query = out.target.partition("?")
+    forged = xml.replace(b"<MsgId>1</MsgId>", b"<MsgId>2</MsgId>").replace(b"text", b"event")
+    respelled = query.replace("&timestamp=", "%20&timestamp=", 1)
+    assert send(sidecar, out._replace(target=f"{path}?{respelled}", body=forged))[0] == 403
     assert len(fresh_backend.requests()) == 1
 
 
