@@ -26,7 +26,8 @@ id + one status would merge distinct notices); messages as Official Accounts (:f
 Reasons: ``missing_param``, ``bad_signature``, ``bad_msg_signature``, the timestamp reasons,
 ``method_not_allowed``, ``plaintext_not_allowed``, ``bad_encrypt_type``, ``missing_encrypt``, ``wrong_app_id``
 (the envelope's or the body's ``AppId``), ``bad_appid``, ``unknown_authorizer``, ``authorizer_mismatch``,
-``openid_mismatch``, and the :mod:`wxcrypt`/:mod:`xmlmsg` reasons.
+``openid_mismatch``, ``wrong_push_url`` (a push made for the platform's other URL), and the
+:mod:`wxcrypt`/:mod:`xmlmsg` reasons.
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ class WechatOpenPlatform(Protocol):
         )
         opened = wxcrypt.decrypt(self.aes_keys, encrypted, (self.component_app_id,), "wrong_app_id")
         message = xmlmsg.parse(opened.message)
+        _check_url(self.kind, message)
         if (
             self.kind == "authorization"
             and message.get("AppId", self.component_app_id) != self.component_app_id
@@ -268,6 +270,17 @@ class WechatOpenPlatform(Protocol):
         return wxcrypt.seal_for(
             reply, verified.seal_context, self.tokens, self.aes_keys, self.component_app_id, self.random_bytes
         )
+
+
+def _check_url(kind: Kind, message: Mapping[str, str]) -> None:
+    """Refuse a push made for the platform's other URL (``wrong_push_url``): both share the component token and
+    key, and what wraps ``Encrypt`` is not signed, so a message captured on the ``$APPID$`` URL would otherwise
+    be accepted at the authorization URL, and a ticket under any ``/<appid>/`` path. Authorization events carry
+    ``InfoType``; account messages and events carry ``MsgType`` and never ``InfoType``."""
+    if kind == "authorization" and not message.get("InfoType"):
+        raise Rejected("wrong_push_url", 403, "no InfoType: an account's message, not an authorization event")
+    if kind == "messages" and "InfoType" in message and "MsgType" not in message:
+        raise Rejected("wrong_push_url", 403, "an authorization event, not an account's message")
 
 
 def _authenticated_outer(

@@ -14,6 +14,7 @@ import pytest
 
 from proxy.protocols import xmlmsg
 from proxy.tools import traffic_miniprogram as mini
+from proxy.tools import traffic_open
 from proxy.tools.traffic import Outbound, mp_message
 from tests.support.procs import Backend, Sidecar, send_outbound, wait_until
 
@@ -29,6 +30,13 @@ MINI: dict[str, Any] = {
     "format": "json",
 }
 MP: dict[str, Any] = {"protocol": "wechat-mp", "token": "${TOKEN}"}
+COMPONENT = "wx134c8103faa5a59e"
+OPEN: dict[str, Any] = {
+    "protocol": "wechat-open-platform",
+    "component_app_id": COMPONENT,
+    "token": "${TOKEN}",
+    "encoding_aes_key": "${KEY}",
+}
 XPAY_ACK = b'{"ErrCode":0,"ErrMsg":"success"}'
 
 
@@ -45,6 +53,8 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
         {**MP, "name": "mp-safe", "path": "/mp/safe", "app_id": APPID, "encoding_aes_key": "${KEY}"},
         {**MP, "name": "mp-nodedup", "path": "/mp/nodedup", "dedup": {"enabled": False}},
         {**MP, "name": "mp-plain", "path": "/mp/plain"},
+        {**OPEN, "name": "open-auth", "path": "/open/auth", "kind": "authorization"},
+        {**OPEN, "name": "open-msgs", "path": "/open/{appid}/callback", "kind": "messages"},
     ]
     s = Sidecar(tmp_module, {"upstream": backend.url, "routes": routes}, env={"TOKEN": TOKEN, "KEY": KEY})
     s.start()
@@ -191,4 +201,44 @@ def test_an_openid_under_another_spelling_is_refused(
     a spelling, must not reach the backend."""
     out = mini_push(text("hi"))
     assert send(sidecar, out._replace(target=f"{out.target}&{extra}"))[0] in (400, 403)
+    assert fresh_backend.requests() == []
+
+
+# -- a push is accepted only at the platform URL it was sent to -----------------------------------------------------
+
+
+def test_a_message_push_replayed_to_the_authorization_url_is_refused(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    """Both platform URLs share the component token and key, and the outer ``AppId`` is not signed: a message
+    captured on the ``$APPID$`` URL, wrapped as the authorization URL's body, must not reach the authorization
+    handler as a verified event."""
+    message = traffic_open.mp_text(GH, OPENID, "hi", time.perf_counter_ns(), int(time.time()))
+    out = traffic_open.message_delivery(
+        "/open/{appid}/callback", APPID, TOKEN, KEY, COMPONENT, message, str(int(time.time())), nonce()
+    )
+    _, _, query = out.target.partition("?")
+    encrypted = xmlmsg.parse(out.body)["Encrypt"]
+    moved = out._replace(
+        target="/open/auth?" + "&".join(p for p in query.split("&") if not p.startswith("openid=")),
+        body=xmlmsg.build({"AppId": COMPONENT, "Encrypt": encrypted}),
+    )
+    assert send(sidecar, moved)[0] == 403
+    assert fresh_backend.requests() == []
+
+
+def test_an_authorization_event_replayed_to_the_message_url_is_refused(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    """The reverse: a ticket push moved under ``/open/<any appid>/callback`` would reach the message handler as a
+    verified push for that authorizer (no ``authorizers`` binding to catch it)."""
+    ticket = traffic_open.ticket_push(
+        "/open/auth", TOKEN, KEY, COMPONENT, "ticket@@@x", int(time.time()), str(int(time.time())), nonce()
+    )
+    _, _, query = ticket.target.partition("?")
+    encrypted = xmlmsg.parse(ticket.body)["Encrypt"]
+    moved = ticket._replace(
+        target=f"/open/{APPID}/callback?{query}", body=xmlmsg.build({"ToUserName": GH, "Encrypt": encrypted})
+    )
+    assert send(sidecar, moved)[0] == 403
     assert fresh_backend.requests() == []
