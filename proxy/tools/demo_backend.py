@@ -2,19 +2,20 @@
 
 Modes (``--mode`` or ``POST /_demo/mode`` with the mode as body):
 ``passive`` (default: a text passive reply echoing the message; see below for Mini Programs and the Open Platform),
-``success``, ``empty``, ``json``, ``html500``,
+``transfer`` (a Mini Program user message handed to customer service), ``success``, ``empty``, ``json``, ``html500``,
 ``status201``, ``ok`` (the bare word), ``slow:N`` (sleep N seconds, then passive; ``slow:N:MODE`` then answer as MODE), ``down`` (drop the connection),
 ``fail`` (500 plain), ``payfail`` (Pay v2 FAIL XML), ``paysuccess`` (Pay v2 SUCCESS XML), ``v3fail`` (FAIL JSON),
 ``html200`` (an HTML error page with status 200), ``v3error200`` (``{"code":"ERROR"}`` JSON with status 200).
 ``GET /_demo/stats`` returns ``{"count": N, "requests": [...]}`` (each with the ``mode`` that answered it);
 ``POST /_demo/reset`` clears them.
 
-In ``passive`` mode the sender (wxgate's ``X-Wxgate-Protocol`` header) decides the answer, always in plaintext
-(wxgate seals it): a Mini Program or Channels shop user message gets the documented passive reply,
-``transfer_customer_service``, in the body's format (JSON or XML), and its events ``success``; an Open Platform
-authorization event (ticket, authorized, …) gets ``success``, and the platform's message URL gets the 全网发布
-release-test answers: text ``TESTCOMPONENT_MSG_TYPE_TEXT`` a passive text ``TESTCOMPONENT_MSG_TYPE_TEXT_callback``,
-``QUERY_AUTH_CODE:…`` an empty body, an event a passive text ``<Event>from_callback``.
+Answers are plaintext (wxgate seals them). In ``passive`` mode the sender (wxgate's ``X-Wxgate-Protocol`` header)
+decides: a Mini Program's JSON push gets ``success`` (an XML one the echo); an Open Platform authorization event
+(ticket, authorized, …) ``success``, and the platform's message URL the 全网发布 release-test answers: text
+``TESTCOMPONENT_MSG_TYPE_TEXT`` a passive text ``TESTCOMPONENT_MSG_TYPE_TEXT_callback``, ``QUERY_AUTH_CODE:…`` an
+empty body, an event a passive text ``<Event>from_callback``. In ``transfer`` mode a Mini Program (or Channels
+shop) user message gets the one passive reply documented for it, ``transfer_customer_service``, in the body's
+format (JSON or XML); events, and a sealed push this backend cannot read, get ``success``.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def _passive(request: web.Request, body: bytes) -> web.Response:
     """A text passive reply echoing the message (``success`` when the body is no WeChat XML); Mini Program and
     Open Platform pushes as the module docstring says."""
     protocol = request.headers.get("x-wxgate-protocol", "")
-    if protocol == "wechat-miniprogram":
-        return _mini_program(body)
+    if protocol == "wechat-miniprogram" and body.lstrip()[:1] == b"{":
+        return web.Response(text="success")
     try:
         msg = xmlmsg.parse(body)
     except Rejected:
@@ -83,7 +84,7 @@ def _text(msg: dict[str, str], content: str) -> web.Response:
     return web.Response(body=passive_text(msg, content), content_type="application/xml")
 
 
-def _mini_program(body: bytes) -> web.Response:
+def _transfer(request: web.Request, body: bytes) -> web.Response:
     """A user message is handed to customer service (the one passive reply documented for it), in its format."""
     try:
         msg = json.loads(body) if body.lstrip()[:1] == b"{" else xmlmsg.parse(body)
@@ -111,10 +112,8 @@ def _open_platform(msg: dict[str, str]) -> web.Response:
         return _text(msg, f"{msg.get('Event', '')}from_callback")
     if content == "TESTCOMPONENT_MSG_TYPE_TEXT":
         return _text(msg, "TESTCOMPONENT_MSG_TYPE_TEXT_callback")
-    if content.startswith("QUERY_AUTH_CODE:"):
-        return web.Response(
-            text=""
-        )  # "5秒内返回空串"; the code goes to api_query_auth, the answer to the API
+    if content.startswith("QUERY_AUTH_CODE:"):  # "5秒内返回空串": the code goes to api_query_auth instead
+        return web.Response(text="")
     return _text(msg, f"echo: {content}")
 
 
@@ -131,6 +130,7 @@ def _fixed(status: int, content_type: str, data: bytes) -> Callable[[web.Request
 
 MODES: dict[str, Callable[[web.Request, bytes], web.Response]] = {
     "passive": _passive,
+    "transfer": _transfer,
     "down": _down,
     **{mode: _fixed(*answer) for mode, answer in FIXED.items()},
 }

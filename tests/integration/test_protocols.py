@@ -370,6 +370,7 @@ def send_as_wxgate_send(s: Sidecar, name: str, options: sender.SendOptions) -> t
 def test_wxgate_send_pushes_a_safe_mode_json_mini_program_message(
     sidecar: Sidecar, fresh_backend: Backend
 ) -> None:
+    fresh_backend.set_mode("transfer")
     out = wxgate_send(sidecar, "--route", "mini", "--msg-id", "9007199254740993", "--content", "在吗")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith("attempt 1: status 200") and '"Encrypt":"' in out.stdout
