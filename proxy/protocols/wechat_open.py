@@ -74,7 +74,8 @@ RELEASE_TEST_ACCOUNTS: Mapping[str, str] = MappingProxyType(
 # non-empty, else the event is keyed by its digest.
 AUTHORIZATION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "component_verify_ticket": ("AppId", "InfoType", "CreateTime"),
+        # the push (CreateTime), and the ticket: two pushes of different tickets in one second are two notices
+        "component_verify_ticket": ("AppId", "InfoType", "CreateTime", "ComponentVerifyTicket"),
         "authorized": ("InfoType", "AuthorizerAppid", "AuthorizationCode"),
         "updateauthorized": ("InfoType", "AuthorizerAppid", "AuthorizationCode"),
         "unauthorized": ("InfoType", "AuthorizerAppid", "CreateTime"),
@@ -93,8 +94,9 @@ def is_appid(segment: str) -> bool:
 def authorization_key(message: Mapping[str, str], authenticated: bytes = b"") -> str:
     """The idempotency key of an authorization event: its §A2.2 identity, else the digest of its plaintext.
 
-    A ticket push is keyed by ``AppId+InfoType+CreateTime``, never by the ticket, which can repeat across pushes
-    (WxJava#782): every push reaches the backend, which keeps the newest."""
+    A ticket push is keyed by ``AppId+InfoType+CreateTime`` and the ticket, never by the ticket alone, which can
+    repeat across pushes (WxJava#782): every push reaches the backend, which keeps the newest, and two pushes of
+    different tickets in one second are two notices."""
     fields = AUTHORIZATION_KEYS.get(message.get("InfoType", ""), ())
     return idempotency.fields_key(message, fields) or "digest|" + idempotency.digest(message, authenticated)
 

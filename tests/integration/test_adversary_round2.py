@@ -242,3 +242,21 @@ def test_an_authorization_event_replayed_to_the_message_url_is_refused(
     )
     assert send(sidecar, moved)[0] == 403
     assert fresh_backend.requests() == []
+
+
+# -- two notifications never share a dedup key ----------------------------------------------------------------
+
+
+def test_two_tickets_pushed_in_one_second_both_reach_the_backend(
+    sidecar: Sidecar, fresh_backend: Backend
+) -> None:
+    """A ticket push is keyed by its push (``CreateTime``), never by the ticket alone, which repeats across pushes;
+    but two pushes of different tickets in one second (``api_start_push_ticket`` called twice) are two
+    notifications: the newer ticket dropped as a duplicate leaves the backend with a stale one (61006)."""
+    created = int(time.time())
+    for value in ("ticket@@@first", "ticket@@@second"):
+        push = traffic_open.ticket_push(
+            "/open/auth", TOKEN, KEY, COMPONENT, value, created, str(int(time.time())), nonce()
+        )
+        assert send(sidecar, push) == (200, b"success")
+    assert len(fresh_backend.requests()) == 2
