@@ -19,8 +19,9 @@ like an Official Account's, though WeChat documents none for either URL.
   refused and the tenant is verified; without the map the tenant is reported unverified. The 10 全网发布 test
   accounts (§A2.4) are always accepted, bound to their original ids.
 
-Dedup keys: authorization events per the §A2.2 table (never the ticket value, which repeats across pushes),
-the WeChat-verification/ICP notices by digest (``task_status`` and ``apply_status`` move independently, so task
+Dedup keys: authorization events per the §A2.2 table, ticket pushes by digest (never the ticket value alone,
+which repeats across pushes, nor ``AppId+InfoType+CreateTime``, which two pushes in one second share), the
+WeChat-verification/ICP notices by digest (``task_status`` and ``apply_status`` move independently, so task
 id + one status would merge distinct notices); messages as Official Accounts (:func:`wechat_mp.message_key`).
 
 Reasons: ``missing_param``, ``bad_signature``, ``bad_msg_signature``, the timestamp reasons,
@@ -74,8 +75,6 @@ RELEASE_TEST_ACCOUNTS: Mapping[str, str] = MappingProxyType(
 # non-empty, else the event is keyed by its digest.
 AUTHORIZATION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        # the push (CreateTime), and the ticket: two pushes of different tickets in one second are two notices
-        "component_verify_ticket": ("AppId", "InfoType", "CreateTime", "ComponentVerifyTicket"),
         "authorized": ("InfoType", "AuthorizerAppid", "AuthorizationCode"),
         "updateauthorized": ("InfoType", "AuthorizerAppid", "AuthorizationCode"),
         "unauthorized": ("InfoType", "AuthorizerAppid", "CreateTime"),
@@ -94,9 +93,10 @@ def is_appid(segment: str) -> bool:
 def authorization_key(message: Mapping[str, str], authenticated: bytes = b"") -> str:
     """The idempotency key of an authorization event: its §A2.2 identity, else the digest of its plaintext.
 
-    A ticket push is keyed by ``AppId+InfoType+CreateTime`` and the ticket, never by the ticket alone, which can
-    repeat across pushes (WxJava#782): every push reaches the backend, which keeps the newest, and two pushes of
-    different tickets in one second are two notices."""
+    A ticket push is keyed by the digest of its plaintext (``AppId``, ``CreateTime``, the ticket): a retry of one
+    push shares it, while the ticket, which can repeat across pushes (WxJava#782), never keys it alone (every push
+    reaches the backend, which keeps the newest), nor can ``CreateTime`` (two pushes of different tickets in one
+    second are two notices; the newer one dropped leaves the backend with a stale ticket)."""
     fields = AUTHORIZATION_KEYS.get(message.get("InfoType", ""), ())
     return idempotency.fields_key(message, fields) or "digest|" + idempotency.digest(message, authenticated)
 
