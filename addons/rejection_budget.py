@@ -5,9 +5,16 @@ blocked its requests on any route are refused here with reason ``rejection_budge
 ``wxgate_verifications_total{result="rejected", reason="rejection_budget"}``); when the answer of a verified
 attempt is sent, the ledger learns whether it passed or failed (:mod:`proxy.pipeline.rejection_budget`).
 Owns ``rejection_budget`` (off when unset); a reload starts a fresh ledger, which unblocks every source.
+
+A source inside the route's ``allow_cidrs`` is never blocked, and its failures are not counted: those are the
+sender's own addresses (WeChat's callback ranges), which also carry pushes WeChat makes for *other* accounts to
+this URL (a ``notify_url`` anyone can put in their own Pay orders, another account's console check). Blocking
+them would answer the route's genuine pushes 429.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from mitmproxy import http
 
@@ -43,7 +50,7 @@ class RejectionBudget:
         ex = exchange(flow)
         if ex is None or ex.route is None or not ex.client:
             return
-        if self.ledger.blocked(ex.client):
+        if self.ledger.blocked(ex.client) and not _senders_own(ex.route.config.allow_cidrs, ex.client):
             reject(flow, ex, REASON, 429)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -53,5 +60,18 @@ class RejectionBudget:
         verdict = ex.outcome.verdict
         if verdict in ("verified", "direct"):
             self.ledger.passed(ex.client)
-        elif verdict == "rejected" and ex.outcome.reason not in _NOT_COUNTED:
+        elif verdict != "rejected" or ex.outcome.reason in _NOT_COUNTED:
+            return
+        elif ex.route is None or not _senders_own(ex.route.config.allow_cidrs, ex.client):
             self.ledger.failed(ex.client)
+
+
+def _senders_own(allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None, client: str) -> bool:
+    """Whether ``client`` is inside the route's ``allow_cidrs`` (the sender's own published addresses)."""
+    if not allow:
+        return False
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    return any(ip in net for net in allow)

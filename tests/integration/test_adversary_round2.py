@@ -265,14 +265,6 @@ def test_two_tickets_pushed_in_one_second_both_reach_the_backend(
 # -- a genuine sender is not blocked by what WeChat sends for someone else -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rejection_budget counts every failed verification of a source that has not passed yet (per worker, "
-    "in memory, so after each restart): WeChat's egress addresses also carry pushes WeChat makes for *other* "
-    "accounts to this URL (a notify_url anyone can put in their own Pay orders, another account's console URL "
-    "check), which fail verification here; enough of them block the address before its first genuine push. "
-    "Needs a design decision (e.g. never block a route's allow_cidrs, or WeChat's published callback ranges).",
-)
 def test_pushes_wechat_makes_for_another_account_do_not_block_its_address(
     tmp_path: Path, fresh_backend: Backend
 ) -> None:
