@@ -313,6 +313,14 @@ class OutboxWorker:
             except StoreUnavailable as e:
                 self._store_down(e)
                 busy = 0
+            except Exception:
+                # A bug in one poll must not end redelivery for the life of the process: acknowledged items
+                # would wait for a restart. Logged (at most once per OUTAGE_LOG_EVERY), then the next poll.
+                self._failures += 1
+                if time.monotonic() - self._last_warning >= OUTAGE_LOG_EVERY:
+                    self._last_warning = time.monotonic()
+                    logger.exception("outbox: a poll failed unexpectedly; polling on")
+                busy = 0
             if self.stepped_back and not self.stopping:
                 # Everything leased was another configuration's: leave it to a replica that knows the route.
                 await asyncio.sleep(self.hand_back * random.uniform(0.5, 1.5))

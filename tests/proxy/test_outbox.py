@@ -258,6 +258,36 @@ async def test_a_store_outage_is_logged_once_not_every_poll(
     assert any("available again" in r.getMessage() for r in caplog.records)
 
 
+async def test_an_unexpected_error_in_a_poll_does_not_end_redelivery(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    w = worker(store, ScriptedUpstream(OK), events)
+    w.interval = 0.01
+    await enqueue(store)
+    lease = store.outbox_lease
+    calls = 0
+
+    async def broken_once(now: float, lease_for: float, limit: int) -> list[OutboxItem]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in one poll")
+        return await lease(now, lease_for, limit)
+
+    monkeypatch.setattr(store, "outbox_lease", broken_once)
+    with caplog.at_level(logging.ERROR, logger="wxgate"):
+        task = asyncio.create_task(w.run())
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if events:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert events == ["delivered"]  # the next poll redelivered the item
+    assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_pay_v2_notice_at_a_v3_route_is_cached_as_v2_xml_after_redelivery(
     store: SqliteStore, tmp_path: Path
 ) -> None:
