@@ -62,9 +62,24 @@ def parse_object(
         raise Rejected("malformed_json", 400) from None
     if not isinstance(value, dict):
         raise Rejected("malformed_json", 400, "not a JSON object")
+    if b"\\u" in body and not _encodable(value):
+        # "\ud800": a lone surrogate escape is valid JSON text but no character; it cannot be re-encoded for
+        # a dedup key, a log line or the backend (a UTF-8 encoder raises), so it is refused here, not there.
+        raise Rejected("malformed_json", 400, "a string holds a lone surrogate")
     if max_depth is not None and nesting(value) > max_depth:
         raise Rejected("malformed_json", 400, "nested too deeply")
     return value
+
+
+def _encodable(value: Any) -> bool:
+    """Every key and string in ``value`` is valid Unicode (no lone surrogate from a ``\\uD800`` escape)."""
+    if isinstance(value, str):
+        return value.isascii() or not any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
 
 
 def _bounded_number(limit: int, as_text: bool) -> Any:

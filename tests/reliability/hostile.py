@@ -470,6 +470,12 @@ class Corpus:
                 ),
                 bad4,
             ),
+            (
+                "Mini Program: a lone surrogate escape in a string",
+                "encoding",
+                self.mini(mini_text(b'"Content":"\\ud800","MsgId":1')),
+                bad4,
+            ),
             ("Mini Program: a JSON array", "json", self.mini(b"[" + mini_text(b'"MsgId":1') + b"]"), bad4),
             ("Mini Program: JSON null", "json", self.mini(b"null"), bad4),
             (

@@ -62,3 +62,23 @@ def test_flatten() -> None:
 )
 def test_describe(ctype: str, body: bytes, label: str) -> None:
     assert describe(ctype, body) == label
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        rb'{"Content":"\ud800"}',  # a lone high surrogate
+        rb'{"Content":"ok \udc00 end"}',  # a lone low surrogate
+        rb'{"\ud83d":"key"}',  # in a key
+        rb'{"List":[{"TemplateId":"\udfff"}]}',  # nested in an array
+    ],
+)
+def test_a_lone_surrogate_escape_is_malformed(body: bytes) -> None:
+    with pytest.raises(Rejected) as e:
+        parse_object(body)
+    assert (e.value.reason, e.value.status) == ("malformed_json", 400)
+
+
+def test_an_escaped_surrogate_pair_and_an_escaped_backslash_u_are_text() -> None:
+    assert parse_object(rb'{"Content":"\ud83d\ude00"}')["Content"] == "\U0001f600"
+    assert parse_object(rb'{"Content":"\\ud800"}')["Content"] == "\\ud800"  # a backslash, then "ud800"
