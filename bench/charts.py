@@ -43,12 +43,13 @@ def draw(data: dict[str, Any], out: Path) -> list[Path]:
     commit = data.get("machine", {}).get("commit", "")
     results = [r for r in data.get("results", []) if r.get("open", {}).get("curve")]
     if results:
-        fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
+        fig, ax = plt.subplots(figsize=(12, 6), dpi=100)
         for r in results:
             o = r["open"]
             xs = [_nines(q) for q, _ in o["curve"]]
             ys = [max(ms, 0.01) for _, ms in o["curve"]]
-            overloaded = o["errors"] or o["completed"] < o["sent"]
+            # above capacity: requests failed, or the answers came in well below the offered rate
+            overloaded = o["errors"] or o.get("achieved_rps", o["rate"]) < 0.95 * o["rate"]
             label = f"{r['id']} (p99 {o['p99_ms']:.1f} ms)" + (" overloaded" if overloaded else "")
             ax.plot(xs, ys, marker=".", linestyle=":" if overloaded else "-", label=label)
         ticks = [0, 50, 90, 99, 99.9, 99.99]
@@ -59,7 +60,7 @@ def draw(data: dict[str, Any], out: Path) -> list[Path]:
         rate = results[0]["open"].get("rate", 0)
         ax.set_title(f"Open loop, {rate:.0f} requests/s: latency by percentile ({commit})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out / OPENLOOP
         fig.savefig(path)
@@ -67,7 +68,7 @@ def draw(data: dict[str, Any], out: Path) -> list[Path]:
         written.append(path)
     paired = data.get("paired") or {}
     if paired.get("runs"):
-        fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+        fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
         for sc_id, runs in paired["runs"].items():
             xs = list(range(1, len(runs) + 1))
             ax.plot(xs, [x["rps"] for x in runs], marker="o", label=sc_id)
@@ -77,7 +78,7 @@ def draw(data: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xticks(range(1, paired["rounds"] + 1))
         ax.set_title(f"Paired rounds ({paired['rounds']} × {paired['seconds']:.0f} s each), req/s ({commit})")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out / PAIRED
         fig.savefig(path)
