@@ -40,9 +40,9 @@ def test_once_serving_the_startup_heap_is_frozen_and_young_collections_are_rarer
 
     before = gc.get_threshold()
     try:
+        gc.set_threshold(700, *before[1:])  # CPython's default (an in-process wxgate earlier may have raised it)
         Lifecycle().running()
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
-        assert before[0] < GC_YOUNG_THRESHOLD
         assert gc.get_freeze_count() > 0
     finally:
         gc.set_threshold(*before)
