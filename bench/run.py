@@ -325,6 +325,7 @@ class Env:
     args: argparse.Namespace
     tmp: Path
     sut_cpus: set[int] | None
+    all_cpus: set[int]
     pay_key: corpus.PayKey
     seq: corpus.Sequencer = field(default_factory=corpus.Sequencer)
     backend_port: int = 0
@@ -393,7 +394,9 @@ def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path 
     redis_pid = 0
     stats: Path | None = None
     log = env.tmp / f"{sc.id}.log"
-    cpus = env.sut_cpus if sc.workers == 1 else None  # N workers: every CPU, shared with the load tools
+    # N workers: every CPU this script started with, shared with the load tools (set explicitly: a child would
+    # inherit this script's own pinning to the load CPU)
+    cpus = env.sut_cpus if sc.workers == 1 or env.sut_cpus is None else env.all_cpus
     if sc.kind == "direct":
         proc = Proc([PY, "bench/backend.py", "--port", str(port)], log, env.sut_cpus)
         wait_until(lambda: tcp_open(port), 15, "direct backend")
@@ -837,7 +840,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wxgate-bench-") as tmpdir:
         tmp = Path(tmpdir)
         key = corpus.PayKey.generate()
-        env = Env(args, tmp, sut_cpus, key)
+        env = Env(args, tmp, sut_cpus, set(cpus), key)
         env.cert = tmp / "platform-cert.pem"
         env.cert.write_bytes(key.certificate(time.time()))
         env.wxgate_env = {
