@@ -45,6 +45,7 @@ from proxy.observability.admin import AdminServer
 from proxy.observability.instrumented_store import InstrumentedStore
 from proxy.observability.logs import UserRef
 from proxy.observability.metrics import Metrics
+from proxy.observability.otel_env import store_span_min_from_env
 from proxy.observability.probes import Probes
 from proxy.observability.tracing import Tracing
 from proxy.pipeline.backpressure import BackendLimits, BackpressureCounters
@@ -100,10 +101,11 @@ def build_runtime(
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     # The same build `wxgate check` makes: routes and keys, TLS, tracer provider, the (unopened) store.
-    loaded, provider, store = prepare(config, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    loaded, provider, store = prepare(config, env)
     table = loaded.table
     metrics.init_routes((r.name, r.protocol_name) for r in table.routes)
-    tracing = Tracing(provider) if provider is not None else None
+    tracing = Tracing(provider, store_span_min_from_env(env)) if provider is not None else None
     rt = Runtime(
         config=config,
         registry=registry,

@@ -2,8 +2,9 @@
 
 Each call is timed into ``wxgate_store_operation_duration_seconds{operation}`` and, when it raises, counted in
 ``wxgate_store_errors_total{operation}`` (cancellation is not a store error). With tracing on, a call made
-inside a traced request or redelivery gets a CLIENT span ``store {operation}`` (``db.system.name`` sqlite or
-redis); a failed call's span is ERROR with ``error.type``. The wrapped store's behaviour, results and
+inside a traced request or redelivery adds to that request's ``wxgate.store.calls``/``wxgate.store.ms``, and
+gets a CLIENT span ``store {operation}`` (``db.system.name`` sqlite or redis) when it failed, was cut short or
+was slow (:class:`~proxy.observability.tracing.StoreTimer`); a failed call's span is ERROR with ``error.type``. The wrapped store's behaviour, results and
 exceptions are unchanged, so the contract suite holds for the wrapper too.
 
 The composition root wraps the opened store once: ``InstrumentedStore(open_store(url), metrics, tracing)``.
@@ -15,9 +16,6 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Any
-
-from opentelemetry.semconv.attributes import error_attributes
-from opentelemetry.trace import Status, StatusCode
 
 from proxy.observability.metrics import Metrics
 from proxy.observability.tracing import Tracing
@@ -49,23 +47,26 @@ class InstrumentedStore(Store):
 
     async def _call[T](self, operation: str, call: Awaitable[T]) -> T:
         # No context managers on this path: it runs up to four times per request.
-        span = self.tracing.store_span(operation, self.system) if self.tracing is not None else None
+        timer = self.tracing.store_timer() if self.tracing is not None else None
         started = time.perf_counter()
         try:
             result = await call
         except asyncio.CancelledError:
-            self.metrics.store_call(operation, time.perf_counter() - started, failed=False)
+            elapsed = time.perf_counter() - started
+            self.metrics.store_call(operation, elapsed, failed=False)
+            if timer is not None:
+                timer.end(operation, self.system, elapsed, cancelled=True)
             raise
         except Exception as e:
-            self.metrics.store_call(operation, time.perf_counter() - started, failed=True)
-            if span is not None:
-                span.set_attribute(error_attributes.ERROR_TYPE, type(e).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, type(e).__qualname__))
+            elapsed = time.perf_counter() - started
+            self.metrics.store_call(operation, elapsed, failed=True)
+            if timer is not None:
+                timer.end(operation, self.system, elapsed, error=type(e).__qualname__)
             raise
-        finally:
-            if span is not None:
-                span.end()
-        self.metrics.store_call(operation, time.perf_counter() - started, failed=False)
+        elapsed = time.perf_counter() - started
+        self.metrics.store_call(operation, elapsed, failed=False)
+        if timer is not None:
+            timer.end(operation, self.system, elapsed)
         return result
 
     # -- lifecycle (not timed: once per process) -------------------------------------------------------------

@@ -23,6 +23,7 @@ from opentelemetry.util.types import AttributeValue
 
 from proxy import __version__
 from proxy.config import ConfigError
+from proxy.observability.tracing import STORE_SPAN_MIN
 
 
 class TracingConfigError(ConfigError):
@@ -39,6 +40,7 @@ def provider_from_env(environ: Mapping[str, str]) -> TracerProvider | None:
     exporters = _exporter_names(environ)
     if not exporters:
         return None
+    store_span_min_from_env(environ)  # checked here, so `wxgate check` reports it
     provider = TracerProvider(
         sampler=sampler_from_env(environ),
         resource=resource_from_env(environ),
@@ -133,6 +135,21 @@ def sampler_from_env(environ: Mapping[str, str]) -> sampling.Sampler:
     raise TracingConfigError(
         f"OTEL_TRACES_SAMPLER={name!r} is not supported; use one of {', '.join(samplers)}"
     )
+
+
+STORE_SPAN_MIN_VAR = "WXGATE_STORE_SPAN_MIN_MS"
+
+
+def store_span_min_from_env(environ: Mapping[str, str]) -> float:
+    """Seconds a successful store call must take to get a span of its own (``WXGATE_STORE_SPAN_MIN_MS``,
+    default 50 ms; 0: every store call of a traced request gets one)."""
+    raw = environ.get(STORE_SPAN_MIN_VAR, "").strip()
+    if not raw:
+        return STORE_SPAN_MIN
+    value = _float(raw, STORE_SPAN_MIN_VAR)
+    if not 0 <= value <= 60_000:
+        raise TracingConfigError(f"{STORE_SPAN_MIN_VAR}={raw!r}: expected milliseconds from 0 to 60000")
+    return value / 1000
 
 
 def span_limits_from_env(environ: Mapping[str, str]) -> SpanLimits:

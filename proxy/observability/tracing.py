@@ -11,8 +11,13 @@ Spans (attribute keys from ``opentelemetry.semconv`` where one exists, ``wxgate.
   backend receives. Any non-2xx answer, timeout or refusal is ERROR with ``error.type``.
 - INTERNAL ``redeliver {route}`` per outbox redelivery, linked to the original backend call's trace, with the
   CLIENT backend call (``http.request.resend_count``) and store calls as children.
-- CLIENT ``store {operation}`` per store call made inside a traced request or redelivery (``db.system.name``,
-  ``db.operation.name``); store calls outside any trace (the outbox poll) make no spans.
+- CLIENT ``store {operation}`` per store call made inside a traced request or redelivery that failed, was cut
+  short, or took at least ``store_span_min`` seconds (``WXGATE_STORE_SPAN_MIN_MS``, default 50 ms; 0
+  records every call) (``db.system.name``, ``db.operation.name``). A store call on loopback Redis or SQLite takes
+  50-150 µs and a span for it cost a fifth of what tracing adds to a request: the fast ones are in
+  ``wxgate_store_operation_duration_seconds`` only, and the server span carries ``wxgate.store.calls`` and
+  ``wxgate.store.ms`` (their count and summed time) so its duration stays explained. Store calls outside any
+  trace (the outbox poll) make no spans.
 
 Every request starts a new trace at this edge: a sender's ``traceparent`` neither chooses the trace id (which
 reaches exemplars, logs and the backend) nor forces sampling; a valid one is kept only as a Link on the server
@@ -26,6 +31,7 @@ Query strings are never recorded: they carry signatures, nonces and (for Officia
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -161,11 +167,20 @@ class ClientCall:
         span.end()
 
 
-class Tracing:
-    """The spans wxgate makes, on an injected :class:`TracerProvider`."""
+# The default of ``store_span_min``: a store call this slow (seconds) gets a span of its own. A store call's time
+# is what the request waited: under load it includes the event loop's queue, several milliseconds at 1,000
+# req/s; 50 ms is where Elastic APM's span compression stops treating an exit span as fast.
+STORE_SPAN_MIN = 0.05
 
-    def __init__(self, provider: trace.TracerProvider) -> None:
+
+class Tracing:
+    """The spans wxgate makes, on an injected :class:`TracerProvider`.
+
+    ``store_span_min``: the shortest successful store call that gets a span (0: every call)."""
+
+    def __init__(self, provider: trace.TracerProvider, store_span_min: float = 0.0) -> None:
         self.tracer = provider.get_tracer(TRACER_NAME, __version__)
+        self.store_span_min = store_span_min
 
     # server side: one span per inbound request --------------------------------------------------------------
     def start_server(
@@ -208,7 +223,7 @@ class Tracing:
                 method = outcome.method if outcome.method in KNOWN_METHODS else "HTTP"
                 span.update_name(f"{method} {route_path}")
                 span.set_attribute(http_attributes.HTTP_ROUTE, route_path)
-            attrs = outcome_attributes(outcome)
+            attrs = outcome_attributes(outcome) | store_totals(span)
             if status:
                 attrs[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status
             if error:
@@ -267,16 +282,20 @@ class Tracing:
     def store_span(self, operation: str, system: str) -> Span | None:
         """A started span for one store call (``system``: sqlite | redis), child of the current span; ``None``
         outside any trace (the outbox poll, readiness probes: those would be a root trace every half second).
-
-        Not made the current span (nothing runs under a store call): attaching and detaching a context added a
-        third to what a store span costs, and a request makes up to four of them. The caller ends it."""
+        The caller ends it. Every call it is used for gets a span (:meth:`store_call`); the request path uses
+        :meth:`store_timer`, which keeps only the slow and failed ones."""
         if not trace.get_current_span().is_recording():
             return None
-        attrs: dict[str, AttributeValue] = {
-            db_attributes.DB_OPERATION_NAME: operation,
-            db_attributes.DB_SYSTEM_NAME: system,
-        }
-        return self.tracer.start_span(f"store {operation}", kind=SpanKind.CLIENT, attributes=attrs)
+        return self.tracer.start_span(
+            f"store {operation}", kind=SpanKind.CLIENT, attributes=_store_attrs(operation, system)
+        )
+
+    def store_timer(self) -> StoreTimer | None:
+        """A timer for one store call inside the current trace, ``None`` outside any (see :class:`StoreTimer`)."""
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return None
+        return StoreTimer(self, span)
 
     @contextlib.contextmanager
     def store_call(self, operation: str, system: str) -> Iterator[Span | None]:
@@ -287,6 +306,65 @@ class Tracing:
         finally:
             if span is not None:
                 span.end()
+
+
+def _store_attrs(operation: str, system: str) -> dict[str, AttributeValue]:
+    return {db_attributes.DB_OPERATION_NAME: operation, db_attributes.DB_SYSTEM_NAME: system}
+
+
+# The request span's store totals [calls, seconds], kept on the span object until it ends (set_attributes
+# takes the span's lock each time; finish_server writes them once, with the outcome).
+_STORE_TOTALS = "_wxgate_store_totals"
+
+
+def store_totals(span: Span) -> dict[str, AttributeValue]:
+    """``wxgate.store.calls`` and ``wxgate.store.ms`` of the store calls made under ``span`` (none: empty)."""
+    totals: list[float] | None = getattr(span, _STORE_TOTALS, None)
+    if totals is None:
+        return {}
+    return {"wxgate.store.calls": int(totals[0]), "wxgate.store.ms": round(totals[1] * 1000, 3)}
+
+
+class StoreTimer:
+    """One store call of a traced request: its time is added to the request's span (``wxgate.store.calls``,
+    ``wxgate.store.ms``), and a ``store {operation}`` span is made after the fact, with the call's real start
+    and end, only when the call failed, was cut short, or took ``store_span_min`` or longer.
+
+    Not made the current span (nothing runs under a store call), and nothing is made for the fast ones:
+    nothing is known about a call's length before it ends."""
+
+    __slots__ = ("parent", "start_ns", "tracing")
+
+    def __init__(self, tracing: Tracing, parent: Span) -> None:
+        self.tracing = tracing
+        self.parent = parent
+        self.start_ns = time.time_ns()
+
+    def end(
+        self, operation: str, system: str, seconds: float, error: str = "", cancelled: bool = False
+    ) -> None:
+        parent = self.parent
+        if parent.is_recording():  # not when the request was answered first (a settle after the deadline)
+            totals: list[float] | None = getattr(parent, _STORE_TOTALS, None)
+            if totals is None:
+                with contextlib.suppress(AttributeError):  # a span class with __slots__: no totals
+                    setattr(parent, _STORE_TOTALS, [1, seconds])
+            else:
+                totals[0] += 1
+                totals[1] += seconds
+        if not error and not cancelled and seconds < self.tracing.store_span_min:
+            return
+        span = self.tracing.tracer.start_span(
+            f"store {operation}",
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes=_store_attrs(operation, system),
+            start_time=self.start_ns,
+        )
+        if error:
+            span.set_attribute(error_attributes.ERROR_TYPE, error)
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=self.start_ns + int(seconds * 1e9))
 
 
 # A context with no parent span: redeliveries start new traces.

@@ -119,6 +119,7 @@ async def test_a_forwarded_request_makes_one_trace_whose_client_span_reaches_the
     attrs = dict(server.attributes or {})
     assert attrs["wxgate.verdict"] == "verified" and attrs["wxgate.reply_kind"] == "passive"
     assert attrs["wxgate.upstream.result"] == "2xx" and attrs["http.response.status_code"] == 200
+    assert attrs["wxgate.store.calls"] == 1 and attrs["wxgate.store.ms"] > 0
     (line,) = [r for r in caplog.records if r.name == "wxgate.access"]
     assert line.fields["trace_id"] == f"{server.context.trace_id:032x}"  # type: ignore[attr-defined]
     assert line.fields["span_id"] == f"{server.context.span_id:016x}"  # type: ignore[attr-defined]

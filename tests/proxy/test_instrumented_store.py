@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -12,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.observability.instrumented_store import InstrumentedStore
 from proxy.observability.metrics import Metrics
-from proxy.observability.tracing import Tracing
+from proxy.observability.tracing import Tracing, store_totals
 from proxy.stores import ClaimState, OutboxItem, SqliteStore, StoreUnavailable
 
 
@@ -101,3 +103,58 @@ async def test_without_tracing_only_metrics_are_kept(spans: InMemorySpanExporter
         await store.ping()
         assert sample(store, "wxgate_store_operation_duration_seconds_count", "ping") == 1
     assert spans.get_finished_spans() == ()
+
+
+class Slow(SqliteStore):
+    async def remember(self, key: str, ttl: float) -> bool:
+        await asyncio.sleep(0.005)
+        return True
+
+
+async def test_by_default_only_slow_failed_and_cut_short_calls_get_a_span_and_the_request_keeps_the_total(
+    spans: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing = Tracing(provider, store_span_min=0.003)
+    async with InstrumentedStore(Slow(":memory:"), Metrics(CollectorRegistry()), tracing) as store:
+        with tracing.tracer.start_as_current_span("request") as request:
+            assert (await store.claim("fast", lease=5, ttl=60)).state is ClaimState.NEW  # ~50 µs: no span
+            await store.remember("slow", 60)  # 5 ms: a span with the call's own start and end
+        (slow, parent) = spans.get_finished_spans()
+        assert slow.name == "store remember" and slow.parent is not None
+        assert slow.parent.span_id == request.get_span_context().span_id
+        assert slow.start_time is not None and slow.end_time is not None
+        assert 0.004 <= (slow.end_time - slow.start_time) / 1e9 < 1.0
+        assert parent.start_time is not None and slow.start_time >= parent.start_time
+        totals = store_totals(request)  # what the server span gets when it ends (finish_server)
+        assert totals["wxgate.store.calls"] == 2
+        assert isinstance(ms := totals["wxgate.store.ms"], float) and 4.0 <= ms < 1000  # both calls
+        spans.clear()
+
+        with tracing.tracer.start_as_current_span("request"), pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.remember("cut short", 60), 0.001)  # shorter than the threshold
+        (cut, _) = spans.get_finished_spans()
+        assert cut.name == "store remember" and cut.status.status_code is StatusCode.UNSET
+
+    spans.clear()
+    async with InstrumentedStore(Down(":memory:"), Metrics(CollectorRegistry()), tracing) as down:
+        with tracing.tracer.start_as_current_span("request"), pytest.raises(StoreUnavailable):
+            await down.claim("k", 5, 60)  # fails at once: still a span, ERROR
+        (failed, _) = spans.get_finished_spans()
+        assert failed.name == "store claim" and failed.status.status_code is StatusCode.ERROR
+
+
+async def test_a_store_call_that_outlives_the_request_span_leaves_it_alone(
+    tracing: Tracing, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The deadline answered (and ended the server span) while the store call was still running.
+    async with InstrumentedStore(Slow(":memory:"), Metrics(CollectorRegistry()), tracing) as store:
+        request = tracing.tracer.start_span("request")
+        with trace.use_span(request), caplog.at_level(logging.WARNING):
+            call = asyncio.ensure_future(store.remember("late", 60))
+            await asyncio.sleep(0)
+            request.end()
+            await call
+    assert "ended span" not in caplog.text
+    assert store_totals(request) == {}

@@ -16,6 +16,7 @@ from proxy.observability.otel_env import (
     resource_from_env,
     sampler_from_env,
     span_limits_from_env,
+    store_span_min_from_env,
 )
 from proxy.observability.outcome import Outcome
 from proxy.observability.tracing import REQUEST_VALUE_LIMIT, Tracing, hex_ids, traceparent
@@ -431,3 +432,14 @@ def test_ids_are_written_as_w3c_trace_context_writes_them(tracing: Tracing) -> N
     assert int(trace_id, 16) == span.get_span_context().trace_id
     # no span (tracing off) or an invalid one: empty fields, never a run of zeros in a log line
     assert hex_ids(None) == hex_ids(trace.INVALID_SPAN) == ("", "")
+
+
+def test_the_store_span_threshold_comes_from_the_environment() -> None:
+    assert store_span_min_from_env({}) == 0.05
+    assert store_span_min_from_env({"WXGATE_STORE_SPAN_MIN_MS": "0"}) == 0.0
+    assert store_span_min_from_env({"WXGATE_STORE_SPAN_MIN_MS": " 2.5 "}) == 0.0025
+    for bad in ("fast", "-1", "60001"):
+        with pytest.raises(ConfigError, match="WXGATE_STORE_SPAN_MIN_MS"):
+            store_span_min_from_env({"WXGATE_STORE_SPAN_MIN_MS": bad})
+    with pytest.raises(ConfigError, match="WXGATE_STORE_SPAN_MIN_MS"):  # `wxgate check` sees it too
+        provider_from_env({"OTEL_TRACES_EXPORTER": "console", "WXGATE_STORE_SPAN_MIN_MS": "x"})

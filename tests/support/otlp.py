@@ -33,6 +33,8 @@ class Span:
     status: int  # 0 UNSET, 1 OK, 2 ERROR
     links: list[tuple[str, str]]
     resource: dict[str, Any] = field(default_factory=dict)
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 class OtlpReceiver:
@@ -85,6 +87,8 @@ class OtlpReceiver:
                             s.status.code,
                             [(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
                             resource,
+                            s.start_time_unix_nano,
+                            s.end_time_unix_nano,
                         )
                     )
         with self._lock:
