@@ -238,3 +238,29 @@ async def test_option_reads_return_immutable_values_as_they_are_and_copy_mutable
     hosts = master.options.allow_hosts
     hosts.append("b")  # a copy: the option itself is unchanged
     assert master.options.allow_hosts == ["a"]
+
+
+class _NoEnviron(dict[str, str]):
+    def get(self, key: str, default: Any = None) -> Any:
+        raise AssertionError(f"os.environ read for {key}")
+
+
+async def test_mitmproxys_tasks_are_named_without_reading_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from mitmproxy.utils import asyncio_utils
+
+    embedded_master(options.Options())
+    monkeypatch.setattr(os, "environ", _NoEnviron())
+
+    async def hook() -> None:
+        await asyncio.sleep(0)
+
+    task = asyncio_utils.create_task(
+        hook(), name="handle_hook(request)", keep_ref=True, client=("10.0.0.1", 5)
+    )
+    await task
+    assert task.get_name() == "handle_hook(request)"  # as mitmproxy shows it, minus the running test's name
+    assert asyncio_utils.task_repr(task).startswith("10.0.0.1:5: handle_hook(request) (age: ")
