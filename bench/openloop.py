@@ -73,7 +73,7 @@ class Conn(asyncio.Protocol):
             return
         status = int(head[9:12])
         self.busy = False
-        self.gen.done(self, time.perf_counter() - self.due, status)
+        self.gen.done(self, self.due, time.perf_counter() - self.due, status)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gen.lost(self)
@@ -87,6 +87,9 @@ class OpenLoop:
         self.idle: list[Conn] = []
         self.conns: set[Conn] = set()
         self.latencies: list[float] = []
+        self.slow: list[tuple[float, float]] = []  # (due, latency) of answers over --slow-ms
+        self.slow_after = float("inf")
+        self.t0 = 0.0
         self.status: Counter[int] = Counter()
         self.errors = 0
         self.sent = 0
@@ -114,8 +117,10 @@ class OpenLoop:
         task = self.loop.create_task(self.loop.create_connection(lambda: conn, self.host, self.port))
         task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or self.lost(conn))
 
-    def done(self, conn: Conn, latency: float, status: int) -> None:
+    def done(self, conn: Conn, due: float, latency: float, status: int) -> None:
         self.latencies.append(latency)
+        if latency > self.slow_after:
+            self.slow.append((due - self.t0, latency))
         self.status[status] += 1
         self.idle.append(conn)
         self._check_done()
@@ -159,7 +164,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     gc.collect()
     gc.freeze()
     gc.disable()
-    t0 = time.perf_counter() + 0.05
+    t0 = gen.t0 = time.perf_counter() + 0.05
+    if args.slow_ms:
+        gen.slow_after = args.slow_ms / 1000
     timer = threading.Thread(target=gen.schedule, args=(t0,), daemon=True)
     timer.start()
     with contextlib.suppress(TimeoutError):
@@ -183,7 +190,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "max_ms": round(max(lat) * ms, 3) if lat else 0.0,
         # the distribution, for the chart: [percentile, ms]
         "curve": [[q, round(percentile(lat, q) * ms, 3)] for q in CURVE] if lat else [],
-    }
+    } | ({"slow": [[round(d, 4), round(x * ms, 2)] for d, x in gen.slow]} if args.slow_ms else {})
 
 
 def main() -> None:
@@ -194,6 +201,12 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--conns", type=int, default=32, help="keep-alive connections opened before the run")
+    p.add_argument(
+        "--slow-ms",
+        type=float,
+        default=0.0,
+        help="also list when each answer slower than this was due (seconds)",
+    )
     p.add_argument("--grace", type=float, default=5.0, help="seconds to wait for the last answers")
     print(json.dumps(asyncio.run(run(p.parse_args()))), flush=True)
 

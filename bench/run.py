@@ -72,6 +72,7 @@ class Scenario:
     # `workers: N`: N processes under the supervisor, on every CPU (1: alone on the last CPU)
     workers: int = 1
     launcher: tuple[str, ...] = ()  # more options for bench/sidecar.py (--uvloop, --gc-threshold)
+    environ: tuple[tuple[str, str], ...] = ()  # more environment for wxgate
 
 
 SCENARIOS = (
@@ -109,6 +110,16 @@ SCENARIOS = (
         "redis",
         0.0,
         default=False,
+    ),
+    # For explaining the cost of store spans: a span for every store call, as before WXGATE_STORE_SPAN_MIN_MS.
+    Scenario(
+        "mp-redis-allstore",
+        "wxgate MP full chain, Redis, a span for every store call",
+        "wxgate",
+        "mp",
+        "redis",
+        default=False,
+        environ=(("WXGATE_STORE_SPAN_MIN_MS", "0"),),
     ),
     # For trying the event loop and the collector's thresholds (paired against mp-redis).
     Scenario(
@@ -292,7 +303,9 @@ def wrk(port: int, corpus_file: Path, duration: float, quota: int = 0) -> dict[s
     return result
 
 
-def open_loop(port: int, corpus_file: Path, rate: float, duration: float) -> dict[str, Any]:
+def open_loop(
+    port: int, corpus_file: Path, rate: float, duration: float, slow_ms: float = 0.0
+) -> dict[str, Any]:
     out = subprocess.run(
         [
             PY,
@@ -307,6 +320,8 @@ def open_loop(port: int, corpus_file: Path, rate: float, duration: float) -> dic
             str(duration),
             "--conns",
             str(CONNS),
+            "--slow-ms",
+            str(slow_ms),
         ],
         capture_output=True,
         text=True,
@@ -430,7 +445,7 @@ def system_under_test(env: Env, sc: Scenario) -> Iterator[tuple[int, Proc, Path 
         if env.args.profile:
             args += ["--profile", str(OUT / f"{sc.id}.prof")]
         args += sc.launcher
-        proc = Proc(args, log, cpus, env.wxgate_env)
+        proc = Proc(args, log, cpus, env.wxgate_env | dict(sc.environ))
         wait_until(
             lambda: (proc.check(), http_get(f"http://127.0.0.1:{admin}/readyz") == 200)[1], 30, "wxgate"
         )
@@ -550,7 +565,7 @@ def measure(env: Env, sc: Scenario) -> dict[str, Any]:
         res["stats_end"] = sut_stats(proc, stats, sc.workers)
         # 5. open loop
         open_file = phase_corpus("open", int(a.rate * a.open) + 500)
-        res["open"] = open_loop(port, open_file, a.rate, a.open)
+        res["open"] = open_loop(port, open_file, a.rate, a.open, a.slow_ms)
         res["rss_after_open_mib"] = rss_mib(proc.pid)
         res["stats_open"] = sut_stats(proc, stats, sc.workers)
     return res
@@ -791,6 +806,9 @@ def main() -> int:
     p.add_argument("--closed", type=float, default=8.0, help="closed-loop seconds (default 8)")
     p.add_argument("--rate", type=float, default=500.0, help="open-loop requests per second (default 500)")
     p.add_argument("--open", type=float, default=8.0, help="open-loop seconds (default 8)")
+    p.add_argument(
+        "--slow-ms", type=float, default=0.0, help="open loop: list when each answer slower than this was due"
+    )
     p.add_argument(
         "--dedup", type=float, default=2.0, help="seconds for firsts-only and duplicates-only, per round"
     )
