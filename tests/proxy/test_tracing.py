@@ -443,3 +443,64 @@ def test_the_store_span_threshold_comes_from_the_environment() -> None:
             store_span_min_from_env({"WXGATE_STORE_SPAN_MIN_MS": bad})
     with pytest.raises(ConfigError, match="WXGATE_STORE_SPAN_MIN_MS"):  # `wxgate check` sees it too
         provider_from_env({"OTEL_TRACES_EXPORTER": "console", "WXGATE_STORE_SPAN_MIN_MS": "x"})
+
+
+def _one_request(tracing: Tracing, slow_store: bool) -> None:
+    server = tracing.start_server(
+        "POST",
+        "/wx?signature=s",
+        {"user-agent": "Mozilla/5.0 MicroMessenger/8.0", "traceparent": CALLER},
+        "10.0.0.7",
+        ("0.0.0.0", 80),
+    )
+    with trace.use_span(server):
+        timer = tracing.store_timer()
+        assert timer is not None
+        timer.end("claim_signed", "redis", 0.2 if slow_store else 0.0001)
+    call = tracing.backend_call(server, "POST", "/wx", "http://backend:9000")
+    call.finish(UpstreamResult("5xx", 502, error="bad gateway"))
+    outcome = Outcome(
+        route="mp", protocol="wechat-mp", verdict="verified", method="POST", dedup="new", attempt=1
+    )
+    tracing.finish_server(server, outcome, "/wx", 503)
+    server.set_attribute("after", "end")  # ignored, as by the SDK's span
+    server.end()  # a second end exports nothing more
+
+
+def _shape(s: ReadableSpan, ids: dict[int, str]) -> tuple[object, ...]:
+    assert s.context is not None
+    ids.setdefault(s.context.span_id, s.name)
+    return (
+        s.name,
+        s.kind,
+        ids.get(s.parent.span_id) if s.parent is not None else None,
+        dict(s.attributes or {}),
+        s.status.status_code,
+        s.status.description,
+        [f"{link.context.trace_id:032x}" for link in s.links],
+        dict(s.resource.attributes),
+        (s.instrumentation_scope.name, s.instrumentation_scope.version) if s.instrumentation_scope else None,
+        s.context.trace_flags,
+        s.end_time is not None and s.start_time is not None and s.end_time >= s.start_time,
+    )
+
+
+def test_request_spans_are_exported_exactly_as_the_sdks_own_spans_would_be() -> None:
+    shapes = []
+    for lean in (True, False):
+        spans = InMemorySpanExporter()
+        provider = TracerProvider(
+            span_limits=span_limits_from_env({"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "12"})
+        )
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        tracing = Tracing(provider, store_span_min=0.05)
+        tracing._lean = lean  # the SDK's Tracer.start_span, as before LeanSpan
+        _one_request(tracing, slow_store=True)
+        ids: dict[int, str] = {}
+        finished = sorted(spans.get_finished_spans(), key=lambda s: (s.start_time or 0, s.name))
+        shapes.append([_shape(s, ids) for s in finished])
+    made, by_sdk = shapes
+    assert len(made) == 3  # the server span, the slow store call, the backend call; once each
+    assert made == by_sdk
+    server = next(s for s in made if s[1] is SpanKind.SERVER)
+    assert server[3]["user_agent.original"] == "Mozilla/5.0 " and "after" not in server[3]
