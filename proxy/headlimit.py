@@ -42,6 +42,7 @@ import h11
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers.http._events import HttpEvent, ResponseData, ResponseHeaders
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.utils import human
 
@@ -91,6 +92,32 @@ class BoundedHttp1Server(Http1Server):
     _timer_stream: int = 0
     _body_timer: commands.RequestWakeup | None = None  # the same for the body of stream ``_body_stream``
     _body_stream: int = 0
+    _held_head: bytes = b""  # an answer's head, sent with its body in one write (see send)
+
+    def send(self, event: HttpEvent) -> layer.CommandGenerator[None]:
+        """mitmproxy's, with a whole answer's head and body in one write instead of two.
+
+        mitmproxy writes an HTTP/1 answer as two ``SendData`` commands, the head then the body, and asyncio
+        sends each with a system call of its own: on loopback a send also runs the peer's receive path, and
+        the answer was one of five sends a verified request makes. An answer whose body is complete (every
+        answer wxgate makes, and a backend's unless streamed) has its head held until the body is sent, in
+        the same step of the layer; a streamed answer's head goes out at once, as before."""
+        if type(event) is ResponseHeaders and not event.end_stream:
+            chunked = "chunked" in event.response.headers.get("transfer-encoding", "").lower()
+            if event.response.raw_content is not None and not chunked:
+                for command in super().send(event):
+                    if type(command) is commands.SendData and not self._held_head:
+                        self._held_head = command.data
+                    else:
+                        yield command
+                return
+        if self._held_head:
+            head, self._held_head = self._held_head, b""
+            if type(event) is ResponseData and event.data:
+                yield commands.SendData(self.conn, head + event.data)
+                return
+            yield commands.SendData(self.conn, head)
+        yield from super().send(event)
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if type(event) is events.Wakeup:

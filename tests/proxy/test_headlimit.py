@@ -15,6 +15,7 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http._events import (
     RequestHeaders,
     RequestProtocolError,
+    ResponseData,
     ResponseEndOfMessage,
     ResponseHeaders,
 )
@@ -200,3 +201,42 @@ def test_a_client_that_floods_while_its_request_is_answered_is_closed(drops: lis
     assert drops == ["pipelined_too_large"] and closed(cmds) and sent(cmds) == b"" and len(layer.buf) == 0
     cmds = list(layer.handle_event(events.ConnectionClosed(ctx.client)))
     assert [e.stream_id for e in failed(cmds)] == [1]  # the pending request fails as on a client's disconnect
+
+
+def answer(layer: Any, response: http.Response, body: bytes) -> list[bytes]:
+    """The writes the layer makes for ``response`` sent as mitmproxy's HTTP layer sends it."""
+    stream = layer.stream_id
+    cmds = list(layer.handle_event(ResponseHeaders(stream, response, end_stream=not body)))
+    if body:
+        cmds += list(layer.handle_event(ResponseData(stream, body)))
+    cmds += list(layer.handle_event(ResponseEndOfMessage(stream)))
+    return [c.data for c in cmds if isinstance(c, commands.SendData)]
+
+
+def test_a_whole_answer_is_one_write_head_and_body(drops: list[str]) -> None:
+    layer, ctx = server()
+    feed(layer, ctx, HEAD + b"ok")
+    response = http.Response.make(200, b"<xml>success</xml>", {"content-type": "application/xml"})
+    (write,) = answer(layer, response, b"<xml>success</xml>")
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\n<xml>success</xml>")
+    assert b"content-length: 18\r\n" in write.lower()
+    # the connection goes on: the next request on it is read and answered the same way
+    assert heads(feed(layer, ctx, HEAD + b"ok")) != []
+    (empty,) = answer(layer, http.Response.make(204, b""), b"")  # no body: the head alone, once
+    assert empty.startswith(b"HTTP/1.1 204 ")
+
+
+def test_a_streamed_or_chunked_answer_sends_its_head_at_once(drops: list[str]) -> None:
+    layer, ctx = server()
+    feed(layer, ctx, HEAD + b"ok")
+    streamed = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    streamed.raw_content = None  # a backend's answer mitmproxy streams: the body is not there yet
+    head = list(layer.handle_event(ResponseHeaders(1, streamed, end_stream=False)))
+    assert sent(head).startswith(b"HTTP/1.1 200 ")
+    assert sent(list(layer.handle_event(ResponseData(1, b"data: 1\n\n")))) == b"data: 1\n\n"
+
+    layer, ctx = server()
+    feed(layer, ctx, HEAD + b"ok")
+    chunked = http.Response.make(200, b"abc", {"transfer-encoding": "chunked"})
+    writes = answer(layer, chunked, b"abc")
+    assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[1:] == [b"3\r\nabc\r\n", b"0\r\n\r\n"]
