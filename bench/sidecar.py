@@ -166,7 +166,7 @@ def write_stats(path: Path, exporter: CountingExporter | None) -> None:
         "gc_frozen": gc.get_freeze_count(),
         "threads": thread_cpu(),
     }
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")  # one per worker: stats.json.0 and .1 must not share it
     tmp.write_text(json.dumps(stats))
     os.replace(tmp, path)
 
