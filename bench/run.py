@@ -123,6 +123,22 @@ SCENARIOS = (
     ),
     # For trying the event loop and the collector's thresholds (paired against mp-redis).
     Scenario(
+        "mp-sqlite-si05",
+        "wxgate MP full chain, sqlite, GIL switch interval 0.5 ms",
+        "wxgate",
+        "mp",
+        default=False,
+        launcher=("--switch-interval", "0.0005"),
+    ),
+    Scenario(
+        "mp-sqlite-si5",
+        "wxgate MP full chain, sqlite, GIL switch interval 5 ms",
+        "wxgate",
+        "mp",
+        default=False,
+        launcher=("--switch-interval", "0.005"),
+    ),
+    Scenario(
         "mp-redis-uvloop",
         "wxgate MP full chain, Redis, on uvloop",
         "wxgate",

@@ -231,7 +231,10 @@ def run() -> int:
     p.add_argument("--profile", help="write cProfile stats here at exit")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     p.add_argument("--gc-threshold", metavar="T0,T1,T2", help="the collector's thresholds once serving")
+    p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval (seconds) at start")
     args = p.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     loop_factory = None
     if args.uvloop:
         import uvloop
