@@ -99,24 +99,29 @@ class BoundedHttp1Server(Http1Server):
 
         mitmproxy writes an HTTP/1 answer as two ``SendData`` commands, the head then the body, and asyncio
         sends each with a system call of its own: on loopback a send also runs the peer's receive path, and
-        the answer was one of five sends a verified request makes. An answer whose body is complete (every
-        answer wxgate makes, and a backend's unless streamed) has its head held until the body is sent, in
-        the same step of the layer; a streamed answer's head goes out at once, as before."""
-        if type(event) is ResponseHeaders and not event.end_stream:
-            chunked = "chunked" in event.response.headers.get("transfer-encoding", "").lower()
-            if event.response.raw_content is not None and not chunked:
-                for command in super().send(event):
-                    if type(command) is commands.SendData and not self._held_head:
-                        self._held_head = command.data
-                    else:
-                        yield command
-                return
+        the answer was one of five sends a verified request makes. The head of a final answer (status 200 or
+        more) whose body is complete and not empty (every answer wxgate makes, and a backend's unless streamed)
+        is held until its body is sent, in the same step of the layer; any other event first sends a held head.
+        An interim answer (``100 Continue``), a streamed, chunked or empty answer goes out at once, as before."""
         if self._held_head:
             head, self._held_head = self._held_head, b""
             if type(event) is ResponseData and event.data:
                 yield commands.SendData(self.conn, head + event.data)
                 return
             yield commands.SendData(self.conn, head)
+        if (
+            type(event) is ResponseHeaders
+            and not event.end_stream
+            and event.response.status_code >= 200
+            and event.response.raw_content  # complete and not empty: a ResponseData follows at once
+            and "chunked" not in event.response.headers.get("transfer-encoding", "").lower()
+        ):
+            for command in super().send(event):
+                if type(command) is commands.SendData and not self._held_head:
+                    self._held_head = command.data
+                else:
+                    yield command
+            return
         yield from super().send(event)
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:

@@ -240,3 +240,13 @@ def test_a_streamed_or_chunked_answer_sends_its_head_at_once(drops: list[str]) -
     chunked = http.Response.make(200, b"abc", {"transfer-encoding": "chunked"})
     writes = answer(layer, chunked, b"abc")
     assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[1:] == [b"3\r\nabc\r\n", b"0\r\n\r\n"]
+
+
+def test_an_interim_100_continue_goes_out_at_once_and_the_final_answer_stays_whole(drops: list[str]) -> None:
+    layer, ctx = server()
+    feed(layer, ctx, HEAD + b"ok")
+    stream = layer.stream_id
+    interim = list(layer.handle_event(ResponseHeaders(stream, http.Response.make(100), end_stream=False)))
+    assert sent(interim).startswith(b"HTTP/1.1 100 Continue\r\n")  # at once, not held for a body
+    (write,) = answer(layer, http.Response.make(200, b"success"), b"success")
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\nsuccess")
