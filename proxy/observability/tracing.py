@@ -36,10 +36,12 @@ from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes import (
     client_attributes,
@@ -88,8 +90,14 @@ def traceparent(span: Span) -> str:
 
 
 def bounded(value: str) -> str:
-    """``value`` cut to :data:`REQUEST_VALUE_LIMIT` characters: for anything a request chose."""
-    return value if len(value) <= REQUEST_VALUE_LIMIT else value[:REQUEST_VALUE_LIMIT]
+    """``value`` cut to :data:`REQUEST_VALUE_LIMIT` characters: for anything a request chose. Bytes that were not
+    UTF-8 (mitmproxy keeps them as lone surrogates) become ``?``: an exporter cannot encode a surrogate, and
+    would drop the attribute and log a traceback for every such request."""
+    if len(value) > REQUEST_VALUE_LIMIT:
+        value = value[:REQUEST_VALUE_LIMIT]
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def caller_link(headers: Mapping[str, str]) -> list[Link]:
@@ -197,8 +205,9 @@ class Tracing:
             self._resource = tracer.resource
             self._scope = InstrumentationScope(TRACER_NAME, __version__)
             limits = getattr(tracer, "_span_limits", None)
-            length = getattr(limits, "max_span_attribute_length", None)
-            self._max_length: int | None = length if isinstance(length, int) and length >= 0 else None
+            self._max_length = _limit(limits, "max_span_attribute_length")
+            self._max_attributes = _limit(limits, "max_span_attributes")  # OTEL_*ATTRIBUTE_COUNT_LIMIT
+            self._max_links = _limit(limits, "max_links")  # OTEL_SPAN_LINK_COUNT_LIMIT
 
     def _start(
         self,
@@ -240,18 +249,23 @@ class Tracing:
         attrs = dict(sampled.attributes) if sampled.attributes else {}
         if self._max_length is not None:
             attrs = {k: _cut(v, self._max_length) for k, v in attrs.items()}
-        return LeanSpan(
-            self, name, context, parent_span, kind, attrs, tuple(links), start_time or time.time_ns()
-        )
+        kept: Sequence[Link] = tuple(links)
+        if self._max_links is not None and len(kept) > self._max_links:
+            kept = BoundedList.from_seq(self._max_links, kept)  # the SDK keeps the last ones
+        return LeanSpan(self, name, context, parent_span, kind, attrs, kept, start_time or time.time_ns())
 
     def _emit(self, span: LeanSpan) -> None:
+        attributes: Mapping[str, AttributeValue] = span.attributes
+        if self._max_attributes is not None and len(attributes) > self._max_attributes:
+            # As the SDK's span: the oldest attributes give way, and the exporter reports how many were dropped.
+            attributes = BoundedAttributes(self._max_attributes, attributes, immutable=False)
         self._processor.on_end(
             ReadableSpan(
                 name=span.name,
                 context=span.context,
                 parent=span.parent,
                 resource=self._resource,
-                attributes=span.attributes,
+                attributes=attributes,
                 links=span.links,
                 kind=span.kind,
                 status=span.status,
@@ -444,6 +458,11 @@ class StoreTimer:
         span.end(end_time=self.start_ns + int(seconds * 1e9))
 
 
+def _limit(limits: object, name: str) -> int | None:
+    value = getattr(limits, name, None)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
 def _cut(value: AttributeValue, limit: int) -> AttributeValue:
     return value[:limit] if isinstance(value, str) and len(value) > limit else value
 
@@ -480,7 +499,7 @@ class LeanSpan(Span):
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, AttributeValue],
-        links: tuple[Link, ...],
+        links: Sequence[Link],
         start_time: int,
     ) -> None:
         self._tracing = tracing

@@ -1,9 +1,11 @@
 """A trace starts at this edge: through a running wxgate exporting to a real OTLP/HTTP receiver, a sender's
 ``traceparent`` (sampled flag set) neither forces sampling nor reaches the backend, and a 10 KiB user agent is
-cut before it is exported."""
+cut before it is exported; OpenTelemetry's count limits hold for wxgate's own spans, and a user agent that is
+not UTF-8 is exported (as ``?``) rather than dropped with a traceback."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +73,21 @@ def sampled(tmp_module: Path, backend: Backend, otlp: OtlpReceiver) -> Iterator[
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def limited(tmp_module: Path, backend: Backend, otlp: OtlpReceiver) -> Iterator[Sidecar]:
+    s = traced_sidecar(
+        tmp_module,
+        backend,
+        otlp,
+        "wxgate-limited",
+        OTEL_ATTRIBUTE_COUNT_LIMIT="3",
+        OTEL_SPAN_LINK_COUNT_LIMIT="0",
+    )
+    s.start()
+    yield s
+    s.stop()
+
+
 def send_with_sender_context(sidecar: Sidecar, msg_id: str) -> None:
     (route,) = parse_config({"routes": [mp_route()]}, ENV).routes
     req = sender.build(route, sender.SendOptions(message_id=msg_id))
@@ -130,3 +147,39 @@ def test_a_traced_request_links_the_senders_context_and_cuts_a_long_user_agent(
     client = [s for s in spans_of(otlp, "wxgate-always") if s.span_id == span_id]
     assert client and client[0].parent_span_id == span.span_id
     assert all(len(str(v)) <= 256 for s in spans_of(otlp, "wxgate-always") for v in s.attributes.values())
+
+
+def test_attribute_and_link_count_limits_hold_for_the_request_spans(
+    limited: Sidecar, fresh_backend: Backend, otlp: OtlpReceiver
+) -> None:
+    send_with_sender_context(limited, "7003")
+    wait_until(lambda: len(spans_of(otlp, "wxgate-limited")) >= 2, 10, "the exported spans")
+    spans = spans_of(otlp, "wxgate-limited")
+    assert {s.kind for s in spans} >= {OtlpReceiver.SERVER, OtlpReceiver.CLIENT}
+    assert all(len(s.attributes) <= 3 and s.links == [] for s in spans), [
+        (s.name, s.attributes) for s in spans
+    ]
+
+
+def test_a_user_agent_that_is_not_utf8_is_exported_not_dropped_with_a_traceback(
+    sampled: Sidecar, fresh_backend: Backend, otlp: OtlpReceiver
+) -> None:
+    (route,) = parse_config({"routes": [mp_route()]}, ENV).routes
+    req = sender.build(route, sender.SendOptions(message_id="7004"))
+    head = f"{req.method} {req.path_query} HTTP/1.1\r\nhost: 127.0.0.1\r\n".encode()
+    head += b"user-agent: probe \xff\xfe\r\n" + f"content-length: {len(req.body)}\r\n".encode()
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() != "content-length").encode()
+    with socket.create_connection(("127.0.0.1", sampled.port), timeout=5) as conn:
+        conn.sendall(head + b"\r\n" + req.body)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+    def probe() -> list[Span]:
+        return [
+            s
+            for s in spans_of(otlp, "wxgate-always")
+            if str(s.attributes.get("user_agent.original", "")).startswith("probe")
+        ]
+
+    wait_until(probe, 10, "the probe's server span")
+    assert probe()[0].attributes["user_agent.original"] == "probe ??"
+    assert not [ln for ln in sampled.log_lines() if ln.get("level") == "error"]

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -485,13 +485,20 @@ def _shape(s: ReadableSpan, ids: dict[int, str]) -> tuple[object, ...]:
     )
 
 
-def test_request_spans_are_exported_exactly_as_the_sdks_own_spans_would_be() -> None:
+@pytest.mark.parametrize(
+    "limits",
+    [
+        SpanLimits(max_attribute_length=12),
+        # OTEL_ATTRIBUTE_COUNT_LIMIT=3, OTEL_SPAN_LINK_COUNT_LIMIT=0 (the SDK reads those from os.environ)
+        SpanLimits(max_span_attributes=3, max_links=0, max_attribute_length=12),
+    ],
+)
+def test_request_spans_are_exported_exactly_as_the_sdks_own_spans_would_be(limits: SpanLimits) -> None:
     shapes = []
+    dropped: list[list[tuple[int, int]]] = []
     for lean in (True, False):
         spans = InMemorySpanExporter()
-        provider = TracerProvider(
-            span_limits=span_limits_from_env({"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "12"})
-        )
+        provider = TracerProvider(span_limits=limits)
         provider.add_span_processor(SimpleSpanProcessor(spans))
         tracing = Tracing(provider, store_span_min=0.05)
         tracing._lean = lean  # the SDK's Tracer.start_span, as before LeanSpan
@@ -499,8 +506,29 @@ def test_request_spans_are_exported_exactly_as_the_sdks_own_spans_would_be() -> 
         ids: dict[int, str] = {}
         finished = sorted(spans.get_finished_spans(), key=lambda s: (s.start_time or 0, s.name))
         shapes.append([_shape(s, ids) for s in finished])
+        dropped.append([(s.dropped_attributes, s.dropped_links) for s in finished])
     made, by_sdk = shapes
     assert len(made) == 3  # the server span, the slow store call, the backend call; once each
-    assert made == by_sdk
+    assert made == by_sdk and dropped[0] == dropped[1]
     server = next(s for s in made if s[1] is SpanKind.SERVER)
-    assert server[3]["user_agent.original"] == "Mozilla/5.0 " and "after" not in server[3]
+    assert "after" not in server[3]
+    if limits.max_span_attributes == 3:
+        assert len(server[3]) == 3 and server[6] == []  # the sender's link dropped, as by the SDK
+        assert max(d[0] for d in dropped[0]) > 0 and max(d[1] for d in dropped[0]) == 1
+    else:
+        assert server[3]["user_agent.original"] == "Mozilla/5.0 "
+
+
+def test_bytes_that_were_not_utf8_reach_a_span_as_question_marks(
+    tracing: Tracing, spans: InMemorySpanExporter
+) -> None:
+    ua = b"Mozilla/5.0 \xff\xfe caf\xc3\xa9".decode(
+        "utf-8", "surrogateescape"
+    )  # as mitmproxy decodes a header
+    path = "/wx/" + b"\xe9t\xe9".decode("utf-8", "surrogateescape")
+    tracing.finish_server(tracing.start_server("POST", path, {"user-agent": ua}, ""), Outcome(), None, 200)
+    attrs = only(spans, SpanKind.SERVER).attributes or {}
+    assert attrs["user_agent.original"] == "Mozilla/5.0 ?? café"
+    assert attrs["url.path"] == "/wx/?t?"
+    for value in attrs.values():
+        str(value).encode("utf-8")  # an exporter can encode every value
