@@ -400,12 +400,18 @@ def test_an_oversized_request_head_is_refused_before_it_is_buffered(
 
         return await peak_rss_while(pid, work())
 
-    peak = asyncio.run(measured())
+    # Four batches of those 4 rounds. What the allocator keeps of the peaks varies from run to run (0-14 MB after
+    # a batch); it must not grow with the heads: over the last two batches (256 heads, 2 GiB sent), less than a
+    # leak of 32 KiB per connection would add. Buffered, one round's heads alone would be 256 MiB.
+    peak = max(asyncio.run(measured()), asyncio.run(measured()))
     assert Counter(outcomes).keys() <= {"431", "closed"}, Counter(outcomes)
+    first = rss_mb(pid)
+    peak = max(peak, asyncio.run(measured()), asyncio.run(measured()))
     after = rss_mb(pid)
-    assert peak - baseline < 24.0, f"RSS peaked {peak - baseline:.1f} MB above {baseline:.1f} MB"
-    assert after - baseline < 8.0, f"RSS grew {after - baseline:.1f} MB above {baseline:.1f} MB"
-    assert sidecar.metric(DROPPED, reason="head_too_large") == dropped + 2 + 2 * 4 * 32
+    assert peak - baseline < 32.0, f"RSS peaked {peak - baseline:.1f} MB above {baseline:.1f} MB"
+    assert after - first < 8.0, f"RSS grew {after - first:.1f} MB with 256 more heads (above {first:.1f} MB)"
+    assert after - baseline < 24.0, f"RSS grew {after - baseline:.1f} MB above {baseline:.1f} MB"
+    assert sidecar.metric(DROPPED, reason="head_too_large") == dropped + 2 + 5 * 4 * 32  # warm-up, 4 batches
     assert backend.stats()["count"] == forwarded  # none of them reached the backend
     still_serving(sidecar, backend, catalog)
     figures.add(
@@ -413,9 +419,9 @@ def test_an_oversized_request_head_is_refused_before_it_is_buffered(
             scenario="oversized request heads",
             run="suite",
             seconds=time.monotonic() - started,
-            load="2 heads of 100 KiB, then 4 rounds of 32 concurrent clients each sending an 8 MiB head that never "
-            "ends, on a routed and an unmatched path",
-            inputs=2 + 4 * 32,
+            load="2 heads of 100 KiB, then 5 batches of 4 rounds of 32 concurrent clients each sending an 8 MiB "
+            "head that never ends, on a routed and an unmatched path",
+            inputs=2 + 5 * 4 * 32,
             notes=f"all refused (431, or closed mid-upload: {dict(Counter(outcomes))}); peak RSS "
             f"{peak - baseline:+.1f} MB over {baseline:.1f} MB while the rounds ran, {after - baseline:+.1f} MB after "
             "them (buffered, one round's heads alone would be 256 MiB); the backend got none.",
