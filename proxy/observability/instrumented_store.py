@@ -4,8 +4,9 @@ Each call is timed into ``wxgate_store_operation_duration_seconds{operation}`` a
 ``wxgate_store_errors_total{operation}`` (cancellation is not a store error). With tracing on, a call made
 inside a traced request or redelivery adds to that request's ``wxgate.store.calls``/``wxgate.store.ms``, and
 gets a CLIENT span ``store {operation}`` (``db.system.name`` sqlite or redis) when it failed, was cut short or
-was slow (:class:`~proxy.observability.tracing.StoreTimer`); a failed call's span is ERROR with ``error.type``. The wrapped store's behaviour, results and
-exceptions are unchanged, so the contract suite holds for the wrapper too.
+was slow (:class:`~proxy.observability.tracing.StoreTimer`); a failed call's span is ERROR with ``error.type``.
+The wrapped store's behaviour, results and exceptions are unchanged, so the contract suite holds for the wrapper
+too: recording a span that fails is logged and never turns a store call's result into an error.
 
 The composition root wraps the opened store once: ``InstrumentedStore(open_store(url), metrics, tracing)``.
 """
@@ -13,12 +14,13 @@ The composition root wraps the opened store once: ``InstrumentedStore(open_store
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
 
 from proxy.observability.metrics import Metrics
-from proxy.observability.tracing import Tracing
+from proxy.observability.tracing import StoreTimer, Tracing
 from proxy.stores.base import (
     NO_NOTE,
     Claim,
@@ -29,6 +31,15 @@ from proxy.stores.base import (
     Sighting,
     Store,
 )
+
+logger = logging.getLogger("wxgate")
+
+
+def _record(timer: StoreTimer, operation: str, system: str, seconds: float, **how: Any) -> None:
+    try:
+        timer.end(operation, system, seconds, **how)
+    except Exception:
+        logger.exception("recording the span of a store call (%s) failed", operation)
 
 
 class InstrumentedStore(Store):
@@ -55,18 +66,18 @@ class InstrumentedStore(Store):
             elapsed = time.perf_counter() - started
             self.metrics.store_call(operation, elapsed, failed=False)
             if timer is not None:
-                timer.end(operation, self.system, elapsed, cancelled=True)
+                _record(timer, operation, self.system, elapsed, cancelled=True)
             raise
         except Exception as e:
             elapsed = time.perf_counter() - started
             self.metrics.store_call(operation, elapsed, failed=True)
             if timer is not None:
-                timer.end(operation, self.system, elapsed, error=type(e).__qualname__)
+                _record(timer, operation, self.system, elapsed, error=type(e).__qualname__)
             raise
         elapsed = time.perf_counter() - started
         self.metrics.store_call(operation, elapsed, failed=False)
         if timer is not None:
-            timer.end(operation, self.system, elapsed)
+            _record(timer, operation, self.system, elapsed)
         return result
 
     # -- lifecycle (not timed: once per process) -------------------------------------------------------------

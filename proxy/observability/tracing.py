@@ -196,8 +196,9 @@ class Tracing:
         # The request path's spans (server, backend call, slow store calls) are made by _start, not by the SDK's
         # Tracer.start_span: same sampler, ids, resource, scope, limits and span processors, a third of the cost.
         tracer = self.tracer
-        self._lean = isinstance(tracer, sdk_trace.Tracer)
+        self._lean = False
         if isinstance(tracer, sdk_trace.Tracer):
+            self._lean = True
             self._sampler = tracer.sampler
             self._ids = tracer.id_generator
             self._random_ids = tracer.id_generator.is_trace_id_random()
@@ -405,7 +406,7 @@ def _store_attrs(operation: str, system: str) -> dict[str, AttributeValue]:
 
 # The request span's store totals [calls, seconds], kept on the span object until it ends (set_attributes
 # takes the span's lock each time; finish_server writes them once, with the outcome).
-_STORE_TOTALS = "_wxgate_store_totals"
+_STORE_TOTALS = "_store_totals"  # a slot of LeanSpan
 
 
 def store_totals(span: Span) -> dict[str, AttributeValue]:
@@ -528,7 +529,9 @@ class LeanSpan(Span):
                 self.attributes.update({k: _cut(v, limit) for k, v in attributes.items()})
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.set_attributes({key: value})
+        if self.end_time is None:
+            limit = self._tracing._max_length
+            self.attributes[key] = value if limit is None else _cut(value, limit)
 
     def add_event(
         self, name: str, attributes: Mapping[str, AttributeValue] | None = None, timestamp: int | None = None

@@ -158,3 +158,18 @@ async def test_a_store_call_that_outlives_the_request_span_leaves_it_alone(
             await call
     assert "ended span" not in caplog.text
     assert store_totals(request) == {}
+
+
+async def test_a_span_that_cannot_be_recorded_leaves_the_store_calls_result_alone(
+    tracing: Tracing, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exporter bug")
+
+    monkeypatch.setattr(tracing, "_start", broken)  # store_span_min 0: every call makes a span, and fails to
+    async with InstrumentedStore(SqliteStore(":memory:"), Metrics(CollectorRegistry()), tracing) as store:
+        with tracing.tracer.start_as_current_span("request"), caplog.at_level(logging.ERROR, "wxgate"):
+            claim = await store.claim("k", lease=5, ttl=60)
+        assert claim.state is ClaimState.NEW  # the claim stands: not a store error, not a duplicate later
+        assert sample(store, "wxgate_store_errors_total", "claim") == 0
+    assert "recording the span of a store call (claim) failed" in caplog.text
