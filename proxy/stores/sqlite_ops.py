@@ -12,6 +12,7 @@ a version 1 database is migrated in place when the store opens.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 from proxy.stores.base import Claim, ClaimState, Inspection, Note, OutboxItem, OutboxStats, Sighting
@@ -55,16 +56,30 @@ _Record = tuple[str, int, str | None, float, float, bytes | None]
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(f"schema version {version} was written by a newer wxgate; upgrade wxgate")
-    # Version 1 had no first_seen/trace: its rows keep working, shown with those unknown.
-    migrate = (
-        "ALTER TABLE dedup ADD COLUMN first_seen REAL; ALTER TABLE dedup ADD COLUMN trace TEXT NOT NULL DEFAULT '';"
-        if version == 1
-        else ""
-    )
-    conn.executescript(f"BEGIN; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    """Create or migrate the tables under a write lock taken up front: processes sharing the file (workers)
+    start together, and a read that later upgrades to a write fails at once with "database is locked"
+    instead of waiting; inside the lock the version read is the one this write changes (no double migration)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} was written by a newer wxgate; upgrade wxgate"
+            )
+        # Version 1 had no first_seen/trace: its rows keep working, shown with those unknown.
+        if version == 1:
+            conn.execute("ALTER TABLE dedup ADD COLUMN first_seen REAL")
+            conn.execute("ALTER TABLE dedup ADD COLUMN trace TEXT NOT NULL DEFAULT ''")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
 
 
 def purge_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:

@@ -23,6 +23,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,13 @@ from proxy.stores import sqlite_ops
 from proxy.stores.base import StoreUnavailable
 
 PURGE_CHUNK = 2000
+_BUSY_TIMEOUT = 5.0  # seconds one statement waits for another process's lock
+_OPEN_TIMEOUT = 15.0  # seconds to keep trying a file other processes hold locked while it opens
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 @dataclass(slots=True)
@@ -104,15 +112,27 @@ class SqliteWorker:
             # A fresh machine or volume has no state directory yet; if it cannot be made, connect() says why.
             with contextlib.suppress(OSError):
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._set_synchronous(conn, durable=False)
-            sqlite_ops.create_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        # Workers sharing the file open it together: the busy timeout covers most waits, but a few lock
+        # transitions (switching a fresh file to WAL, WAL recovery) answer "locked" without waiting, so those
+        # are tried again for a bounded time.
+        deadline = time.monotonic() + _OPEN_TIMEOUT
+        while True:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                self._synchronous = ""
+                self._set_synchronous(conn, durable=False)
+                sqlite_ops.create_schema(conn)
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
     def _main(self) -> None:
         try:

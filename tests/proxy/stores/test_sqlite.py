@@ -185,3 +185,76 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_records(tmp_path: 
         assert (again.state, again.reply) == (ClaimState.DONE, b"ok")
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+OPEN_TOGETHER = """
+import asyncio, sys, time
+from proxy.stores import SqliteStore
+path, start, name = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+async def main():
+    time.sleep(max(0.0, start - time.time()))
+    async with SqliteStore(path) as store:
+        claim = await store.claim("msg-" + name, 10, 600)
+        await store.complete("msg-" + name, claim.token or "", b"ok", 600)
+    print("ok", flush=True)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("existing", ["fresh", "version-1"])
+def test_processes_opening_one_file_at_once_all_open_it(tmp_path: Path, existing: str) -> None:
+    """Workers sharing one file start together: none may fail with "database is locked" (nor migrate twice)."""
+    path = tmp_path / "state.db"
+    if existing == "version-1":
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.executescript(V1_DEDUP)
+    count = 8
+    for round_ in range(3):
+        start = time.time() + 1.5
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_TOGETHER, str(path), str(start), f"{round_}-{i}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=os.getcwd(),
+            )
+            for i in range(count)
+        ]
+        results = [child.communicate(timeout=60) for child in children]
+        failures = [err.decode() for (out, err) in results if out != b"ok\n"]
+        assert failures == []
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        done = conn.execute("SELECT count(*) FROM dedup WHERE state = 'd'").fetchone()[0]
+    assert done == 3 * count + (1 if existing == "version-1" else 0)
+
+
+async def test_a_file_locked_past_the_busy_timeout_is_opened_once_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held longer than one statement waits (a backup, another process's migration) delays the open;
+    it does not fail it while the open timeout lasts."""
+    from proxy.stores import sqlite_worker
+
+    monkeypatch.setattr(sqlite_worker, "_BUSY_TIMEOUT", 0.05)
+    path = tmp_path / "state.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.6, holder.execute, "COMMIT")
+    started = time.monotonic()
+    try:
+        async with SqliteStore(str(path)) as store:
+            assert time.monotonic() - started >= 0.5
+            assert (await store.claim("m", 10, 600)).state is ClaimState.NEW
+    finally:
+        holder.close()
+    monkeypatch.setattr(sqlite_worker, "_OPEN_TIMEOUT", 0.3)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await SqliteStore(str(path)).open()
+    finally:
+        holder.close()
