@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.protocols import wechat_pay_v2, xmlmsg
-from tests.support.procs import WXGATE, Process, http, wait_until
+from tests.support.procs import WXGATE, Process, http
 from tests.support.redis_servers import free_port
 
 
@@ -102,7 +102,9 @@ class LimitedBackend(Process):
 
     def start(self) -> None:
         super().start()
-        wait_until(lambda: http("GET", self.url + "/_stats", timeout=1)[0] == 200, 15, "limited backend")
+        self.until_ready(
+            lambda: http("GET", self.url + "/_stats", timeout=1)[0] == 200, 15, "limited backend"
+        )
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(http("GET", self.url + "/_stats")[1])

@@ -79,6 +79,14 @@ class Process:
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         _live.add(self.proc)
 
+    def until_ready(self, check: Any, timeout: float, what: str) -> None:
+        """Wait for a started process; one that never gets ready is stopped (and its log closed) before raising."""
+        try:
+            wait_until(check, timeout, what)
+        except BaseException:
+            self.stop(5)
+            raise
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -133,7 +141,9 @@ class Backend(Process):
 
     def start(self) -> None:
         super().start()
-        wait_until(lambda: http("GET", self.url + "/_demo/stats", timeout=1)[0] == 200, 15, "demo backend")
+        self.until_ready(
+            lambda: http("GET", self.url + "/_demo/stats", timeout=1)[0] == 200, 15, "demo backend"
+        )
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(http("GET", self.url + "/_demo/stats")[1])
@@ -183,7 +193,7 @@ class Sidecar(Process):
                 raise RuntimeError(f"wxgate exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
             return http("GET", self.admin_url + "/readyz", timeout=1)[0] == 200
 
-        wait_until(ready, wait, "wxgate")
+        self.until_ready(ready, wait, "wxgate")
 
     def reload(self, config: dict[str, Any] | None = None, expect: str = "success") -> None:
         """Rewrite the configuration file (``config`` replaces the keys it names), send SIGHUP and wait until

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.procs import Process, http, wait_until
+from tests.support.procs import Process, http
 from tests.support.redis_servers import free_port
 
 
@@ -53,7 +53,7 @@ class Prometheus(Process):
 
     def start(self) -> None:
         super().start()
-        wait_until(lambda: http("GET", self.url + "/-/ready", timeout=1)[0] == 200, 20, "prometheus")
+        self.until_ready(lambda: http("GET", self.url + "/-/ready", timeout=1)[0] == 200, 20, "prometheus")
 
     def api(self, path: str, **params: str) -> Any:
         status, body, _ = http("GET", f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
