@@ -192,7 +192,9 @@ class DedupConfig(_Strict):
     `timestamp_window` when that is longer.
     """
     lease: Duration = 30.0
-    """How long a claim holder may take before another delivery of the same notification takes over."""
+    """How long a claim holder may take before another delivery of the same notification takes over; never less
+    than the route's deadline + backend_timeout + 5 s (the longest a claimed delivery can take, a wait for a
+    backend slot included)."""
     store_down: Literal["fail_open", "fail_closed"] = "fail_open"
     """Store unreachable: `fail_open` forwards anyway (counted as `store_error`), `fail_closed` answers so
     the sender retries.

@@ -35,9 +35,12 @@ LEASE_MARGIN = 5.0
 
 def claim_lease(route: RouteRuntime) -> float:
     """How long a dedup claim (or an outbox item's lease) is held: the route's ``dedup.lease``, but never less
-    than its backend call can take (``backend_timeout``), so a slow backend's sender retry, or another replica's
-    redelivery, cannot take the claim over and send a second copy while the first call still runs."""
-    return max(route.config.dedup.lease, route.config.backend_timeout + LEASE_MARGIN)
+    than the claimed delivery can take, so a sender's retry, or another replica's redelivery, cannot take the
+    claim over and send a second copy while the first call still runs. A call starts before the request's
+    ``deadline`` (a request waiting for a backend slot waits at most until then) and runs at most
+    ``backend_timeout``: the lease covers both, with a margin."""
+    cfg = route.config
+    return max(cfg.dedup.lease, cfg.deadline + cfg.backend_timeout + LEASE_MARGIN)
 
 
 # A message whose kind sets its own answer time (``Verified.deadline``: the seconds its sender waits) is

@@ -184,3 +184,48 @@ def test_a_fail_route_over_its_limit_asks_the_sender_to_retry_and_the_retry_is_d
     finally:
         s.stop()
         backend.stop()
+
+
+def test_a_retry_while_the_first_copy_waited_for_a_slot_is_not_sent_again(tmp_path: Path) -> None:
+    """The claim covers the wait for a backend slot as well as the call: with a long deadline, a notification
+    can wait most of it for a slot, then take backend_timeout; a retry meanwhile must find it in flight (a
+    lease of dedup.lease or backend_timeout + 5 s from the claim ran out first: the retry was sent as new)."""
+    backend = LimitedBackend(tmp_path, 1, 1.2)
+    backend.start()
+    route = {
+        "name": "pay2",
+        "path": "/pay/v2",
+        "protocol": "wechat-pay-v2",
+        "api_key": "${PAY}",
+        "mch_id": MCH,
+        "on_backend_failure": "ack",
+        "deadline": "9s",  # a waiter may wait 8 s for the backend's one slot
+        "backend_timeout": "1.5s",
+        "dedup": {"lease": "1s"},
+    }
+    cfg = {"upstream": backend.url, "backend_concurrency": 1, "routes": [route]}
+    s = Sidecar(tmp_path, cfg, env=ENV)
+    s.start()
+    try:
+        ahead = [
+            traffic.pay_v2_notify("/pay/v2", PAY_KEY, {**PAY_FIELDS, "transaction_id": f"43{i}"})
+            for i in range(5)
+        ]
+        late = traffic.pay_v2_notify("/pay/v2", PAY_KEY, {**PAY_FIELDS, "transaction_id": "4399"})
+
+        async def scenario() -> list[tuple[int, float, bytes]]:
+            first = asyncio.ensure_future(storm(s.url, ahead))
+            await asyncio.sleep(0.1)
+            second = asyncio.ensure_future(storm(s.url, [late]))  # claimed now, gets the slot ~6 s later
+            await asyncio.sleep(6.9)  # past a lease of backend_timeout + 5 s, while it is at the backend
+            retry = await storm(s.url, [late])
+            return [*await first, *await second, *retry]
+
+        answers = asyncio.run(scenario())
+        assert [xmlmsg.parse(body)["return_code"] for _, _, body in answers] == ["SUCCESS"] * 7
+        wait_until(lambda: len(backend.stats()["delivered"]) == 6, 10, "every notice delivered")
+        time.sleep(1.5)  # a second copy, if one was sent, arrives within one backend call
+        assert backend.stats()["delivered"] == {**{f"43{i}": 1 for i in range(5)}, "4399": 1}
+    finally:
+        s.stop()
+        backend.stop()

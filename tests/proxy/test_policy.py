@@ -68,11 +68,20 @@ def test_unset_policy_is_the_senders_default() -> None:
 
 
 @pytest.mark.parametrize(
-    ("lease", "backend_timeout", "held"),
-    [("30s", "30s", 35.0), ("60s", "10s", 60.0), ("1s", "2s", 7.0)],
+    ("lease", "deadline", "backend_timeout", "held"),
+    [
+        ("30s", "4.5s", "30s", 39.5),
+        ("60s", "4.5s", "10s", 60.0),
+        ("1s", "4.5s", "2s", 11.5),
+        ("1s", "20s", "4s", 29.0),
+    ],
 )
-def test_a_claim_outlasts_the_backend_call_it_protects(lease: str, backend_timeout: str, held: float) -> None:
-    r = route(dedup={"lease": lease}, backend_timeout=backend_timeout)
+def test_a_claim_outlasts_the_backend_call_it_protects(
+    lease: str, deadline: str, backend_timeout: str, held: float
+) -> None:
+    """A call starts before the deadline (after a wait for a backend slot, at most until then) and runs at most
+    backend_timeout: the claim lasts that long and 5 s more."""
+    r = route(dedup={"lease": lease}, deadline=deadline, backend_timeout=backend_timeout)
     assert claim_lease(r) == held
 
 

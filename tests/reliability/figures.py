@@ -212,7 +212,7 @@ duplicate, never a loss).
   however long the outage (`test_operations.py`: an outage longer than the former 15-attempt limit, compressed);
   a replica that does not know the route (a rolling update, a renamed route) hands the item back untried; a
   SIGTERM stops leasing, lets running redeliveries finish within `drain_timeout` and releases what it cut
-  short; leases last the route's `backend_timeout` plus 5 s, so a slow backend is never sent a second copy by a
+  short; leases last the route's `deadline` + `backend_timeout` + 5 s, so a slow backend is never sent a second copy by a
   retry or another replica (`test_operations.py`, with WeChat Pay's retries against a slow backend).
 - **A bad configuration never starts**: `wxgate check` builds what `run` builds; empty, blank and placeholder
   secrets, a zero timestamp window and a dedup TTL shorter than twice it are errors on start and on reload
@@ -286,7 +286,7 @@ Nothing that wxgate could not verify reaches the backend, by any spelling of the
   through the `h2` library's own header limits, not these. Front a public listener with a load balancer that
   enforces client timeouts.
 - An outbox item leased by a replica that is then SIGKILLed waits for the worker lease (60 s, or the longest
-  `backend_timeout` + 5 s when that is longer, so that a slow redelivery is never sent twice) before another
+  `deadline` + `backend_timeout` + 5 s when that is longer, so that a slow redelivery is never sent twice) before another
   replica redelivers it; so does one leased by a command that timed out while Redis hung and was applied when
   it resumed (the slowest drains above). A SIGTERM is different: the worker stops leasing, lets running
   redeliveries finish within `drain_timeout` and hands back what it had to cut short.
