@@ -14,7 +14,8 @@ plaintext *object* (every other field verbatim, compact JSON). A legacy backend 
 instead of decrypting; the signature no longer matches that body, so such a backend must not verify it again.
 
 Dedup key (one string): the business key when the plaintext has one, both parts present — ``refund_id``/
-``out_refund_no`` + ``refund_status``, else ``transaction_id``/``out_trade_no`` + ``trade_state`` — otherwise
+``out_refund_no`` + ``refund_status``, else ``transaction_id``/``out_trade_no`` + ``trade_state``, a merchant's
+own number scoped by the merchants the notice names (a partner's sub-merchants may number alike) — otherwise
 ``event_type`` + the digest of the decrypted resource (profit sharing, coupons, pay-score…). Never the notification
 ``id``: whether WeChat Pay keeps it across retries is unverified (§4.6), and a key containing ``id`` would only be
 as stable as ``id``.
@@ -267,10 +268,10 @@ class WechatPayV3(Protocol):
         if isinstance(verified.seal_context, V2Notice) and self.v2 is not None:
             return self.v2.dedup_key(verified)
         m = verified.message
-        if refund := m.get("refund_id") or m.get("out_refund_no"):
+        if refund := m.get("refund_id") or _merchants_own(m, "out_refund_no"):
             if m.get("refund_status"):
                 return f"refund|{refund}|{m['refund_status']}"
-        elif (trade := m.get("transaction_id") or m.get("out_trade_no")) and m.get("trade_state"):
+        elif (trade := m.get("transaction_id") or _merchants_own(m, "out_trade_no")) and m.get("trade_state"):
             return f"trade|{trade}|{m['trade_state']}"
         body = idempotency.digest(m, verified.authenticated, exclude=("notification_id",))
         return f"digest|{m.get('event_type', '')}|{body}"
@@ -320,3 +321,14 @@ def _json_code(body: bytes) -> str | None:
         return None
     code = doc.get("code") if isinstance(doc, dict) else None
     return code.upper() if isinstance(code, str) else None
+
+
+def _merchants_own(m: Mapping[str, Any], field: str) -> str:
+    """A merchant's own order or refund number, unique only per merchant: scoped by the merchants named (a
+    partner route receives the notices of many sub-merchants, whose numbers may coincide), and tagged so it can
+    never equal WeChat Pay's own ``transaction_id``/``refund_id``. Empty when the notice has none."""
+    value = m.get(field)
+    if not value:
+        return ""
+    merchants = "/".join(str(m.get(name, "")) for name in ("sp_mchid", "mchid", "sub_mchid"))
+    return f"{field}:{merchants}:{value}"

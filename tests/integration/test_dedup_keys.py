@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from proxy.protocols import xmlmsg
 from proxy.tools import traffic
 from proxy.tools.sender import Request
 from tests.integration.conftest import pay_v3_route
@@ -133,3 +134,37 @@ def test_same_second_bursts_of_distinct_notifications_each_reach_the_backend_onc
     for route, count in routes.items():
         assert sidecar.metric("wxgate_dedup_total", route=route, result="new") == count
         assert sidecar.metric("wxgate_dedup_total", route=route, result="duplicate_done") == count
+
+
+def test_two_sub_merchants_numbering_an_order_alike_both_reach_the_backend(
+    tmp_path: Path, fresh_backend: Backend
+) -> None:
+    """A partner route's Pay v2 notices without transaction_id: out_trade_no is unique per sub-merchant only,
+    so the same number from two sub-merchants is two notices (each delivered once; a retry of each is not)."""
+    pay_key = "192006250b4c09247ec02edce69f6a2d"
+    route = {
+        "name": "pay2",
+        "path": "/pay/v2",
+        "protocol": "wechat-pay-v2",
+        "api_key": "${PAY}",
+        "mch_id": MCH,
+    }
+    s = Sidecar(
+        tmp_path, {"upstream": fresh_backend.url, "routes": [route]}, env={"PAY": pay_key}, name="subs"
+    )
+    s.start()
+    try:
+        fields = {"return_code": "SUCCESS", "appid": APP_ID, "mch_id": MCH, "result_code": "SUCCESS"}
+        notices = [
+            traffic.pay_v2_notify(
+                "/pay/v2",
+                pay_key,
+                {**fields, "sub_mch_id": sub, "out_trade_no": "1001", "nonce_str": f"n{sub}"},
+            )
+            for sub in ("1900000001", "1900000002")
+        ]
+        assert asyncio.run(burst(s, notices + notices)) == [200] * 4
+        subs = Counter(xmlmsg.parse(r["body"].encode())["sub_mch_id"] for r in fresh_backend.requests())
+        assert subs == Counter({"1900000001": 1, "1900000002": 1})
+    finally:
+        s.stop()

@@ -181,10 +181,10 @@ and Pay profit-sharing notices come many to one second (PROTOCOLS.md §1.5, §4.
 | MP `subscribe_msg_sent_event` | the event + `SubscribeMsgSentEvent/List/MsgID` when the message holds one `List`, else the digest |
 | every other MP and WeCom event: menu clicks, card events (`UserCardCode`), WeCom `change_contact` (`UserID`, `Id`, `TagId`), `change_external_contact` (`ExternalUserID`), `change_external_chat` (`ChatId`), suite callbacks | the digest of the message XML: the decrypted plaintext in safe and compatible mode and for WeCom, the body in plaintext mode |
 | WeCom smart robot | `msgid`, else the digest of the decrypted JSON |
-| Pay v2 payment | `mch_id` + `transaction_id` (or `out_trade_no`) + `result_code` |
-| Pay v2 refund | `mch_id` + `refund_id` (or `out_refund_no`) + `refund_status` |
+| Pay v2 payment | `mch_id` + `transaction_id` (or `sub_mch_id` + `out_trade_no`, a number unique only per sub-merchant) + `result_code` |
+| Pay v2 refund | `mch_id` + `refund_id` (or `sub_mch_id` + `out_refund_no`) + `refund_status` |
 | Pay v2 notice missing a part of its business key | the digest of the signed (refunds: decrypted) fields without `sign` and `nonce_str` |
-| Pay v3 refund, payment | `refund_id`/`out_refund_no` + `refund_status`; `transaction_id`/`out_trade_no` + `trade_state` |
+| Pay v3 refund, payment | `refund_id` (or `sp_mchid`, `mchid`, `sub_mchid` + `out_refund_no`) + `refund_status`; `transaction_id` (or the merchants + `out_trade_no`) + `trade_state` |
 | every other Pay v3 notice: profit sharing (many per `transaction_id`, no `trade_state`), coupons, pay-score | `event_type` + the digest of the decrypted resource; never the notification `id`, which may not survive a retry |
 | HMAC webhooks | the route's `dedup.fields`, else the nonce |
 | Standard Webhooks | `webhook-id` |

@@ -117,7 +117,21 @@ def test_out_trade_no_when_no_transaction_id_and_previous_key() -> None:
     protocol = v2(api_keys=[("current", "n" * 32), ("previous", KEY)])
     verified = accepted(protocol, notify(fields), 0)
     assert verified.key_id == "previous"
-    assert protocol.dedup_key(verified) == f"pay|{MCH}|1409811653|SUCCESS"
+    assert protocol.dedup_key(verified) == f"pay|{MCH}|out_trade_no::1409811653|SUCCESS"
+
+
+def test_a_sub_merchants_own_order_number_keys_only_within_that_sub_merchant() -> None:
+    """A partner's notices carry the partner as mch_id: without transaction_id, two sub-merchants numbering
+    their orders alike are two notices (and an order number never equals a transaction_id)."""
+    fields = {k: x for k, x in PAID.items() if k != "transaction_id"}
+    keys = {
+        v2().dedup_key(accepted(v2(), notify({**fields, "sub_mch_id": s}), 0)) for s in ("1900000001", "2")
+    }
+    assert len(keys) == 2
+    by_id = {**PAID, "transaction_id": fields["out_trade_no"]}
+    assert v2().dedup_key(accepted(v2(), notify(by_id), 0)) != v2().dedup_key(
+        accepted(v2(), notify(fields), 0)
+    )
 
 
 def test_unknown_fields_are_signed_and_a_lowercase_sign_is_accepted() -> None:

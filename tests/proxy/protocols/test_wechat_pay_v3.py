@@ -285,6 +285,23 @@ def test_dedup_keys() -> None:
     assert v3().dedup_key(Verified()) == f"digest||{hashlib.sha256(b'[]').hexdigest()}"
 
 
+def test_a_merchants_own_numbers_key_only_within_that_merchant() -> None:
+    """Without WeChat Pay's ids, out_trade_no / out_refund_no are unique per (sub-)merchant only: two
+    sub-merchants of one partner numbering their orders alike are two notices, and a merchant's number never
+    equals a transaction_id of WeChat Pay's."""
+    trade = {"sp_mchid": MCH, "out_trade_no": "1001", "trade_state": "SUCCESS"}
+    refund = {"sp_mchid": MCH, "out_refund_no": "r1", "refund_status": "SUCCESS"}
+    keys = {
+        v3().dedup_key(accepted(v3(), notice({**fields, "sub_mchid": sub}), NOW))
+        for fields in (trade, refund)
+        for sub in ("1900000001", "1900000002")
+    }
+    assert len(keys) == 4
+    by_id = accepted(v3(), notice({"mchid": MCH, "transaction_id": "1001", "trade_state": "SUCCESS"}), NOW)
+    by_own = accepted(v3(), notice({"mchid": MCH, "out_trade_no": "1001", "trade_state": "SUCCESS"}), NOW)
+    assert v3().dedup_key(by_id) != v3().dedup_key(by_own)
+
+
 # -- v2 notices at the v3 route --------------------------------------------------------------------------------
 
 V2_KEY = v.V11_KEY
