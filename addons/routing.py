@@ -5,12 +5,16 @@ parameter's check accepts; the protocol reads the value from ``Inbound.path_para
 a route's but names it in another spelling
 (:meth:`~proxy.pipeline.routes.RouteTable.impersonated`: case, percent-encoding, dot segments, repeated or trailing
 slashes, ``;`` parameters, a suffix, a script's path info) is refused with 400 ``noncanonical_path``: never
-passed through unverified to a backend that may route it to the protected handler.
+passed through unverified to a backend that may route it to the protected handler. A target that is not a path
+(an HTTP/2 ``:path`` holding a whole URL) is refused with 400 ``request_target``; a passed-through request loses
+its authority (absolute-form) and any ``Upgrade`` but WebSocket's (:func:`refuse_upgrades`).
 
 Owns ``unmatched`` and the route table.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from mitmproxy import http
 
@@ -36,6 +40,21 @@ class Routing:
         ex = exchange(flow)
         if ex is None or flow.response or flow.error or not flow.live:
             return
+        if not flow.request.path.startswith("/") and self.table.impersonated(flow.request.path) is None:
+            # HTTP/2 lets a client put a whole URL in ``:path`` (``http://x/wechat/callback``), which mitmproxy
+            # hands on as the request line: a backend routes such a target by its path, so it would reach the
+            # handler wxgate protects without matching the route here. Only origin-form targets are served.
+            try:
+                named = self.table.impersonated(urlsplit(flow.request.path).path or "/")
+            except ValueError:  # not even a URL ("http://[x")
+                named = None
+            if named is not None:
+                ex.outcome.route, ex.outcome.protocol = named.name, named.protocol_name
+            return reject(flow, ex, "request_target", 400)
+        if flow.request.authority and flow.request.http_version.startswith("HTTP/1"):
+            # An absolute-form HTTP/1 target (``GET http://x/path``): mitmproxy would pass the client's
+            # authority on in the request line, and a backend trusts it over the Host header wxgate sets.
+            flow.request.authority = ""
         route = self.table.match(flow.request.path)
         if route is None and (target := self.table.impersonated(flow.request.path)) is not None:
             # Another spelling of a route's path (``/wechat/callback/``, ``/WECHAT/%63allback;x``): the backend
@@ -50,7 +69,29 @@ class Routing:
             else:
                 ex.outcome.verdict = "passthrough"
                 ex.outcome.reply_kind = "passthrough"
+                refuse_upgrades(flow.request.headers)
             return
         ex.route = route
         ex.outcome.route = route.name
         ex.outcome.protocol = route.protocol_name
+
+
+def refuse_upgrades(headers: http.Headers) -> None:
+    """Take away a protocol upgrade other than WebSocket (RFC 6455, version 13, which mitmproxy relays frame by
+    frame) before a request is passed through: a backend answering ``101`` to ``Upgrade: h2c`` (or to an older
+    WebSocket version) would turn the connection into a raw tunnel, and every later request on it would reach
+    the backend unseen: unverified, its ``X-Wxgate-*`` headers not stripped. The backend answers the request
+    itself, without upgrading."""
+    upgrade = headers.get("upgrade")
+    if upgrade is None:
+        return
+    if upgrade.strip().lower() == "websocket" and headers.get_all("sec-websocket-version") == ["13"]:
+        return
+    del headers["upgrade"]
+    headers.pop("http2-settings", None)
+    tokens = [t.strip() for v in headers.get_all("connection") for t in v.split(",")]
+    kept = [t for t in tokens if t and t.lower() not in ("upgrade", "http2-settings")]
+    if "connection" in headers:
+        del headers["connection"]
+    if kept:
+        headers["connection"] = ", ".join(kept)

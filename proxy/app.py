@@ -243,6 +243,7 @@ class Sidecar:
         m.options.update(
             mode=[f"reverse:{cfg.upstream}@{host}:{port}"],
             connection_strategy="lazy",
+            rawtcp=False,  # a 101 that is not WebSocket closes the connection, never opens a tunnel past us
             body_size_limit=str(cfg.body_size_limit),
             stream_large_bodies=None,
         )

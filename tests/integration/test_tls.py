@@ -3,6 +3,7 @@ certificate without dropping open connections."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -188,3 +189,61 @@ def test_check_refuses_a_key_that_does_not_belong_to_the_certificate(tmp_path: P
     )
     assert out.returncode == 2
     assert f"tls: the key in {tmp_path / 'b.key'} does not belong to the first certificate" in out.stderr
+
+
+def h2_post(s: Sidecar, ca: Authority, path: str, body: bytes) -> int:
+    """One POST over HTTP/2 (a client offering only h2), ``:path`` as given; the answer's status."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context(cadata=ca.pem().decode())
+    ctx.set_alpn_protocols(["h2"])
+    with ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", s.port), timeout=5), server_hostname="localhost"
+    ) as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+        config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(
+            stream,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", path),
+                ("content-type", "text/xml"),
+                ("content-length", str(len(body))),
+            ],
+        )
+        conn.send_data(stream, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status = 0
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return status
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status
+            sock.sendall(conn.data_to_send())
+
+
+@pytest.mark.parametrize(
+    ("target", "msg_id"), [("http://x/wechat/callback", 30), ("https://localhost/legacy", 31), ("*", 32)]
+)
+def test_an_http2_path_that_is_a_whole_url_is_refused_and_never_forwarded(
+    sidecar: Sidecar, fresh_backend: Backend, ca: Authority, target: str, msg_id: int
+) -> None:
+    """mitmproxy hands an HTTP/2 ``:path`` on as the request line: ``POST http://x/wechat/callback`` reached the
+    backend's protected handler (which routes a whole URL by its path) as unmatched, unverified traffic."""
+    forged = b"<xml><MsgType>text</MsgType><Content>FORGED</Content><MsgId>424242</MsgId></xml>"
+    assert h2_post(sidecar, ca, target, forged) == 400
+    assert fresh_backend.stats()["count"] == 0
+    req = text(msg_id)  # the same client, a proper path: served
+    assert h2_post(sidecar, ca, req.path_query, req.body) == 200
+    assert fresh_backend.stats()["count"] == 1
