@@ -97,13 +97,18 @@ class Verify:
             ex.outcome.verdict = "direct"
             return respond(flow, ex, verified.direct_reply)
         if verified.replay_key is not None:
-            signed = f"nonce:{route.name}:{hashlib.sha256(verified.replay_key.encode()).hexdigest()[:32]}"
+            # Remembered in the route's replay scope: every route accepting signatures made with its secrets
+            # (RouteRuntime.replay_scope), so a request captured at one is not fresh at another.
+            scope = route.replay_scope or route.name
+            signed = f"nonce:{scope}:{hashlib.sha256(verified.replay_key.encode()).hexdigest()[:32]}"
             if route.config.dedup.enabled:
                 # A signature reused with a *different* body is a forgery built from a captured request (MP's
                 # plain ``signature`` does not cover the body) and is refused. An exact repeat — same signed
                 # values, same body — is what a sender retry can look like: it is answered from the dedup
                 # record, without reaching the backend (or refused when the message has no dedup key).
                 body = hashlib.sha256(ex.inbound.body).hexdigest()[:16]
+                if scope != route.name:  # the same request at another route of the scope is no retry
+                    body = f"{route.name}:{body}"
                 ex.replay = Replay(signed, body, verified.replay_ttl)
             else:  # any repeat is refused
                 try:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from proxy.config import Config, RouteBase, template_params
-from proxy.config.schema import Policy
+from proxy.config.schema import SECRET_KEYS, Policy, Secret
 from proxy.protocols import build_protocol
 from proxy.protocols.base import Protocol
 from proxy.protocols.wechat_open import is_appid
@@ -42,6 +42,9 @@ class RouteRuntime:
     methods: frozenset[str]
     content_types: frozenset[str] | None  # a POST's accepted content types; None: any
     template: PathTemplate | None = None  # the path's template segments, if it has any
+    # The replay cache this route's signed requests are remembered in: shared by every route that accepts a
+    # signature made with one of its secrets (set by RouteTable; its own name when it shares none).
+    replay_scope: str = ""
 
     def path_params(self, path: str) -> dict[str, str]:
         """What this route's template captures from ``path`` (empty for a fixed path)."""
@@ -70,6 +73,38 @@ def effective_dedup_ttl(route: RouteBase, protocol: type[Protocol] | Protocol) -
     if route.dedup.ttl is not None:
         return route.dedup.ttl
     return max(protocol.default_dedup_ttl, 2 * route.timestamp_window)
+
+
+def replay_scopes(routes: list[RouteRuntime]) -> dict[str, str]:
+    """Each route's replay scope: routes that share a signing secret (a token, a key, a previous one during a
+    rotation), directly or through another route, share one, named after the first of them by name.
+
+    A signature covers neither the URL nor, for a plaintext Official Account message, the body: a request
+    captured at one route verifies at every route with the same secret. Remembered per route, it could be
+    replayed once at each of the others (a forged message under a captured ``signature`` too); remembered per
+    scope, it is accepted at the route it was first seen at only (see ``addons/verify.py``)."""
+    owner: dict[str, str] = {}  # secret value -> a route name holding it
+    parent = {r.name: r.name for r in routes}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for r in routes:
+        for key in SECRET_KEYS:
+            value = getattr(r.config, key, None)
+            if not isinstance(value, Secret) or not (secret := value.reveal()):
+                continue
+            other = owner.setdefault(secret, r.name)
+            a, b = root(other), root(r.name)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[str, str] = {}
+    for name in sorted(parent):
+        groups.setdefault(root(name), name)
+    return {name: groups[root(name)] for name in parent}
 
 
 def build_route(config: Config, route: RouteBase) -> RouteRuntime:
@@ -212,6 +247,8 @@ class RouteTable:
     (:meth:`impersonated`)."""
 
     def __init__(self, routes: list[RouteRuntime]) -> None:
+        scopes = replay_scopes(routes)
+        routes = [replace(r, replay_scope=scopes[r.name]) for r in routes]
         self.routes = tuple(routes)
         self._by_path: dict[str, RouteRuntime] = {}
         self._by_stem: dict[tuple[str, ...], RouteRuntime] = {}

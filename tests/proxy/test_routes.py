@@ -88,3 +88,31 @@ def test_check_prints_what_each_route_runs_with(tmp_path: Path, capsys: pytest.C
         (["PUT"], "fail", 25 * H),
     ]
     assert shown[0]["token"] == "***"
+
+
+def test_routes_sharing_a_secret_share_a_replay_scope() -> None:
+    """Directly or through a rotation (one route's previous token is another's token), across protocols (MP and
+    Mini Program signatures are the same); a route sharing nothing keeps its own name."""
+    from proxy.pipeline.routes import RouteTable
+
+    env = {"A": "token-a", "B": "token-b", "C": "token-c", "S": "s" * 32}
+    mp = {"protocol": "wechat-mp"}
+    raw = [
+        {**mp, "name": "m2", "path": "/m2", "token": "${B}", "previous_token": "${A}"},
+        {**mp, "name": "m1", "path": "/m1", "token": "${A}"},
+        {
+            "name": "mini",
+            "path": "/mini",
+            "protocol": "wechat-miniprogram",
+            "token": "${B}",
+            "format": "json",
+        },
+        {**mp, "name": "alone", "path": "/alone", "token": "${C}"},
+        {"name": "h1", "path": "/h1", "protocol": "hmac", "secret": "${S}"},
+        {"name": "h2", "path": "/h2", "protocol": "hmac", "secret": "${S}"},
+    ]
+    config = parse_config({"routes": raw}, env)
+    table = RouteTable([build_route(config, r) for r in config.routes])
+    scopes = {r.name: r.replay_scope for r in table.routes}
+    assert scopes == {"m2": "m1", "m1": "m1", "mini": "m1", "alone": "alone", "h1": "h1", "h2": "h1"}
+    assert table.match("/m2") is not None and table.match("/m2").replay_scope == "m1"  # type: ignore[union-attr]
