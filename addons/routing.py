@@ -6,15 +6,13 @@ a route's but names it in another spelling
 (:meth:`~proxy.pipeline.routes.RouteTable.impersonated`: case, percent-encoding, dot segments, repeated or trailing
 slashes, ``;`` parameters, a suffix, a script's path info) is refused with 400 ``noncanonical_path``: never
 passed through unverified to a backend that may route it to the protected handler. A target that is not a path
-(an HTTP/2 ``:path`` holding a whole URL) is refused with 400 ``request_target``; a passed-through request loses
+(an HTTP/2 ``:path`` holding a whole URL, or ``//x/path``) is refused with 400 ``request_target``; a passed-through request loses
 its authority (absolute-form) and any ``Upgrade`` but WebSocket's (:func:`refuse_upgrades`).
 
 Owns ``unmatched`` and the route table.
 """
 
 from __future__ import annotations
-
-from urllib.parse import urlsplit
 
 from mitmproxy import http
 
@@ -40,14 +38,16 @@ class Routing:
         ex = exchange(flow)
         if ex is None or flow.response or flow.error or not flow.live:
             return
-        if not flow.request.path.startswith("/") and self.table.impersonated(flow.request.path) is None:
-            # HTTP/2 lets a client put a whole URL in ``:path`` (``http://x/wechat/callback``), which mitmproxy
-            # hands on as the request line: a backend routes such a target by its path, so it would reach the
-            # handler wxgate protects without matching the route here. Only origin-form targets are served.
-            try:
-                named = self.table.impersonated(urlsplit(flow.request.path).path or "/")
-            except ValueError:  # not even a URL ("http://[x")
-                named = None
+        target = flow.request.path
+        with_host = not target.startswith("/") or target[1:2] in ("/", "\\")
+        if with_host and self.table.impersonated(target) is None:
+            # A target that is not a path: HTTP/2 lets a client put a whole URL in ``:path``
+            # (``http://x/wechat/callback``), which mitmproxy hands on as the request line, and a target starting
+            # with ``//`` or ``/\`` is a URL with a host to a WHATWG parser (Node's ``new URL(req.url, base)``):
+            # a backend routes either by the path after the host, so it would reach the handler wxgate protects
+            # without matching the route here. Only paths are served (a route's own path spelled ``//mp`` is
+            # refused below as another spelling of it).
+            named = self.table.impersonated(path_after_host(target))
             if named is not None:
                 ex.outcome.route, ex.outcome.protocol = named.name, named.protocol_name
             return reject(flow, ex, "request_target", 400)
@@ -56,11 +56,11 @@ class Routing:
             # authority on in the request line, and a backend trusts it over the Host header wxgate sets.
             flow.request.authority = ""
         route = self.table.match(flow.request.path)
-        if route is None and (target := self.table.impersonated(flow.request.path)) is not None:
+        if route is None and (spelled := self.table.impersonated(flow.request.path)) is not None:
             # Another spelling of a route's path (``/wechat/callback/``, ``/WECHAT/%63allback;x``): the backend
             # may route it to the handler wxgate protects, so it is neither verified as that route nor passed
             # through. Counted under the route it names.
-            ex.outcome.route, ex.outcome.protocol = target.name, target.protocol_name
+            ex.outcome.route, ex.outcome.protocol = spelled.name, spelled.protocol_name
             return reject(flow, ex, "noncanonical_path", 400)
         if route is None:
             if self.unmatched == "deny":
@@ -95,3 +95,15 @@ def refuse_upgrades(headers: http.Headers) -> None:
         del headers["connection"]
     if kept:
         headers["connection"] = ", ".join(kept)
+
+
+def path_after_host(target: str) -> str:
+    """The path a URL parser finds in ``target`` when it reads a host there (``http://x/p``, ``//x/p``, ``/\\x/p``:
+    ``/p``); ``/`` when there is none."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or "/" in scheme:
+        rest = target
+    rest = rest.lstrip("/\\")
+    cut = min((i for i in (rest.find(c) for c in "/\\?#") if i >= 0), default=len(rest))
+    path = rest[cut:]
+    return path if path[:1] in ("/", "\\") else "/"

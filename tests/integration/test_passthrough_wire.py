@@ -179,3 +179,23 @@ def test_an_absolute_form_target_reaches_the_backend_in_origin_form(
     seen = raw_backend.everything()[before:]
     assert b"GET /legacy?x=1 HTTP/1.1\r\n" in seen, seen[:300]  # (after whatever an earlier connection sent)
     assert b"evil.example" not in seen
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"//x/wechat/callback",
+        b"/\\x/wechat/callback",
+        b"//user@x/wechat/callback?a=1",
+        b"http://x//y/wechat/callback",  # absolute-form whose path is itself a URL with a host
+    ],
+)
+def test_a_target_with_a_host_of_its_own_never_reaches_the_backend(
+    sidecar: Sidecar, raw_backend: RawBackend, target: bytes
+) -> None:
+    """``//x/wechat/callback`` is a URL with host ``x`` to a WHATWG parser (Node's ``new URL(req.url, base)``),
+    which routes it to ``/wechat/callback``: it was passed through as an unmatched path, unverified."""
+    before = len(raw_backend.everything())
+    answer = exchange(sidecar.port, smuggled(target))
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert FORGED not in raw_backend.everything()[before:]

@@ -234,7 +234,13 @@ def h2_post(s: Sidecar, ca: Authority, path: str, body: bytes) -> int:
 
 
 @pytest.mark.parametrize(
-    ("target", "msg_id"), [("http://x/wechat/callback", 30), ("https://localhost/legacy", 31), ("*", 32)]
+    ("target", "msg_id"),
+    [
+        ("http://x/wechat/callback", 30),
+        ("https://localhost/legacy", 31),
+        ("*", 32),
+        ("//x/wechat/callback", 33),
+    ],
 )
 def test_an_http2_path_that_is_a_whole_url_is_refused_and_never_forwarded(
     sidecar: Sidecar, fresh_backend: Backend, ca: Authority, target: str, msg_id: int
