@@ -83,7 +83,7 @@ def replay_scopes(routes: list[RouteRuntime]) -> dict[str, str]:
     captured at one route verifies at every route with the same secret. Remembered per route, it could be
     replayed once at each of the others (a forged message under a captured ``signature`` too); remembered per
     scope, it is accepted at the route it was first seen at only (see ``addons/verify.py``)."""
-    owner: dict[str, str] = {}  # secret value -> a route name holding it
+    owner: dict[bytes, str] = {}  # key -> a route name holding it
     parent = {r.name: r.name for r in routes}
 
     def root(name: str) -> str:
@@ -93,10 +93,7 @@ def replay_scopes(routes: list[RouteRuntime]) -> dict[str, str]:
         return name
 
     for r in routes:
-        for key in SECRET_KEYS:
-            value = getattr(r.config, key, None)
-            if not isinstance(value, Secret) or not (secret := value.reveal()):
-                continue
+        for secret in _signing_keys(r):
             other = owner.setdefault(secret, r.name)
             a, b = root(other), root(r.name)
             if a != b:
@@ -105,6 +102,14 @@ def replay_scopes(routes: list[RouteRuntime]) -> dict[str, str]:
     for name in sorted(parent):
         groups.setdefault(root(name), name)
     return {name: groups[root(name)] for name in parent}
+
+
+def _signing_keys(route: RouteRuntime) -> tuple[bytes, ...]:
+    keys = route.protocol.signing_keys()
+    if keys is not None:
+        return keys
+    values = (getattr(route.config, key, None) for key in SECRET_KEYS)
+    return tuple(v.reveal().encode() for v in values if isinstance(v, Secret) and v.reveal())
 
 
 def build_route(config: Config, route: RouteBase) -> RouteRuntime:

@@ -164,6 +164,12 @@ class Protocol(abc.ABC):
     def __init__(self, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         self.random_bytes = random_bytes
 
+    def signing_keys(self) -> tuple[bytes, ...] | None:
+        """The keys signatures are checked with, as used (decoded), where a configured secret has several
+        spellings of one key; ``None``: the configured secrets as written are the keys. Routes sharing one share
+        a replay scope (:func:`~proxy.pipeline.routes.replay_scopes`)."""
+        return None
+
     @abc.abstractmethod
     def verify(self, req: Inbound, now: float) -> Verified:
         """Authenticate ``req`` or raise :class:`Rejected`."""

@@ -77,6 +77,10 @@ class StandardWebhooks(Protocol):
         self.keys = tuple((key_id, decode_secret(secret)) for key_id, secret in secrets)
         self.window = timestamp_window
 
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """Decoded: ``whsec_`` or not, and base64 with other padding bits, are spellings of one key."""
+        return tuple(key for _, key in self.keys)
+
     def verify(self, req: Inbound, now: float) -> Verified:
         h = req.headers
         for name in HEADERS:

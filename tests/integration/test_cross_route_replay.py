@@ -22,6 +22,8 @@ from tests.support.procs import Backend, Sidecar, send_outbound
 pytestmark = pytest.mark.integration
 
 TOKEN, OTHER_TOKEN, SECRET = "shared-token", "other-token", "shared-hmac-secret-0123456789"
+SW_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes; "…ZWZ=" decodes to the same bytes
+SW_KEY_RESPELLED = SW_KEY[:-2] + "Z="
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,13 @@ def sidecar(tmp_module: Path, backend: Backend) -> Iterator[Sidecar]:
         {**mp, "name": "account3", "path": "/wechat/account3", "token": "${OTHER}"},
         {"name": "orders", "path": "/hook/orders", "protocol": "hmac", "secret": "${HM}"},
         {"name": "refunds", "path": "/hook/refunds", "protocol": "hmac", "secret": "${HM}"},
+        # one Standard Webhooks key written three ways: prefixed, bare, bare with other (ignored) padding bits
+        {"name": "sw-a", "path": "/sw/a", "protocol": "standard-webhooks", "secret": "${SWA}"},
+        {"name": "sw-b", "path": "/sw/b", "protocol": "standard-webhooks", "secret": "${SWB}"},
+        {"name": "sw-c", "path": "/sw/c", "protocol": "standard-webhooks", "secret": "${SWC}"},
     ]
     env = {"TOKEN": TOKEN, "OTHER": OTHER_TOKEN, "HM": SECRET}
+    env |= {"SWA": f"whsec_{SW_KEY}", "SWB": SW_KEY, "SWC": SW_KEY_RESPELLED}
     s = Sidecar(tmp_module, {"upstream": backend.url, "routes": routes}, env=env, name="scopes")
     s.start()
     yield s
@@ -102,3 +109,17 @@ def test_routes_with_their_own_secrets_keep_their_own_replay_caches(
     assert send_outbound(sidecar.url, first)[0] == 200
     assert send_outbound(sidecar.url, third)[0] == 200
     assert [path for path, _ in delivered(fresh_backend)] == ["/wechat/account1", "/wechat/account3"]
+
+
+@pytest.mark.parametrize("other", ["/sw/b", "/sw/c"])
+def test_a_webhook_replayed_at_a_route_holding_its_key_in_another_spelling_is_refused(
+    sidecar: Sidecar, fresh_backend: Backend, other: str
+) -> None:
+    """Routes are grouped by the key signatures are checked with, not by how the secret is written."""
+    body = b'{"type":"order.paid","data":{"order":"A1"}}'
+    out = traffic.standard_webhook(
+        "/sw/a", f"whsec_{SW_KEY}", f"msg_{time.time_ns()}", str(int(time.time())), body
+    )
+    assert send_outbound(sidecar.url, out)[0] == 200
+    assert send_outbound(sidecar.url, out._replace(target=other))[0] in (401, 403)
+    assert [path for path, _ in delivered(fresh_backend)] == ["/sw/a"]
