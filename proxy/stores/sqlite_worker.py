@@ -138,11 +138,15 @@ class SqliteWorker:
         try:
             conn = self._connect()
         except (sqlite3.Error, OSError) as exc:
+            hint = (
+                f"another process kept it locked for {_OPEN_TIMEOUT:.0f} s (a backup, or a process that is "
+                "not one of this sidecar's workers); stop it or give this sidecar its own file"
+                if isinstance(exc, sqlite3.OperationalError) and _busy(exc)
+                else "check that the directory exists and is writable by wxgate, or use sqlite://:memory: for "
+                "an ephemeral store"
+            )
             self._ready.set_exception(
-                StoreUnavailable(
-                    f"cannot open sqlite store {self.path} ({exc}); check that the directory exists and is "
-                    "writable by wxgate, or use sqlite://:memory: for an ephemeral store"
-                )
+                StoreUnavailable(f"cannot open sqlite store {self.path} ({exc}); {hint}")
             )
             self._stopped.set_result(None)
             return
