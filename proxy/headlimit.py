@@ -42,7 +42,14 @@ import h11
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as http_layers
-from mitmproxy.proxy.layers.http._events import HttpEvent, ResponseData, ResponseHeaders
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode,
+    HttpEvent,
+    RequestProtocolError,
+    ResponseData,
+    ResponseHeaders,
+)
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.utils import human
 
@@ -66,6 +73,7 @@ def _answer(status: int, reason: str, text: str) -> bytes:
 TOO_LARGE = _answer(431, "Request Header Fields Too Large", f"request head larger than {MAX_HEAD} bytes\n")
 HEAD_TIMEOUT = _answer(408, "Request Timeout", "request head not complete in time\n")
 BODY_TIMEOUT = _answer(408, "Request Timeout", "request body not complete in time\n")
+CHUNK_LINE_TOO_LARGE = _answer(400, "Bad Request", f"chunk framing line longer than {MAX_HEAD} bytes\n")
 
 
 def _ignore(reason: str) -> None:
@@ -155,8 +163,20 @@ class BoundedHttp1Server(Http1Server):
     def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
         reader: Any = self.body_reader
         if type(reader) is not _BoundedReader:
-            self.body_reader = _BoundedReader(reader)  # type: ignore[assignment]
+            reader = self.body_reader = _BoundedReader(reader)  # type: ignore[assignment]
         yield from super().read_body(event)
+        if reader.overflowed == 1 and self.state == self.read_body:
+            # Answered and closed, its buffer let go, and the request's end told to the stream at once, as
+            # mitmproxy does for a malformed chunk: the connection's end cannot be relied on to reach it (a close
+            # made while this read is handled cancels the connection's task before it reports the close).
+            reader.overflowed = 2
+            yield from self._drop("chunk_line_too_large", CHUNK_LINE_TOO_LARGE)
+            yield ReceiveHttp(
+                RequestProtocolError(
+                    self.stream_id, "chunk framing line longer than the limit", ErrorCode.GENERIC_CLIENT_ERROR
+                )
+            )
+            return
         # Still reading this body after a read: its deadline starts.
         if self._body_stream != self.stream_id and self.state == self.read_body:
             self._body_timer = commands.RequestWakeup(self.body_timeout)
@@ -207,25 +227,26 @@ class _BoundedReader:
     - Framing that never ends: a chunk-size line (or its extension) or a trailer section is buffered by h11 until
       its line ends, outside ``body_size_limit`` (no body byte has arrived) and outside every other limit: one
       connection sending ``0000…`` without a line break grew the sidecar by ~200 MB a second until
-      ``body_timeout``. More than :data:`MAX_HEAD` bytes buffered without the reader producing anything is a
-      protocol error, which mitmproxy answers (400) and closes like any malformed chunk.
+      ``body_timeout``. More than :data:`MAX_HEAD` bytes buffered without the reader producing anything marks
+      the reader ``overflowed``; the layer then answers 400 and closes the connection.
     - Trailers: mitmproxy raises "not implemented" for a chunked request with trailer fields, which kills
       the connection's handler without an answer and without the request's end ever reaching the addons (it
       stayed in flight for good). Trailers are dropped here, as a proxy may do: nothing wxgate verifies or a
       sender relies on is in them."""
 
-    __slots__ = ("reader",)
+    __slots__ = ("overflowed", "reader")
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
+        self.overflowed = 0  # 1: over the limit, 2: and the connection dropped for it
 
     def __call__(self, buf: ReceiveBuffer) -> Any:
+        if self.overflowed:
+            return None
         event = self.reader(buf)
         if event is None:
             if len(buf) > MAX_HEAD:
-                BoundedHttp1Server.on_drop("chunk_line_too_large")
-                logger.warning("request refused: chunk framing line over %d bytes", MAX_HEAD)
-                raise h11.RemoteProtocolError("chunk framing line longer than the limit")
+                self.overflowed = 1
         elif type(event) is h11.EndOfMessage and event.headers:
             return h11.EndOfMessage()
         return event

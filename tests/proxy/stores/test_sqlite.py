@@ -254,7 +254,7 @@ async def test_a_file_locked_past_the_busy_timeout_is_opened_once_released(
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(StoreUnavailable, match="locked.*another process kept it locked"):
+        with pytest.raises(StoreUnavailable, match=r"locked.*another process kept it locked"):
             await SqliteStore(str(path)).open()
     finally:
         holder.close()
