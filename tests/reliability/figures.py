@@ -279,7 +279,7 @@ Nothing that wxgate could not verify reaches the backend, by any spelling of the
   `body_size_limit` while they are read), and what a client sends while its request is answered (mitmproxy
   buffers a pipelined next request) is capped at 64 KiB plus `body_size_limit` (then closed); a chunked body's
   chunk-size line or trailer section, which h11 buffers until its line ends, is refused past 64 KiB
-  (`chunk_line_too_large`; it grew the sidecar by ~200 MB a second before), and trailers, on which mitmproxy
+  (`chunk_line_too_large`, 400 and close; it grew the sidecar by ~200 MB a second before), and trailers, on which mitmproxy
   raised `NotImplementedError` and left the request in flight for good, are dropped. Not bounded: a
   client that connects and sends nothing (the head deadline starts at the first byte) holds its descriptor
   until mitmproxy's `tcp_timeout` (600 s without any byte); HTTP/2 (a TLS client that offers only `h2`) goes
