@@ -14,12 +14,16 @@ Owns ``unmatched`` and the route table.
 
 from __future__ import annotations
 
+import re
+
 from mitmproxy import http
 
 from proxy.pipeline.exchange import exchange
 from proxy.pipeline.replies import reject
 from proxy.pipeline.routes import RouteTable
 from proxy.reload import Loaded
+
+_BLANK_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Routing:
@@ -39,6 +43,10 @@ class Routing:
         if ex is None or flow.response or flow.error or not flow.live:
             return
         target = flow.request.path
+        if _BLANK_OR_CONTROL.search(target):
+            # Never in a request target (HTTP/1 refuses it; HTTP/2 lets a tab through to the request line), and a
+            # URL parser drops tabs and newlines: ``/<TAB>/x/wechat/callback`` is ``//x/wechat/callback`` to one.
+            return reject(flow, ex, "request_target", 400)
         with_host = not target.startswith("/") or target[1:2] in ("/", "\\")
         if with_host and self.table.impersonated(target) is None:
             # A target that is not a path: HTTP/2 lets a client put a whole URL in ``:path``
