@@ -165,11 +165,11 @@ class BoundedHttp1Server(Http1Server):
         if type(reader) is not _BoundedReader:
             reader = self.body_reader = _BoundedReader(reader)  # type: ignore[assignment]
         yield from super().read_body(event)
-        if reader.overflowed == 1 and self.state == self.read_body:
-            # Answered and closed, its buffer let go, and the request's end told to the stream at once, as
-            # mitmproxy does for a malformed chunk: the connection's end cannot be relied on to reach it (a close
-            # made while this read is handled cancels the connection's task before it reports the close).
-            reader.overflowed = 2
+        if reader.overflowed and self.state == self.read_body:
+            # Answered and closed, its buffer let go (the drop ends this layer's reading), and the request's end
+            # told to the stream at once, as mitmproxy does for a malformed chunk: the connection's end cannot be
+            # relied on to reach it (a close made while this read is handled cancels the connection's task
+            # before it reports the close).
             yield from self._drop("chunk_line_too_large", CHUNK_LINE_TOO_LARGE)
             yield ReceiveHttp(
                 RequestProtocolError(
@@ -238,15 +238,13 @@ class _BoundedReader:
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
-        self.overflowed = 0  # 1: over the limit, 2: and the connection dropped for it
+        self.overflowed = False
 
     def __call__(self, buf: ReceiveBuffer) -> Any:
-        if self.overflowed:
-            return None
         event = self.reader(buf)
         if event is None:
             if len(buf) > MAX_HEAD:
-                self.overflowed = 1
+                self.overflowed = True
         elif type(event) is h11.EndOfMessage and event.headers:
             return h11.EndOfMessage()
         return event

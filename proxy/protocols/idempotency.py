@@ -59,6 +59,18 @@ def lookup_aliases(message: Mapping[str, str], lookup_fields: Sequence[Sequence[
     )
 
 
+def merchants_own(message: Mapping[str, object], field: str, merchants: Sequence[str]) -> str:
+    """A merchant's own order or refund number (``out_trade_no``, ``out_refund_no``), unique only per merchant:
+    scoped by the ``merchants`` fields the notice names (a partner receives the notices of many sub-merchants,
+    whose numbers may coincide), and tagged so it never equals WeChat Pay's ``transaction_id``/``refund_id``.
+    Empty when the notice has none."""
+    value = message.get(field)
+    if not value:
+        return ""
+    scope = "/".join(str(message.get(name, "")) for name in merchants)
+    return f"{field}:{scope}:{value}"
+
+
 def fields_key(message: Mapping[str, str], fields: Sequence[str]) -> str | None:
     """The configured fields, names and values JSON-encoded; ``None`` unless every one is present and non-empty."""
     if not fields or not all(message.get(f) for f in fields):

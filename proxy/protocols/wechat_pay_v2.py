@@ -280,10 +280,12 @@ class WechatPayV2(Protocol):
         never by a key with an empty part (PROTOCOLS.md §3.4)."""
         m = verified.message
         mch = m.get("mch_id", "")
-        if refund := m.get("refund_id") or _merchants_own(m, "out_refund_no"):
+        if refund := m.get("refund_id") or idempotency.merchants_own(m, "out_refund_no", ("sub_mch_id",)):
             if m.get("refund_status"):
                 return f"refund|{mch}|{refund}|{m['refund_status']}"
-        elif (trade := m.get("transaction_id") or _merchants_own(m, "out_trade_no")) and m.get("result_code"):
+        elif (
+            trade := m.get("transaction_id") or idempotency.merchants_own(m, "out_trade_no", ("sub_mch_id",))
+        ) and m.get("result_code"):
             return f"pay|{mch}|{trade}|{m['result_code']}"
         return "digest|" + idempotency.digest(m, exclude=("sign", "nonce_str", "req_info"))
 
@@ -314,13 +316,3 @@ class WechatPayV2(Protocol):
             return Reply(200, body, content_type or XML_CONTENT_TYPE, "failure")
         reason = f"status_{status}" if status != 200 else describe(content_type, body)
         return Reply(200, SUCCESS_XML, XML_CONTENT_TYPE, "ack", normalized=reason)
-
-
-def _merchants_own(m: Mapping[str, str], field: str) -> str:
-    """A merchant's own order or refund number, unique only per merchant: a partner's notices carry the partner
-    as ``mch_id`` and the sub-merchant, whose numbers may coincide with another's, as ``sub_mch_id``; tagged so
-    it can never equal WeChat Pay's own ``transaction_id``/``refund_id``. Empty when the notice has none."""
-    value = m.get(field)
-    if not value:
-        return ""
-    return f"{field}:{m.get('sub_mch_id', '')}:{value}"

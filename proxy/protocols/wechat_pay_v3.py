@@ -268,10 +268,12 @@ class WechatPayV3(Protocol):
         if isinstance(verified.seal_context, V2Notice) and self.v2 is not None:
             return self.v2.dedup_key(verified)
         m = verified.message
-        if refund := m.get("refund_id") or _merchants_own(m, "out_refund_no"):
+        if refund := m.get("refund_id") or idempotency.merchants_own(m, "out_refund_no", _MERCHANTS):
             if m.get("refund_status"):
                 return f"refund|{refund}|{m['refund_status']}"
-        elif (trade := m.get("transaction_id") or _merchants_own(m, "out_trade_no")) and m.get("trade_state"):
+        elif (
+            trade := m.get("transaction_id") or idempotency.merchants_own(m, "out_trade_no", _MERCHANTS)
+        ) and m.get("trade_state"):
             return f"trade|{trade}|{m['trade_state']}"
         body = idempotency.digest(m, verified.authenticated, exclude=("notification_id",))
         return f"digest|{m.get('event_type', '')}|{body}"
@@ -314,6 +316,9 @@ class WechatPayV3(Protocol):
         return Reply(out, b"", "", "ack")
 
 
+_MERCHANTS = ("sp_mchid", "mchid", "sub_mchid")  # scope of a merchant's own numbers
+
+
 def _json_code(body: bytes) -> str | None:
     try:
         doc = json.loads(body)
@@ -321,14 +326,3 @@ def _json_code(body: bytes) -> str | None:
         return None
     code = doc.get("code") if isinstance(doc, dict) else None
     return code.upper() if isinstance(code, str) else None
-
-
-def _merchants_own(m: Mapping[str, Any], field: str) -> str:
-    """A merchant's own order or refund number, unique only per merchant: scoped by the merchants named (a
-    partner route receives the notices of many sub-merchants, whose numbers may coincide), and tagged so it can
-    never equal WeChat Pay's own ``transaction_id``/``refund_id``. Empty when the notice has none."""
-    value = m.get(field)
-    if not value:
-        return ""
-    merchants = "/".join(str(m.get(name, "")) for name in ("sp_mchid", "mchid", "sub_mchid"))
-    return f"{field}:{merchants}:{value}"

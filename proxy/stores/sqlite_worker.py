@@ -37,8 +37,8 @@ _OPEN_TIMEOUT = 15.0  # seconds to keep trying a file other processes hold locke
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
+    """SQLITE_BUSY or SQLITE_LOCKED, extended codes (``SQLITE_BUSY_RECOVERY``…) included."""
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 @dataclass(slots=True)
