@@ -27,6 +27,18 @@ def pay_v3_route(cert: Path, mch_id: str, **over: Any) -> dict[str, Any]:
     }
 
 
+def pay_v2_route(mch_id: str, **over: Any) -> dict[str, Any]:
+    """A WeChat Pay v2 route at ``/pay/v2`` (API key ``${PAY}``)."""
+    return {
+        "name": "pay2",
+        "path": "/pay/v2",
+        "protocol": "wechat-pay-v2",
+        "api_key": "${PAY}",
+        "mch_id": mch_id,
+        **over,
+    }
+
+
 def mp_route(**over: Any) -> dict[str, Any]:
     return {"name": "mp", "path": "/wechat/callback", "protocol": "wechat-mp", "token": "${WX_TOKEN}", **over}
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.protocols import xmlmsg
 from proxy.tools import traffic
-from tests.integration.conftest import pay_v3_route
+from tests.integration.conftest import pay_v2_route, pay_v3_route
 from tests.support.limited_backend import LimitedBackend
 from tests.support.procs import Sidecar, wait_until
 
@@ -107,14 +107,7 @@ def test_a_storm_of_2000_pay_notices_reaches_a_backend_of_20_once_each_and_never
     cert.write_bytes(traffic.platform_certificate(key, int(SERIAL, 16), time.time()))
     policy: dict[str, Any] = {"on_backend_failure": "ack", "outbox": FAST_OUTBOX}
     routes = [
-        {
-            "name": "pay2",
-            "path": "/pay/v2",
-            "protocol": "wechat-pay-v2",
-            "api_key": "${PAY}",
-            "mch_id": MCH,
-            **policy,
-        },
+        pay_v2_route(MCH, **policy),
         pay_v3_route(cert, MCH, **policy),
     ]
     s = Sidecar(tmp_path, {"upstream": backend.url, "backend_concurrency": LIMIT, "routes": routes}, env=ENV)
@@ -153,13 +146,7 @@ def test_a_fail_route_over_its_limit_asks_the_sender_to_retry_and_the_retry_is_d
 ) -> None:
     backend = LimitedBackend(tmp_path, 1, 1.2)
     backend.start()
-    route = {
-        "name": "pay2",
-        "path": "/pay/v2",
-        "protocol": "wechat-pay-v2",
-        "api_key": "${PAY}",
-        "mch_id": MCH,
-    }
+    route = pay_v2_route(MCH)
     # fail is WeChat Pay's default policy; a 2 s deadline lets a waiter wait 1 s, less than the backend's 1.2 s
     cfg = {"upstream": backend.url, "routes": [{**route, "deadline": "2s", "backend_concurrency": 1}]}
     s = Sidecar(tmp_path, cfg, env=ENV)
@@ -192,17 +179,13 @@ def test_a_retry_while_the_first_copy_waited_for_a_slot_is_not_sent_again(tmp_pa
     lease of dedup.lease or backend_timeout + 5 s from the claim ran out first: the retry was sent as new)."""
     backend = LimitedBackend(tmp_path, 1, 1.2)
     backend.start()
-    route = {
-        "name": "pay2",
-        "path": "/pay/v2",
-        "protocol": "wechat-pay-v2",
-        "api_key": "${PAY}",
-        "mch_id": MCH,
-        "on_backend_failure": "ack",
-        "deadline": "9s",  # a waiter may wait 8 s for the backend's one slot
-        "backend_timeout": "1.5s",
-        "dedup": {"lease": "1s"},
-    }
+    route = pay_v2_route(
+        MCH,
+        on_backend_failure="ack",
+        deadline="9s",  # a waiter may wait 8 s for the backend's one slot
+        backend_timeout="1.5s",
+        dedup={"lease": "1s"},
+    )
     cfg = {"upstream": backend.url, "backend_concurrency": 1, "routes": [route]}
     s = Sidecar(tmp_path, cfg, env=ENV)
     s.start()

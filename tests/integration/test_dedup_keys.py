@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from proxy.protocols import xmlmsg
 from proxy.tools import traffic
 from proxy.tools.sender import Request
-from tests.integration.conftest import pay_v3_route
+from tests.integration.conftest import pay_v2_route, pay_v3_route
 from tests.proxy.protocols.test_idempotency import MP_BURST, WECOM_BURST, share
 from tests.support.procs import Backend, Sidecar
 
@@ -142,13 +142,7 @@ def test_two_sub_merchants_numbering_an_order_alike_both_reach_the_backend(
     """A partner route's Pay v2 notices without transaction_id: out_trade_no is unique per sub-merchant only,
     so the same number from two sub-merchants is two notices (each delivered once; a retry of each is not)."""
     pay_key = "192006250b4c09247ec02edce69f6a2d"
-    route = {
-        "name": "pay2",
-        "path": "/pay/v2",
-        "protocol": "wechat-pay-v2",
-        "api_key": "${PAY}",
-        "mch_id": MCH,
-    }
+    route = pay_v2_route(MCH)
     s = Sidecar(
         tmp_path, {"upstream": fresh_backend.url, "routes": [route]}, env={"PAY": pay_key}, name="subs"
     )
